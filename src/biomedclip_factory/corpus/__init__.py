@@ -1,0 +1,1 @@
+"""The figure–caption corpus: pair records, image normalisation, filters, dedup and the split."""

@@ -1,0 +1,143 @@
+"""Turn scraped article versions into (figure image, caption) pair records plus rejects.
+
+One article at a time: parse the JATS, resolve each figure's ``xlink:href`` to a scraped file,
+filter, normalise the image, and record the pair with its article's licence and split. Every
+dropped figure or article lands in the rejects with its reason; nothing raises past one article.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..errors import ArticleError
+from ..io import write_bytes_atomic
+from ..pmc.jats import Figure, parse_article
+from .images import normalise_image
+from .split import split_of
+
+# Full-size figure formats first; PMC's small GIF thumbnails come last.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    max_side: int
+    jpeg_quality: int
+    min_caption_chars: int
+    min_side: int
+    split_ratios: dict[str, float]
+    split_salt: str = ""
+
+
+@dataclass
+class ArticleResult:
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    figures: int = 0
+
+
+def resolve_image(article_dir: Path, href: str) -> Path | None:
+    """The scraped file for ``href``: exact name, or href plus a known extension."""
+    exact = article_dir / href
+    if exact.suffix.lower() in IMAGE_EXTENSIONS and exact.is_file():
+        return exact
+    stem = href[: -len(exact.suffix)] if exact.suffix.lower() in IMAGE_EXTENSIONS else href
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (article_dir / f"{stem}{ext}", article_dir / f"{stem}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _reject(prefix: str, fig_id: str | None, reason: str, detail: str = "") -> dict[str, Any]:
+    return {"article": prefix, "fig_id": fig_id, "reason": reason, "detail": detail}
+
+
+def align_article(article_dir: Path, images_out: Path, cfg: AlignConfig) -> ArticleResult:
+    """Pairs and rejects of one scraped article version folder ``PMC<id>.<ver>/``."""
+    prefix = article_dir.name
+    result = ArticleResult()
+    try:
+        meta = json.loads((article_dir / f"{prefix}.json").read_bytes())
+        article = parse_article((article_dir / f"{prefix}.xml").read_bytes(), f"{prefix}.xml")
+    except (OSError, json.JSONDecodeError) as exc:
+        result.rejects.append(_reject(prefix, None, "article_unreadable", str(exc)))
+        return result
+    except ArticleError as exc:
+        result.rejects.append(_reject(prefix, None, "xml_malformed", str(exc)))
+        return result
+    pmcid = meta.get("pmcid") or article.pmcid or prefix.split(".")[0]
+    split = split_of(pmcid, cfg.split_ratios, cfg.split_salt)
+    for fig in article.figures:
+        result.figures += 1
+        pair = _align_figure(article_dir, images_out, prefix, fig, cfg, result)
+        if pair is not None:
+            pmid = meta.get("pmid") or article.pmid
+            pair.update(pmcid=pmcid, pmid=str(pmid) if pmid else None,
+                        license_code=meta.get("license_code"), split=split)
+            result.pairs.append(pair)
+    return result
+
+
+def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure, cfg: AlignConfig,
+                  result: ArticleResult) -> dict[str, Any] | None:
+    if not fig.href:
+        result.rejects.append(_reject(prefix, fig.fig_id, "no_graphic"))
+        return None
+    if len(fig.caption) < cfg.min_caption_chars:
+        result.rejects.append(_reject(prefix, fig.fig_id, "caption_too_short", fig.caption))
+        return None
+    path = resolve_image(article_dir, fig.href)
+    if path is None:
+        result.rejects.append(_reject(prefix, fig.fig_id, "image_missing", fig.href))
+        return None
+    try:
+        img = normalise_image(path.read_bytes(), cfg.max_side, cfg.jpeg_quality, f"{prefix}/{path.name}")
+    except ArticleError as exc:
+        result.rejects.append(_reject(prefix, fig.fig_id, "image_undecodable", str(exc)))
+        return None
+    if min(img.width, img.height) < cfg.min_side:
+        result.rejects.append(_reject(prefix, fig.fig_id, "image_too_small", f"{img.width}x{img.height}"))
+        return None
+    pair_id = f"{prefix}_{fig.fig_id}"
+    rel = Path("images") / f"{pair_id}.jpg"
+    write_bytes_atomic(images_out / rel, img.jpeg)
+    return {"pair_id": pair_id, "fig_id": fig.fig_id, "label": fig.label, "caption": fig.caption,
+            "image": str(rel), "width": img.width, "height": img.height, "sha256": img.sha256,
+            "phash": img.phash}
+
+
+def dedup_exact(pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Drop pairs whose image bytes repeat an earlier pair's (order: pair_id); return kept, rejects."""
+    seen: dict[str, str] = {}
+    kept, rejects = [], []
+    for pair in sorted(pairs, key=lambda p: p["pair_id"]):
+        first = seen.setdefault(pair["sha256"], pair["pair_id"])
+        if first == pair["pair_id"]:
+            kept.append(pair)
+        else:
+            prefix = pair["pair_id"].rsplit("_", 1)[0]
+            rejects.append(_reject(prefix, pair["fig_id"], "duplicate_image", first))
+    return kept, rejects
+
+
+def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignConfig,
+                 workers: int = 2, progress: bool = True) -> tuple[list[dict], list[dict], int]:
+    """Align every article in ``prefixes``; returns (pairs, rejects, figures seen)."""
+    pairs: list[dict] = []
+    rejects: list[dict] = []
+    figures = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(prefixes), desc="align", unit="article", disable=not progress) as bar:
+        for res in pool.map(lambda p: align_article(raw_dir / p, out_dir, cfg), prefixes):
+            pairs.extend(res.pairs)
+            rejects.extend(res.rejects)
+            figures += res.figures
+            bar.update()
+    kept, dup_rejects = dedup_exact(pairs)
+    return kept, rejects + dup_rejects, figures

@@ -1,0 +1,1 @@
+"""PubMed Central access: buckets (HTTP or local), article metadata, licence policy, JATS parsing."""

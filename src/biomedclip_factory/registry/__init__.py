@@ -1,0 +1,1 @@
+"""The MLflow face of the model: a pyfunc flavour, registration, aliases."""

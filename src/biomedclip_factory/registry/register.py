@@ -1,0 +1,48 @@
+"""Log a model dir to MLflow as a pyfunc, register a version, alias it, tag its lineage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from .pyfunc import ARTIFACT_KEY, ClipPyfunc, encode_image_file
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False)]),
+    params=ParamSchema([ParamSpec("candidate_labels", "string", default=[""], shape=(-1,))]),
+)
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def register_model(model_dir: Path, name: str, alias: str, example_image: Path, tags: dict[str, str],
+                   pip_requirements: list[str], code_path: Path) -> Registered:
+    """Log ``model_dir`` in the active run, register it under ``name`` and point ``alias`` at it."""
+    example = pd.DataFrame({"image": [encode_image_file(example_image)], "text": ["a figure of a cell"]})
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=ClipPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)},
+        signature=SIGNATURE, input_example=example, pip_requirements=pip_requirements,
+        code_paths=[str(code_path)], registered_model_name=name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, alias, version)
+    return Registered(name=name, version=version, run_id=info.run_id, model_uri=f"models:/{name}/{version}")
+
+
+def lineage_tags(**values: Any) -> dict[str, str]:
+    """Tags are strings in MLflow; keep them short and flat."""
+    return {k: str(v)[:5000] for k, v in values.items() if v is not None}

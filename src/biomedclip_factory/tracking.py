@@ -1,0 +1,47 @@
+"""MLflow wiring shared by the stages: a local SQLite store by default, one run per stage."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+EXPERIMENT = "biomedclip-factory"
+
+
+def tracking_uri(project_root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite DB inside the project (no server needed)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_root / 'mlflow.db').resolve()}"
+
+
+def configure(project_root: Path) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(project_root))
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Explicit artifact location: MLflow's default is ./mlruns of whatever the working directory is.
+    artifacts = (project_root / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterator[Any]:
+    """An MLflow run for one stage execution, with its params section flattened."""
+    import mlflow
+
+    experiment_id = configure(project_root)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags={"stage": stage}) as run:
+        mlflow.log_params(_flatten(params, stage))
+        yield run
+
+
+def _flatten(obj: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: str(obj)[:500]}

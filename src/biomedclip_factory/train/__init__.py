@@ -1,0 +1,1 @@
+"""Contrastive pretraining through DeepSpeed: config from params, the loop, checkpoints."""

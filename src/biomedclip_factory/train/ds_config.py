@@ -1,0 +1,42 @@
+"""Generate the DeepSpeed config from the pretrain params (one source of truth: params.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    steps: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    grad_clip: float
+    precision: str
+    zero_stage: int
+    log_every: int
+    checkpoint_every: int
+    num_workers: int
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config for ``cfg`` on ``world_size`` ranks."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "train_batch_size": cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": cfg.steps, "warmup_num_steps": max(1, cfg.warmup_steps),
+            "warmup_min_ratio": 0.0, "cos_min_ratio": 0.0, "warmup_type": "linear"}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,59 @@
+"""DVC stage: scraped articles → data/pairs (pairs.parquet, images/, rejects.jsonl)."""
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+
+import mlflow
+import pandas as pd
+
+from biomedclip_factory.corpus.align import AlignConfig, align_corpus
+from biomedclip_factory.errors import DataError
+from biomedclip_factory.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from biomedclip_factory.params import load_section
+from biomedclip_factory.tracking import stage_run
+
+from .common import ROOT, run_stage, summary
+
+RAW = ROOT / "data" / "raw"
+PAIRS = ROOT / "data" / "pairs"
+
+
+def main() -> None:
+    p = load_section("align", ROOT / "params.yaml")
+    split = p.section("split")
+    ratios = {str(k): float(v) for k, v in split.get("ratios", dict).items()}
+    cfg = AlignConfig(max_side=p.positive("max_side"), jpeg_quality=p.positive("jpeg_quality"),
+                      min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
+                      split_ratios=ratios, split_salt=split.get("salt", str, ""))
+    workers = p.positive("workers")
+    manifest = RAW / "manifest.jsonl"
+    if not manifest.is_file():
+        raise DataError(f"align: {manifest} is missing (run the scrape stage)")
+    prefixes = [r["prefix"] for r in read_jsonl(manifest) if r["status"] == "ok"]
+    with stage_run("align", ROOT, p.raw()):
+        t0 = time.perf_counter()
+        staging = PAIRS.with_name("pairs.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, workers)
+        pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_parquet(staging / "pairs.parquet", index=False)
+        write_jsonl_atomic(staging / "rejects.jsonl", rejects)
+        shutil.rmtree(PAIRS, ignore_errors=True)
+        staging.rename(PAIRS)
+        seconds = time.perf_counter() - t0
+        by_reason = Counter(r["reason"] for r in rejects)
+        by_split = Counter(pr["split"] for pr in pairs)
+        metrics = {"articles": len(prefixes), "figures": figures, "pairs": len(pairs), "rejects": len(rejects),
+                   "pairs_per_s": len(pairs) / max(seconds, 1e-9),
+                   "rejects_by_reason": dict(by_reason), "pairs_by_split": dict(by_split)}
+        write_json_atomic(ROOT / "metrics" / "align.json", metrics)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    summary("align", figures, len(pairs), len(rejects), seconds, "figures")
+
+
+PAIR_COLUMNS = ["pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "image", "width", "height",
+                "sha256", "phash", "license_code", "split"]
+
+if __name__ == "__main__":
+    run_stage("align", main)

@@ -1,0 +1,102 @@
+"""DVC stage: train the CLIP through DeepSpeed → models/clip (open_clip local-dir format).
+
+Single process by default (the CPU embedded default). For several ranks or nodes launch the same
+module with DeepSpeed's launcher: ``deepspeed --num_gpus 8 --module stages.pretrain``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import mlflow
+
+from biomedclip_factory.errors import DataError, ParamsError
+from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
+from biomedclip_factory.model.build import ModelSpec, init_model_dir
+from biomedclip_factory.params import Section, load_section
+from biomedclip_factory.shards.loader import split_size
+from biomedclip_factory.tracking import stage_run
+from biomedclip_factory.train.ds_config import TrainConfig
+from biomedclip_factory.train.loop import pretrain
+
+from .common import ROOT, run_stage, summary
+
+SHARDS = ROOT / "data" / "shards"
+TOKENIZER = ROOT / "models" / "tokenizer"
+MODEL = ROOT / "models" / "clip"
+CHECKPOINTS = ROOT / "models" / "checkpoints"
+
+
+def model_spec(m: Section) -> ModelSpec:
+    vision, text = m.section("vision"), m.section("text")
+    return ModelSpec(embed_dim=m.positive("embed_dim"), timm_model_name=vision.get("timm_model_name", str),
+                     context_length=text.positive("context_length"), text_layers=text.positive("layers"),
+                     text_width=text.positive("width"), text_heads=text.positive("heads"),
+                     text_mlp_ratio=text.positive("mlp_ratio"))
+
+
+def train_config(p: Section) -> TrainConfig:
+    betas = p.get("betas", list)
+    if len(betas) != 2:
+        raise ParamsError(f"params: 'pretrain.betas' must be two numbers, got {betas!r}")
+    return TrainConfig(
+        seed=p.get("seed", int), steps=p.positive("steps"), micro_batch_size=p.positive("micro_batch_size"),
+        gradient_accumulation_steps=p.positive("gradient_accumulation_steps"), lr=p.positive("lr", float),
+        warmup_steps=p.get("warmup_steps", int), weight_decay=p.get("weight_decay", float),
+        betas=(float(betas[0]), float(betas[1])), eps=p.positive("eps", float), grad_clip=p.positive("grad_clip", float),
+        precision=p.choice("precision", ("fp32", "bf16", "fp16")), zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int),
+        log_every=p.positive("log_every"), checkpoint_every=p.get("checkpoint_every", int),
+        num_workers=p.get("num_workers", int))
+
+
+def _fingerprint(spec: ModelSpec, cfg: TrainConfig) -> str:
+    blob = json.dumps([spec.__dict__, cfg.__dict__, (TOKENIZER / "tokenizer.json").read_text()], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_checkpoints(fingerprint: str) -> None:
+    """Keep checkpoints only when they belong to this exact model, data vocabulary and recipe."""
+    stamp = CHECKPOINTS / "fingerprint"
+    if stamp.is_file() and stamp.read_text() == fingerprint:
+        return
+    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
+    write_bytes_atomic(stamp, fingerprint.encode())
+
+
+def main() -> None:
+    p = load_section("pretrain", ROOT / "params.yaml")
+    spec = model_spec(load_section("model", ROOT / "params.yaml"))
+    cfg = train_config(p)
+    if not (TOKENIZER / "tokenizer.json").is_file():
+        raise DataError(f"pretrain: {TOKENIZER} has no vocabulary (run the tokenizer stage)")
+    train_samples = split_size(SHARDS, "train")
+    if train_samples == 0:
+        raise DataError(f"pretrain: the train split in {SHARDS} is empty")
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        _prepare_checkpoints(_fingerprint(spec, cfg))
+        shutil.rmtree(MODEL, ignore_errors=True)
+        init_model_dir(spec, TOKENIZER, MODEL)
+    losses: list[tuple[int, float]] = []
+
+    def log(step: int, values: dict[str, float]) -> None:
+        losses.append((step, values["loss"]))
+        mlflow.log_metrics(values, step=step)
+        print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
+
+    with stage_run("pretrain", ROOT, {**p.raw(), "model": spec.__dict__}) as run:
+        result = pretrain(MODEL, SHARDS, CHECKPOINTS, cfg, log)
+        if rank == 0:
+            metrics = {"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
+                       "samples_per_s": result.samples_per_s, "train_samples": train_samples}
+            write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
+            write_bytes_atomic(ROOT / "plots" / "pretrain_loss.csv",
+                               ("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses)).encode())
+            mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
+    summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")
+
+
+if __name__ == "__main__":
+    run_stage("pretrain", main)

@@ -1,0 +1,71 @@
+"""DVC stage: log models/clip to MLflow as a pyfunc, register a version, set its alias."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections import Counter
+
+import mlflow
+import pandas as pd
+
+from biomedclip_factory.errors import DataError
+from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.params import load_section
+from biomedclip_factory.registry.register import lineage_tags, register_model
+from biomedclip_factory.tracking import stage_run
+
+from .common import ROOT, run_stage, summary
+from .evaluate import flat_metrics
+
+MODEL = ROOT / "models" / "clip"
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _requirements() -> list[str]:
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines
+            if line.split("#")[0].strip() and not line.startswith(("pytest", "#"))
+            and "pytest" not in line]
+
+
+def main() -> None:
+    p = load_section("register", ROOT / "params.yaml")
+    name, alias = p.get("model_name", str), p.get("alias", str)
+    eval_file, train_file = ROOT / "metrics" / "eval.json", ROOT / "metrics" / "pretrain.json"
+    for needed in (MODEL / "open_clip_config.json", eval_file, train_file):
+        if not needed.is_file():
+            raise DataError(f"register: {needed} is missing (run the earlier stages)")
+    report = json.loads(eval_file.read_text())
+    pairs = pd.read_parquet(ROOT / "data" / "pairs" / "pairs.parquet", columns=["image", "license_code", "split"])
+    train = pairs[pairs["split"] == "train"]
+    example = ROOT / "data" / "pairs" / (train["image"].iloc[0] if len(train) else pairs["image"].iloc[0])
+    dvc_lock = ROOT / "dvc.lock"
+    tags = lineage_tags(
+        git_commit=_git_commit(),
+        dvc_lock_sha256=hashlib.sha256(dvc_lock.read_bytes()).hexdigest() if dvc_lock.is_file() else None,
+        training_run_id=json.loads(train_file.read_text()).get("mlflow_run_id"),
+        licence_mix=json.dumps(dict(Counter(train["license_code"].fillna("unknown"))), sort_keys=True),
+        eval_metrics=json.dumps(flat_metrics(report), sort_keys=True),
+    )
+    with stage_run("register", ROOT, p.raw()):
+        t0 = time.perf_counter()
+        result = register_model(MODEL, name, alias, example, tags, _requirements(), ROOT / "src" / "biomedclip_factory")
+        mlflow.log_metrics(flat_metrics(report))
+        seconds = time.perf_counter() - t0
+    write_json_atomic(ROOT / "metrics" / "register.json",
+                      {"model_name": result.name, "version": int(result.version), "alias": alias})
+    print(f"register: {result.model_uri} → models:/{name}@{alias}")
+    summary("register", 1, 1, 0, seconds, "models")
+
+
+if __name__ == "__main__":
+    run_stage("register", main)

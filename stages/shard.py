@@ -1,0 +1,45 @@
+"""DVC stage: data/pairs → data/shards/<split>/<split>-%06d.tar + sizes.json per split."""
+from __future__ import annotations
+
+import time
+
+import mlflow
+import pandas as pd
+
+from biomedclip_factory.errors import DataError
+from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.params import load_section
+from biomedclip_factory.shards.writer import write_split
+from biomedclip_factory.tracking import stage_run
+
+from .common import ROOT, run_stage, summary
+
+PAIRS = ROOT / "data" / "pairs"
+SHARDS = ROOT / "data" / "shards"
+
+
+def main() -> None:
+    p = load_section("shard", ROOT / "params.yaml")
+    shard_size, seed = p.positive("shard_size"), p.get("seed", int)
+    splits = list(load_section("align", ROOT / "params.yaml").section("split").get("ratios", dict))
+    table = PAIRS / "pairs.parquet"
+    if not table.is_file():
+        raise DataError(f"shard: {table} is missing (run the align stage)")
+    pairs = pd.read_parquet(table).to_dict("records")
+    with stage_run("shard", ROOT, p.raw()):
+        t0 = time.perf_counter()
+        manifest = {split: write_split([r for r in pairs if r["split"] == split], PAIRS, SHARDS, split,
+                                       shard_size, seed) for split in splits}
+        write_json_atomic(SHARDS / "manifest.json", manifest)
+        seconds = time.perf_counter() - t0
+        metrics = {f"{split}_samples": m["samples"] for split, m in manifest.items()}
+        metrics.update(shards=sum(m["shards"] for m in manifest.values()),
+                       bytes=sum(m["bytes"] for m in manifest.values()),
+                       samples_per_s=len(pairs) / max(seconds, 1e-9))
+        write_json_atomic(ROOT / "metrics" / "shard.json", metrics)
+        mlflow.log_metrics(metrics)
+    summary("shard", len(pairs), sum(m["samples"] for m in manifest.values()), 0, seconds, "samples")
+
+
+if __name__ == "__main__":
+    run_stage("shard", main)

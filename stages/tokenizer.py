@@ -1,0 +1,42 @@
+"""DVC stage: train the WordPiece vocabulary on the train captions → models/tokenizer."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import mlflow
+import pandas as pd
+
+from biomedclip_factory.errors import DataError
+from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.model.tokenizer import train_wordpiece
+from biomedclip_factory.params import load_section
+from biomedclip_factory.tracking import stage_run
+
+from .common import ROOT, run_stage, summary
+
+PAIRS = ROOT / "data" / "pairs" / "pairs.parquet"
+OUT = ROOT / "models" / "tokenizer"
+
+
+def main() -> None:
+    p = load_section("tokenizer", ROOT / "params.yaml")
+    context_length = load_section("model", ROOT / "params.yaml").section("text").positive("context_length")
+    if not PAIRS.is_file():
+        raise DataError(f"tokenizer: {PAIRS} is missing (run the align stage)")
+    table = pd.read_parquet(PAIRS, columns=["caption", "split"])
+    captions = table.loc[table["split"] == "train", "caption"].tolist()
+    with stage_run("tokenizer", ROOT, p.raw()):
+        t0 = time.perf_counter()
+        shutil.rmtree(OUT, ignore_errors=True)
+        vocab = train_wordpiece(captions, OUT, p.positive("vocab_size"), p.positive("min_frequency"),
+                                p.get("lowercase", bool), context_length)
+        seconds = time.perf_counter() - t0
+        metrics = {"captions": len(captions), "vocab_size": vocab, "captions_per_s": len(captions) / max(seconds, 1e-9)}
+        write_json_atomic(ROOT / "metrics" / "tokenizer.json", metrics)
+        mlflow.log_metrics(metrics)
+    summary("tokenizer", len(captions), vocab, 0, seconds, "captions")
+
+
+if __name__ == "__main__":
+    run_stage("tokenizer", main)
