@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (which stage when, retries, schedules)."""

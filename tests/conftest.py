@@ -1,0 +1,77 @@
+"""Shared fixtures: the repo's real sample, and throw-away copies of the project to run stages in."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_MIRROR = REPO / "sample" / "pmc-mirror"
+PROJECT_FILES = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml", "requirements.txt")
+
+# Small enough for seconds per stage on 2 cores, same code paths as the embedded default.
+TINY = {
+    "pretrain": {"steps": 4, "micro_batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 2},
+    "evaluate": {"zeroshot": {"chest_xray_pneumonia": None}},
+}
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if all(v is None for v in value.values()):  # keep only the listed keys
+                base[key] = {k: base[key][k] for k in value}
+            else:
+                _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def make_project(dest: Path, overrides: dict | None = None) -> Path:
+    """A copy of the project (code, sample, params, DAG) as a git+DVC repo in ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, dest / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    _merge(params, overrides if overrides is not None else TINY)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def run_module(project: Path, module: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m <module>`` inside ``project`` with the project's own code first on the path."""
+    env = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    proc = subprocess.run([sys.executable, "-m", module], cwd=project, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door)."""
+    project = make_project(tmp_path_factory.mktemp("built") / "project")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    (project / "repro.log").write_text(proc.stdout + proc.stderr)
+    return project

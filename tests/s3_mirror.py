@@ -1,0 +1,97 @@
+"""A real HTTP server on loopback that serves a folder in the PMC Cloud bucket layout.
+
+It answers S3 ListObjectsV2 (``?list-type=2&prefix=&delimiter=/``, paginated with continuation
+tokens) and GETs of keys, like the live bucket. Faults can be injected per key, to prove the
+scraper survives them.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+from xml.sax.saxutils import escape
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+@dataclass
+class Faults:
+    """Per-key faults: key → list of HTTP statuses to answer before serving normally."""
+
+    statuses: dict[str, list[int]] = field(default_factory=dict)
+    corrupt: set[str] = field(default_factory=set)  # serve these keys with one byte flipped
+    retry_after: str = "0"
+    requests: list[str] = field(default_factory=list)
+
+
+class MirrorServer:
+    def __init__(self, root: Path, page_size: int = 1000) -> None:
+        self.root = root
+        self.page_size = page_size
+        self.faults = Faults()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self) -> "MirrorServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _list(self, query: dict[str, list[str]]) -> bytes:
+        prefix = query.get("prefix", [""])[0]
+        start = query.get("continuation-token", [""])[0]
+        names = sorted(p.name + "/" for p in self.root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+        names = [n for n in names if n > start]
+        page, more = names[: self.page_size], len(names) > self.page_size
+        items = "".join(f"<CommonPrefixes><Prefix>{escape(n)}</Prefix></CommonPrefixes>" for n in page)
+        token = f"<NextContinuationToken>{escape(page[-1])}</NextContinuationToken>" if more else ""
+        return (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{NS}"><Name>pmc-oa-opendata</Name>'
+                f"<Prefix>{escape(prefix)}</Prefix><KeyCount>{len(page)}</KeyCount>"
+                f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>{token}{items}</ListBucketResult>").encode()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                key = unquote(url.path.lstrip("/"))
+                server.faults.requests.append(key or "?list")
+                pending = server.faults.statuses.get(key)
+                if pending:
+                    status = pending.pop(0)
+                    self._send(status, b"fault", {"Retry-After": server.faults.retry_after})
+                    return
+                if not key:
+                    self._send(200, server._list(parse_qs(url.query)), {"Content-Type": "application/xml"})
+                    return
+                path = (server.root / key).resolve()
+                if server.root.resolve() not in path.parents or not path.is_file():
+                    self._send(404, b"NoSuchKey")
+                    return
+                body = path.read_bytes()
+                if key in server.faults.corrupt:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+                self._send(200, body)
+
+        return Handler

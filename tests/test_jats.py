@@ -1,0 +1,63 @@
+"""JATS figure extraction on real articles and on each messy case pubmed_parser gets wrong."""
+from __future__ import annotations
+
+import pytest
+
+from biomedclip_factory.errors import ArticleError
+from biomedclip_factory.pmc.jats import parse_article
+
+from .conftest import SAMPLE_MIRROR
+
+
+def _article(prefix: str):
+    return parse_article((SAMPLE_MIRROR / prefix / f"{prefix}.xml").read_bytes(), prefix)
+
+
+def test_real_plos_article_figures_and_caption():
+    art = _article("PMC2924383.1")
+    assert art.pmcid == "PMC2924383" and art.doi == "10.1371/journal.pone.0012255"
+    assert [f.href for f in art.figures] == [f"pone.0012255.g00{i}" for i in range(1, 5)]
+    first = art.figures[0]
+    assert first.fig_id == "pone-0012255-g001" and first.label == "Figure 1"
+    # Checked by hand against the article: title and first paragraph joined by one space.
+    assert first.caption.startswith("Experimental design. In an adaptation phase, observers were exposed")
+
+
+def test_real_bmc_article_ids_without_extension():
+    art = _article("PMC3532326.1")
+    assert [(f.fig_id, f.href) for f in art.figures] == [("F1", "1756-0500-5-615-1"), ("F2", "1756-0500-5-615-2")]
+    # Bold/italic runs inside the first <p>, checked by hand: words neither fused nor dropped.
+    assert art.figures[0].caption.startswith(
+        "Distribution of SNVs, insertions, and deletions along the C. elegans genome for Hawaiian isolate "
+        "CB4856. Segmented rings on the outside represent the six C. elegans chromosomes.")
+
+
+def test_inline_markup_keeps_word_boundaries():
+    xml = (b'<article><fig id="f1"><label>Fig. 1</label><caption><title>Titre</title>'
+           b"<p>Cells at 10<sup>4</sup> PFU<italic>in vivo</italic> and <bold>B</bold> panel.</p>"
+           b'<p>Second <inline-graphic xlink:href="x.gif" xmlns:xlink="http://www.w3.org/1999/xlink"/>para.</p>'
+           b'</caption><graphic xmlns:xlink="http://www.w3.org/1999/xlink" xlink:href="g1"/></fig></article>')
+    fig = parse_article(xml, "t").figures[0]
+    assert fig.caption == "Titre Cells at 104 PFUin vivo and B panel. Second para."
+
+
+def test_namespaced_alternatives_group_and_missing_parts():
+    xml = b"""<article xmlns="https://jats.nlm.nih.gov/ns/archiving/1.4/" xmlns:xlink="http://www.w3.org/1999/xlink">
+      <front><article-meta><article-id pub-id-type="pmc">123</article-id></article-meta></front>
+      <body><fig-group id="g"><caption><p>Group caption.</p></caption>
+        <fig id="a"><caption><p>Panel A.</p></caption>
+          <alternatives><graphic mimetype="image" xlink:href="a.tif"/></alternatives></fig>
+        <fig><graphic mimetype="image" mime-subtype="jpeg" xlink:href="b"/></fig>
+      </fig-group></body>
+      <floats-group><fig id="c"><graphic xlink:href="c"/></fig><fig id="d"><caption><p>No graphic</p></caption></fig></floats-group>
+    </article>"""
+    art = parse_article(xml, "t")
+    assert art.pmcid == "PMC123"
+    got = [(f.fig_id, f.href, f.caption) for f in art.figures]
+    assert got == [("a", "a.tif", "Group caption. Panel A."), ("fig2", "b", "Group caption."),
+                   ("c", "c", ""), ("d", None, "No graphic")]
+
+
+def test_malformed_xml_is_our_error_naming_the_article():
+    with pytest.raises(ArticleError, match="PMC1.1.xml: malformed XML"):
+        parse_article(b"<article><fig id='x'><caption>", "PMC1.1.xml")

@@ -1,0 +1,107 @@
+"""The users' doors, for real: `dvc repro` end to end, the model dir, the registry, the Prefect flow."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_project
+
+pytestmark = pytest.mark.slow
+
+
+def test_dvc_repro_builds_every_output(built_project: Path):
+    p = built_project
+    log = (p / "repro.log").read_text()
+    for stage in ("scrape", "align", "shard", "tokenizer", "pretrain", "evaluate", "register"):
+        assert f"{stage}: " in log and "in, " in log  # each stage printed its summary line
+    assert json.loads((p / "metrics/align.json").read_text())["pairs"] == 10
+    assert json.loads((p / "metrics/shard.json").read_text())["train_samples"] == 8
+    train = json.loads((p / "metrics/pretrain.json").read_text())
+    assert train["steps"] == 4 and train["final_loss"] > 0
+    report = json.loads((p / "metrics/eval.json").read_text())
+    assert report["retrieval"]["test"]["gallery_size"] == 2
+    assert report["zeroshot"]["chest_xray_pneumonia"]["images"] == 50
+    assert json.loads((p / "metrics/register.json").read_text())["version"] == 1
+    assert (p / "dvc.lock").is_file() and (p / "plots/pretrain_loss.csv").read_text().startswith("step,loss\n2,")
+
+
+def test_dvc_repro_again_is_a_no_op(built_project: Path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=built_project, env=env,
+                          capture_output=True, text=True, check=True)
+    assert "up to date" in proc.stdout
+
+
+LOAD_MODEL_DIR = """
+import sys, open_clip, torch
+from PIL import Image
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + sys.argv[1])
+tokenizer = open_clip.get_tokenizer("local-dir:" + sys.argv[1])
+model.eval()
+with torch.no_grad():
+    image = model.encode_image(preprocess(Image.open(sys.argv[2])).unsqueeze(0), normalize=True)
+    text = model.encode_text(tokenizer(["genome variant analysis workflow"]), normalize=True)
+print(float((image @ text.T)[0, 0]))
+"""
+
+
+def test_model_dir_loads_in_open_clip_from_anywhere(built_project: Path, tmp_path: Path):
+    image = next((built_project / "data/pairs/images").glob("*.jpg"))
+    proc = subprocess.run([sys.executable, "-c", LOAD_MODEL_DIR, str(built_project / "models/clip"), str(image)],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert -1.0 <= float(proc.stdout.strip().splitlines()[-1]) <= 1.0
+    assert "Model initialized randomly" not in proc.stderr
+
+
+PULL_FROM_REGISTRY = """
+import base64, json, sys, mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("models:/biomedclip-factory@challenger")
+image = base64.b64encode(open(sys.argv[1], "rb").read()).decode()
+out = model.predict(pd.DataFrame({"image": [image]}),
+                    params={"candidate_labels": ["a genome variant workflow", "a chest x-ray"]})
+probs = out["probabilities"][0]
+emb = model.predict(pd.DataFrame({"text": ["a chest x-ray"]}))["text_embedding"][0]
+print(json.dumps({"n": len(probs), "total": sum(probs), "label": out["label"][0], "dim": len(emb)}))
+"""
+
+
+def test_registered_model_loads_in_a_fresh_process(built_project: Path, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{built_project / 'mlflow.db'}"
+    version = MlflowClient(uri).get_model_version_by_alias("biomedclip-factory", "challenger")
+    tags = version.tags
+    assert {"git_commit", "training_run_id", "licence_mix", "eval_metrics"} <= set(tags)
+    assert json.loads(tags["licence_mix"]) == {"CC BY": 8}
+    image = next((built_project / "data/pairs/images").glob("PMC3532326*.jpg"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run([sys.executable, "-c", PULL_FROM_REGISTRY, str(image)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == 2 and out["total"] == pytest.approx(1.0) and out["dim"] == 128
+    assert out["label"] in ("a genome variant workflow", "a chest x-ray")
+
+
+def test_prefect_flow_runs_the_same_dag(tmp_path: Path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    project = make_project(tmp_path / "project")
+    sys.path.insert(0, str(project))
+    try:
+        from flows.pipeline import pipeline
+
+        with prefect_test_harness(server_startup_timeout=120):
+            ran = pipeline(project=str(project))
+            again = pipeline(project=str(project))
+    finally:
+        sys.path.remove(str(project))
+    assert ran == {s: True for s in ran} and len(ran) == 7
+    assert again == {s: False for s in again}
+    assert json.loads((project / "metrics/register.json").read_text())["version"] == 1

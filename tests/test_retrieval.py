@@ -1,0 +1,39 @@
+"""Retrieval and classification metrics against hand-computed cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from biomedclip_factory.evaluate.retrieval import ranks_of_truth, recall_at_k, retrieval_metrics
+from biomedclip_factory.evaluate.zeroshot import classification_metrics
+
+
+def test_perfect_reversed_and_tied_rankings():
+    perfect = torch.eye(4)
+    assert recall_at_k(perfect, (1, 2)) == {"R@1": 1.0, "R@2": 1.0}
+    reversed_ = torch.tensor([[0.0, 1, 2, 3], [1, 0.5, 2, 3], [3, 2, 1, 0.5], [3, 2, 1, 0]])
+    assert ranks_of_truth(reversed_).tolist() == [3, 3, 2, 3]
+    assert recall_at_k(reversed_, (1, 3)) == {"R@1": 0.0, "R@3": 0.25}
+    tied = torch.ones(4, 4)  # a model that scores everything equally is at the bottom, not perfect
+    assert recall_at_k(tied, (1, 4)) == {"R@1": 0.0, "R@4": 1.0}
+
+
+def test_retrieval_reports_both_directions_gallery_and_chance():
+    img = torch.eye(3)  # one-hot images: similarity[i][j] = text_j[i]
+    txt = torch.tensor([[3.0, 1, 0], [0, 1, 2], [1, 0, 2]])
+    # similarity = [[3, 0, 1], [1, 1, 0], [0, 2, 2]]
+    m = retrieval_metrics(img, txt, ks=(1, 2))
+    assert m["gallery_size"] == 3 and m["chance"] == {"R@1": 1 / 3, "R@2": 2 / 3}
+    # rows: i0 truth 3 first; i1 truth 1 tied with a 1 → rank 1; i2 truth 2 tied with a 2 → rank 1
+    assert m["image_to_text"] == {"R@1": pytest.approx(1 / 3), "R@2": 1.0}
+    # columns: t0 [3,1,0] first; t1 [0,1,2] second; t2 [1,0,2] first
+    assert m["text_to_image"] == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+
+
+def test_classification_metrics_balanced_and_chance():
+    logits = torch.tensor([[2.0, 0], [2, 0], [2, 0], [0, 2]])
+    labels = torch.tensor([0, 0, 0, 1])
+    m = classification_metrics(logits, labels, 2)
+    assert m == {"accuracy": 1.0, "balanced_accuracy": 1.0, "chance_accuracy": 0.75, "chance_balanced_accuracy": 0.5}
+    m = classification_metrics(torch.tensor([[2.0, 0]] * 4), labels, 2)
+    assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == 0.5
