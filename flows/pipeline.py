@@ -6,6 +6,7 @@ Runs with no server (Prefect's ephemeral local API): ``python -m flows.pipeline`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
     bin_dir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    with Repo(str(project)) as repo:
+    # DVC resolves stage paths against the working directory: run from inside the project.
+    with contextlib.chdir(project), Repo(str(project)) as repo:
         done = repo.reproduce(stage, single_item=True, force=force)
     return [s.addressing for s in done]
 
@@ -43,10 +45,10 @@ def run_scrape(project: Path, force: bool = False) -> list[str]:
 
 
 @flow(name="biomedclip-pipeline", log_prints=True)
-def pipeline(project: str = str(ROOT), force: bool = False) -> dict[str, bool]:
+def pipeline(project: str = str(ROOT), force: bool = False, scrape_retries: int = 3) -> dict[str, bool]:
     """Reproduce every stage in order; returns which stages actually ran."""
     path = Path(project)
-    ran = {"scrape": bool(run_scrape(path, force))}
+    ran = {"scrape": bool(run_scrape.with_options(retries=scrape_retries)(path, force))}
     for stage in STAGES[1:]:
         ran[stage] = bool(run_stage(stage, path, force))
     return ran

@@ -22,19 +22,18 @@ from .evaluate import flat_metrics
 MODEL = ROOT / "models" / "clip"
 
 
-def _git_commit() -> str | None:
+def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return "unknown (not a git checkout with commits)"
 
 
 def _requirements() -> list[str]:
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
-    return [line.split("#")[0].strip() for line in lines
-            if line.split("#")[0].strip() and not line.startswith(("pytest", "#"))
-            and "pytest" not in line]
+    """The pinned runtime requirements (test tools left out) for the logged model's environment."""
+    specs = (line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
+    return [s for s in specs if s and not s.startswith("pytest")]
 
 
 def main() -> None:

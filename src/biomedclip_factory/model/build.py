@@ -10,6 +10,7 @@ dir's absolute path; ``relocate`` rewrites it after the dir is copied elsewhere.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,13 @@ def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path) -> Non
 def create_model(model_dir: Path, load_weights: bool) -> torch.nn.Module:
     """Instantiate the CLIP described by ``model_dir`` (with its weights when ``load_weights``)."""
     relocate(model_dir)
-    model = open_clip.create_model(f"local-dir:{model_dir}", load_weights=load_weights,
-                                   pretrained_text=False, pretrained_image=False)
-    return model
+    # Without weights open_clip warns "initialized randomly" — that is the point of a fresh model.
+    logging.disable(logging.NOTSET if load_weights else logging.WARNING)
+    try:
+        return open_clip.create_model(f"local-dir:{model_dir}", load_weights=load_weights,
+                                      pretrained_text=False, pretrained_image=False)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def save_weights(model: torch.nn.Module, model_dir: Path) -> None:
