@@ -46,25 +46,33 @@ class CaptionCollator:
         return images, tokens, [s[2] for s in samples]
 
 
-def _pipeline(dataset: wds.WebDataset, preprocess: Callable, collate: CaptionCollator,
-              batch_size: int, partial: bool) -> wds.WebDataset:
-    return (dataset.decode("pil", handler=wds.warn_and_continue)
-            .to_tuple("jpg", "txt", "json", handler=wds.warn_and_continue)
-            .map_tuple(preprocess, lambda t: t, lambda j: j)
-            .batched(batch_size, collation_fn=collate, partial=partial))
+def _decode_and_batch(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool) -> list:
+    return [wds.decode("pil", handler=wds.warn_and_continue),
+            wds.to_tuple("jpg", "txt", "json", handler=wds.warn_and_continue),
+            wds.map_tuple(preprocess, lambda t: t, lambda j: j),
+            wds.batched(batch_size, collation_fn=collate, partial=partial)]
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return info.id if info is not None else 0
 
 
 def train_batches(shard_dir: Path, preprocess: Callable, collate: CaptionCollator, batch_size: int,
                   seed: int, rank: int, num_workers: int = 0, shuffle_buffer: int = 1000) -> Iterator[Batch]:
-    """An endless, seeded stream of training batches for ``rank``."""
+    """An endless stream of training batches for ``rank``, the same for the same seed."""
     urls = shard_urls(shard_dir, "train")
     if not urls:
         raise DataError(f"the train split in {shard_dir} has no samples")
-    dataset = wds.WebDataset(urls, resampled=True, shardshuffle=False, seed=seed * 1000 + rank, handler=wds.warn_and_continue,
-                             empty_check=False).shuffle(shuffle_buffer, rng=random.Random(f"{seed}:{rank}"))
-    loader = wds.WebLoader(_pipeline(dataset, preprocess, collate, batch_size, partial=False),
-                           batch_size=None, num_workers=num_workers)
-    return iter(loader)
+    shards = wds.ResampledShards(urls, seed=seed, deterministic=True,
+                                 worker_seed=lambda: rank * 1024 + _worker_id())
+    pipeline = wds.DataPipeline(
+        shards,
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(shuffle_buffer, rng=random.Random(f"{seed}:{rank}")),
+        *_decode_and_batch(preprocess, collate, batch_size, partial=False),
+    )
+    return iter(wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers))
 
 
 def eval_batches(shard_dir: Path, split: str, preprocess: Callable, collate: CaptionCollator,
@@ -73,7 +81,7 @@ def eval_batches(shard_dir: Path, split: str, preprocess: Callable, collate: Cap
     urls = shard_urls(shard_dir, split)
     if not urls:
         return iter(())
-    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.single_node_only,
-                             handler=wds.warn_and_continue, empty_check=False)
-    return iter(_pipeline(dataset, preprocess, collate, batch_size, partial=True))
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                                *_decode_and_batch(preprocess, collate, batch_size, partial=True))
+    return iter(pipeline)
 
