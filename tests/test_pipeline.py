@@ -106,3 +106,17 @@ def test_prefect_flow_runs_the_same_dag(tmp_path: Path):
     assert ran == {s: True for s in ran} and len(ran) == 7
     assert again == {s: False for s in again}
     assert json.loads((project / "metrics/register.json").read_text())["version"] == 1
+
+
+def test_open_clip_trainer_reads_our_shards_and_model_unchanged(built_project: Path, tmp_path: Path):
+    """open_clip's own trainer, on our train shards (sizes.json gives it the sample count)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "open_clip_train.main", "--dataset-type", "webdataset",
+         "--train-data", str(built_project / "data/shards/train/train-000000.tar"),
+         "--model", f"local-dir:{built_project / 'models/clip'}", "--batch-size", "4", "--epochs", "1",
+         "--workers", "0", "--device", "cpu", "--logs", str(tmp_path), "--name", "interop",
+         "--save-frequency", "0", "--warmup", "1", "--lr", "1e-4", "--seed", "0"],
+        cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    log = (tmp_path / "interop" / "out.log").read_text()
+    assert "[8/8 (100%)]" in log and "Contrastive_loss" in log

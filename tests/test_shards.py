@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from biomedclip_factory.shards.loader import CaptionCollator, eval_batches, shard_urls, train_batches
+from biomedclip_factory.shards.loader import CaptionCollator, SkipCounter, eval_batches, shard_urls, train_batches
 from biomedclip_factory.shards.writer import write_split
 
 
@@ -76,3 +76,39 @@ def test_training_stream_is_endless_and_seeded(pairs, tmp_path):
 
     assert first_ids(3) == first_ids(3)
     assert len(shard_urls(tmp_path, "train")) == 3
+
+
+def _ids(batches) -> list[str]:
+    return [m["pair_id"] for _, _, meta in batches for m in meta]
+
+
+def test_eval_split_across_two_ranks_is_exact_and_disjoint(pairs, tmp_path):
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    ident = lambda img: torch.zeros(3, 8, 8)  # noqa: E731
+    per_rank = [_ids(eval_batches(tmp_path, "train", ident, collate, 3, rank=r, world_size=2)) for r in (0, 1)]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(r["pair_id"] for r in rows)
+
+
+def test_corrupted_image_is_skipped_and_counted(pairs, tmp_path):
+    root, rows = pairs
+    (root / rows[2]["image"]).write_bytes(b"\xff\xd8 this is not a jpeg")
+    write_split(rows, root, tmp_path, "train", shard_size=10, seed=0)
+    skips = SkipCounter()
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    seen = _ids(eval_batches(tmp_path, "train", lambda img: torch.zeros(3, 8, 8), collate, 4, skips=skips))
+    assert skips.skipped == 1
+    assert sorted(seen) == sorted(r["pair_id"] for r in rows if r is not rows[2])
+
+
+def test_truncated_shard_loses_only_its_tail(pairs, tmp_path):
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=4, seed=0)
+    shard = tmp_path / "train" / "train-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    skips = SkipCounter()
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    seen = _ids(eval_batches(tmp_path, "train", lambda img: torch.zeros(3, 8, 8), collate, 4, skips=skips))
+    assert skips.skipped >= 1 and len(seen) >= 3  # the intact second shard is read in full

@@ -1,35 +1,64 @@
-"""Stream shards back as (image tensor, token ids) batches for training and evaluation.
+"""Stream shards back as (image tensor, token ids, metadata) batches for training and evaluation.
 
-Training is resampled (infinite, seeded per rank) so every rank always has data; evaluation reads
-each sample exactly once in shard order. Captions are padded to the longest in the batch, capped
-at the context length, so short captions do not pay for the full context.
+Training is resampled (endless, seeded per rank and worker) so every rank always has data;
+evaluation reads each sample exactly once, its shards split across ranks and workers. Captions are
+padded to the longest in the batch, capped at the context length, so short captions do not pay for
+the full context. A corrupted sample is skipped and counted, never a crash. Shard locations may be
+local paths or anything webdataset opens (``http(s)://``, ``pipe:…`` for object stores).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import webdataset as wds
+from webdataset.gopen import gopen
 
 from ..errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]
+log = logging.getLogger(__name__)
 
 
-def shard_urls(shard_dir: Path, split: str) -> list[str]:
-    """The split's shard paths, from its sizes.json (open_clip's convention)."""
-    sizes_file = shard_dir / split / "sizes.json"
-    if not sizes_file.is_file():
-        raise DataError(f"no shards for split '{split}': {sizes_file} is missing (run the shard stage)")
-    sizes = json.loads(sizes_file.read_text())
-    return [str(shard_dir / split / name) for name, n in sorted(sizes.items()) if n > 0]
+def _join(base: str | Path, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
 
 
-def split_size(shard_dir: Path, split: str) -> int:
-    return sum(json.loads((shard_dir / split / "sizes.json").read_text()).values())
+def read_sizes(shard_base: str | Path, split: str) -> dict[str, int]:
+    """The split's ``sizes.json`` (open_clip's convention), local or remote."""
+    url = _join(shard_base, split, "sizes.json")
+    try:
+        with gopen(url, "rb") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"no shards for split '{split}': cannot read {url} ({exc})") from exc
+
+
+def shard_urls(shard_base: str | Path, split: str) -> list[str]:
+    return [_join(shard_base, split, name) for name, n in sorted(read_sizes(shard_base, split).items()) if n > 0]
+
+
+def split_size(shard_base: str | Path, split: str) -> int:
+    return sum(read_sizes(shard_base, split).values())
+
+
+class SkipCounter:
+    """A webdataset handler that skips a bad sample or shard, counts it and logs the first few."""
+
+    def __init__(self, log_first: int = 10) -> None:
+        self.skipped = 0
+        self.log_first = log_first
+
+    def __call__(self, exc: Exception) -> bool:
+        self.skipped += 1
+        if self.skipped <= self.log_first:
+            log.warning("skipped a corrupted sample: %r", exc)
+        return True
 
 
 class CaptionCollator:
@@ -46,10 +75,11 @@ class CaptionCollator:
         return images, tokens, [s[2] for s in samples]
 
 
-def _decode_and_batch(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool) -> list:
-    return [wds.decode("pil", handler=wds.warn_and_continue),
-            wds.to_tuple("jpg", "txt", "json", handler=wds.warn_and_continue),
-            wds.map_tuple(preprocess, lambda t: t, lambda j: j),
+def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool,
+                        skips: SkipCounter) -> list:
+    return [wds.decode("pilrgb", handler=skips),
+            wds.to_tuple("jpg", "txt", "json", handler=skips),
+            wds.map_tuple(preprocess, lambda t: t, lambda j: j, handler=skips),
             wds.batched(batch_size, collation_fn=collate, partial=partial)]
 
 
@@ -58,30 +88,43 @@ def _worker_id() -> int:
     return info.id if info is not None else 0
 
 
-def train_batches(shard_dir: Path, preprocess: Callable, collate: CaptionCollator, batch_size: int,
-                  seed: int, rank: int, num_workers: int = 0, shuffle_buffer: int = 1000) -> Iterator[Batch]:
+def _loader(pipeline: wds.DataPipeline, num_workers: int, prefetch_factor: int) -> Iterator[Batch]:
+    if num_workers == 0:
+        return iter(pipeline)
+    return iter(wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
+                              persistent_workers=True))
+
+
+def train_batches(shard_base: str | Path, preprocess: Callable, collate: CaptionCollator, batch_size: int, seed: int,
+                  rank: int, num_workers: int = 0, prefetch_factor: int = 2, shuffle_buffer: int = 1000,
+                  skips: SkipCounter | None = None) -> Iterator[Batch]:
     """An endless stream of training batches for ``rank``, the same for the same seed."""
-    urls = shard_urls(shard_dir, "train")
+    urls = shard_urls(shard_base, "train")
     if not urls:
-        raise DataError(f"the train split in {shard_dir} has no samples")
-    shards = wds.ResampledShards(urls, seed=seed, deterministic=True,
-                                 worker_seed=lambda: rank * 1024 + _worker_id())
+        raise DataError(f"the train split in {shard_base} has no samples")
+    skips = skips or SkipCounter()
+
+    def worker_seed() -> int:  # deterministic per (seed, rank, worker): same stream on a rerun
+        return int.from_bytes(hashlib.sha256(f"{seed}:{rank}:{_worker_id()}".encode()).digest()[:4], "big")
+
     pipeline = wds.DataPipeline(
-        shards,
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(shuffle_buffer, rng=random.Random(f"{seed}:{rank}")),
-        *_decode_and_batch(preprocess, collate, batch_size, partial=False),
+        wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
+        wds.tarfile_to_samples(handler=skips),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(f"{seed}:{rank}")),
+        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips),
     )
-    return iter(wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers))
+    return _loader(pipeline, num_workers, prefetch_factor)
 
 
-def eval_batches(shard_dir: Path, split: str, preprocess: Callable, collate: CaptionCollator,
-                 batch_size: int) -> Iterator[Batch]:
-    """Every sample of ``split`` exactly once, in shard order."""
-    urls = shard_urls(shard_dir, split)
+def eval_batches(shard_base: str | Path, split: str, preprocess: Callable, collate: CaptionCollator, batch_size: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
+                 skips: SkipCounter | None = None) -> Iterator[Batch]:
+    """Every sample of ``split`` exactly once across ``world_size`` ranks (shards split by rank, worker)."""
+    urls = shard_urls(shard_base, split)[rank::world_size]
     if not urls:
         return iter(())
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                                *_decode_and_batch(preprocess, collate, batch_size, partial=True))
-    return iter(pipeline)
-
+    skips = skips or SkipCounter()
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_worker,
+                                wds.tarfile_to_samples(handler=skips),
+                                *_samples_to_batches(preprocess, collate, batch_size, partial=True, skips=skips))
+    return _loader(pipeline, num_workers, prefetch_factor)
