@@ -48,7 +48,7 @@ def train_config(p: Section) -> TrainConfig:
         betas=(float(betas[0]), float(betas[1])), eps=p.positive("eps", float), grad_clip=p.positive("grad_clip", float),
         precision=p.choice("precision", ("fp32", "bf16", "fp16")), zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int),
         log_every=p.positive("log_every"), checkpoint_every=p.get("checkpoint_every", int),
-        num_workers=p.get("num_workers", int))
+        num_workers=p.get("num_workers", int), prefetch_factor=p.positive("prefetch_factor"))
 
 
 def _fingerprint(spec: ModelSpec, cfg: TrainConfig) -> str:
@@ -90,7 +90,8 @@ def main() -> None:
         result = pretrain(MODEL, SHARDS, CHECKPOINTS, cfg, log)
         if rank == 0:
             metrics = {"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
-                       "samples_per_s": result.samples_per_s, "train_samples": train_samples}
+                       "samples_per_s": result.samples_per_s, "train_samples": train_samples,
+                       "skipped_samples": result.skipped_samples}
             write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
             write_bytes_atomic(ROOT / "plots" / "pretrain_loss.csv",
                                ("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses)).encode())

@@ -112,3 +112,24 @@ def test_truncated_shard_loses_only_its_tail(pairs, tmp_path):
     collate = CaptionCollator(_Tokenizer(), context_length=8)
     seen = _ids(eval_batches(tmp_path, "train", lambda img: torch.zeros(3, 8, 8), collate, 4, skips=skips))
     assert skips.skipped >= 1 and len(seen) >= 3  # the intact second shard is read in full
+
+
+def test_two_workers_still_read_each_sample_once(pairs, tmp_path):
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    seen = _ids(eval_batches(tmp_path, "train", _zeros, collate, 2, num_workers=2))
+    assert sorted(seen) == sorted(r["pair_id"] for r in rows)
+
+
+def test_ranks_draw_different_training_streams(pairs, tmp_path):
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    streams = [train_batches(tmp_path, _zeros, collate, batch_size=4, seed=0, rank=r) for r in (0, 1)]
+    draws = [[m["pair_id"] for _ in range(6) for m in next(s)[2]] for s in streams]
+    assert draws[0] != draws[1]
+
+
+def _zeros(img):
+    return torch.zeros(3, 8, 8)

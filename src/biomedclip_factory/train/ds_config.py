@@ -22,6 +22,7 @@ class TrainConfig:
     log_every: int
     checkpoint_every: int
     num_workers: int
+    prefetch_factor: int = 2
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
 from ..model.build import create_model, save_weights
-from ..shards.loader import CaptionCollator, train_batches
+from ..shards.loader import CaptionCollator, SkipCounter, train_batches
 from .ds_config import TrainConfig, deepspeed_config
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -34,6 +34,7 @@ class TrainSummary:
     samples: int
     seconds: float
     final_loss: float
+    skipped_samples: int
 
     @property
     def samples_per_s(self) -> float:
@@ -92,8 +93,9 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
                                            std=open_clip.OPENAI_DATASET_STD)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     collate = CaptionCollator(tokenizer, tokenizer.model_max_length)  # the context length (init_model_dir)
+    skips = SkipCounter()  # counts what the main process decodes (num_workers=0); workers log theirs
     batches = train_batches(shard_dir, preprocess, collate, cfg.micro_batch_size, seed=cfg.seed + start,
-                            rank=rank, num_workers=cfg.num_workers)
+                            rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, skips=skips)
     loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
 
@@ -124,4 +126,4 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
             save_weights(engine.module, model_dir)
     torch.distributed.barrier()
     return TrainSummary(steps=cfg.steps, resumed_from=start, samples=samples, seconds=seconds,
-                        final_loss=loss_value)
+                        final_loss=loss_value, skipped_samples=skips.skipped)
