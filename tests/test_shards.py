@@ -133,3 +133,24 @@ def test_ranks_draw_different_training_streams(pairs, tmp_path):
 
 def _zeros(img):
     return torch.zeros(3, 8, 8)
+
+
+def test_shards_stream_over_http(pairs, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root, rows = pairs
+    write_split(rows, root, tmp_path / "www", "train", shard_size=3, seed=0)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        collate = CaptionCollator(_Tokenizer(), context_length=8)
+        assert shard_urls(base, "train")[0] == f"{base}/train/train-000000.tar"
+        seen = _ids(eval_batches(base, "train", _zeros, collate, 4))
+    finally:
+        server.shutdown()
+    assert sorted(seen) == sorted(r["pair_id"] for r in rows)
