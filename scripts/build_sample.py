@@ -152,7 +152,21 @@ def build_labelled(shared: Path, out: Path) -> None:
             for img in sorted(cls.iterdir())[:per_class]:
                 shutil.copy(img, dest / img.name)
         lines.append(f"- `{name}/` ({per_class} per class), licence {licence}: {credit}.")
+    lines.append(build_npz(shared, out))
     (out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
+
+
+def build_npz(shared: Path, out: Path, per_class: int = 100) -> str:
+    """The first N test images per class of PneumoniaMNIST, as a small MedMNIST-style .npz."""
+    import numpy as np
+
+    data = np.load(shared / "pneumoniamnist.npz")
+    labels = data["test_labels"].reshape(-1)
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+    np.savez_compressed(out / "pneumoniamnist_test.npz", test_images=data["test_images"][keep],
+                        test_labels=data["test_labels"][keep])
+    return (f"- `pneumoniamnist_test.npz` ({per_class} per class of the test split, 28 px), licence CC BY 4.0: "
+            "MedMNIST v2 PneumoniaMNIST (Yang et al., 2023), via varun19424/pneumonia_mnist @ 9361a718d67e.")
 
 
 def main() -> None:

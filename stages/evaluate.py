@@ -1,4 +1,8 @@
-"""DVC stage: score models/clip → metrics/eval.json (retrieval with gallery sizes, zero-shot)."""
+"""DVC stage: score our model (and any others named in params) → metrics/eval.json, eval.md, plots.
+
+Retrieval on the shard splits (R@1/5/10 both ways, with gallery size and chance) and the zero-shot
+suite from params. One missing model or dataset is reported by name; the rest still run.
+"""
 from __future__ import annotations
 
 import time
@@ -9,17 +13,21 @@ import torch
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.embed import Encoder
+from biomedclip_factory.evaluate.models import load_encoder
+from biomedclip_factory.evaluate.report import confusion_rows, examples_grid, markdown_report
 from biomedclip_factory.evaluate.retrieval import retrieval_metrics
-from biomedclip_factory.evaluate.zeroshot import ZeroShotTask, evaluate_zeroshot
-from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.evaluate.zeroshot import METRICS, ZeroShotTask, evaluate_zeroshot
+from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.shards.loader import CaptionCollator, eval_batches
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-MODEL = ROOT / "models" / "clip"
+OURS = "ours"
 SHARDS = ROOT / "data" / "shards"
+PAIR_IMAGES = ROOT / "data" / "pairs" / "images"
+PLOTS = ROOT / "plots"
 
 
 def zeroshot_tasks(p: Section) -> list[ZeroShotTask]:
@@ -27,22 +35,56 @@ def zeroshot_tasks(p: Section) -> list[ZeroShotTask]:
     tasks = []
     for name in suite.raw():
         t = suite.section(name)
-        classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
-        templates = tuple(str(x) for x in t.get("templates", list))
-        tasks.append(ZeroShotTask(name, ROOT / Path(t.get("path", str)), classnames, templates))
+        tasks.append(ZeroShotTask(
+            name=name, path=ROOT / Path(t.get("path", str)),
+            classnames={str(k): str(v) for k, v in t.get("classnames", dict).items()},
+            templates=tuple(str(x) for x in t.get("templates", list)),
+            metric=t.choice("metric", METRICS, "accuracy"), npz_split=t.get("npz_split", str, "test")))
     return tasks
 
 
-def split_retrieval(encoder: Encoder, split: str, batch_size: int) -> dict:
+def split_retrieval(encoder: Encoder, split: str, batch_size: int) -> tuple[dict, list[dict], torch.Tensor]:
+    """Metrics, the samples' metadata and the image×text similarity of one split."""
     collate = CaptionCollator(encoder.tokenizer, encoder.context_length)
-    images, texts = [], []
-    for batch_images, tokens, _ in eval_batches(SHARDS, split, encoder.preprocess, collate, batch_size):
+    images, texts, meta = [], [], []
+    for batch_images, tokens, batch_meta in eval_batches(SHARDS, split, encoder.preprocess, collate, batch_size):
         i, t = encoder.embed_batch(batch_images, tokens)
         images.append(i)
         texts.append(t)
+        meta += batch_meta
     if not images:
-        return {"gallery_size": 0}
-    return retrieval_metrics(torch.cat(images), torch.cat(texts))
+        return {"gallery_size": 0}, [], torch.empty(0)
+    image_emb, text_emb = torch.cat(images), torch.cat(texts)
+    return retrieval_metrics(image_emb, text_emb), meta, image_emb @ text_emb.T
+
+
+def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask], batch_size: int,
+                   keep: dict | None = None) -> dict:
+    result: dict = {"retrieval": {}, "zeroshot": {}}
+    for split in splits:
+        result["retrieval"][split], meta, sim = split_retrieval(encoder, split, batch_size)
+        if keep is not None:
+            keep[split] = (meta, sim)
+    for task in tasks:
+        try:
+            result["zeroshot"][task.name] = evaluate_zeroshot(encoder, task, batch_size)
+        except DataError as exc:  # one bad dataset is reported; the others still run
+            result["zeroshot"][task.name] = {"error": str(exc)}
+            print(f"evaluate: {exc}", flush=True)
+    return result
+
+
+def write_plots(ours: dict, kept: dict, split: str) -> None:
+    for task, res in ours["zeroshot"].items():
+        if "confusion" in res:
+            write_bytes_atomic(PLOTS / "confusion" / f"{task}.csv", confusion_rows(res["confusion"], res["classes"]).encode())
+    meta, sim = kept.get(split, ([], torch.empty(0)))
+    if meta:
+        top1 = sim.argmax(dim=1).tolist()
+        examples = [(PAIR_IMAGES / f"{m['pair_id']}.jpg", m["caption"], meta[j]["caption"])
+                    for m, j in list(zip(meta, top1))[:8]]
+        PLOTS.mkdir(exist_ok=True)
+        examples_grid(examples).save(PLOTS / "retrieval_examples.png")
 
 
 def main() -> None:
@@ -50,28 +92,37 @@ def main() -> None:
     batch_size = p.positive("batch_size")
     splits = [str(s) for s in p.get("retrieval_splits", list)]
     tasks = zeroshot_tasks(p)
-    if not (MODEL / "open_clip_config.json").is_file():
-        raise DataError(f"evaluate: no model in {MODEL} (run the pretrain stage)")
+    others = {str(k): str(v) for k, v in p.get("models", dict, {}).items()}
+    if OURS in others:
+        raise DataError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
+    models = {OURS: "local-dir:models/clip", **others}
     with stage_run("evaluate", ROOT, p.raw()):
         t0 = time.perf_counter()
-        encoder = Encoder.load(MODEL)
-        report: dict = {"retrieval": {}, "zeroshot": {}}
-        scored = 0
-        for split in splits:
-            report["retrieval"][split] = split_retrieval(encoder, split, batch_size)
-            scored += report["retrieval"][split]["gallery_size"]
-        for task in tasks:
+        report: dict = {}
+        kept: dict = {}
+        for name, spec in models.items():
             try:
-                report["zeroshot"][task.name] = evaluate_zeroshot(encoder, task, batch_size)
-                scored += report["zeroshot"][task.name]["images"]
-            except DataError as exc:  # one bad dataset is reported; the others still run
-                report["zeroshot"][task.name] = {"error": str(exc)}
+                encoder = load_encoder(spec, ROOT)
+            except DataError as exc:
+                if name == OURS:
+                    raise
+                report[name] = {"error": str(exc), "source": spec}
                 print(f"evaluate: {exc}", flush=True)
+                continue
+            report[name] = {"source": spec, **evaluate_model(encoder, splits, tasks, batch_size,
+                                                             kept if name == OURS else None)}
         seconds = time.perf_counter() - t0
-        write_json_atomic(ROOT / "metrics" / "eval.json", report)
-        mlflow.log_metrics(flat_metrics(report))
-    failed = sum(1 for r in report["zeroshot"].values() if "error" in r)
-    summary("evaluate", scored, len(splits) + len(tasks) - failed, failed, seconds, "items")
+        write_json_atomic(ROOT / "metrics" / "eval.json", {"models": report})
+        write_bytes_atomic(ROOT / "metrics" / "eval.md", markdown_report(report).encode())
+        write_plots(report[OURS], kept, splits[0] if splits else "test")
+        for name, result in report.items():
+            mlflow.log_metrics(flat_metrics(result, f"{name}."))
+        mlflow.log_artifact(str(ROOT / "metrics" / "eval.md"))
+    scored = sum(r["retrieval"][s]["gallery_size"] for r in report.values() if "retrieval" in r for s in splits)
+    scored += sum(z.get("images", 0) for r in report.values() for z in r.get("zeroshot", {}).values())
+    failed = sum(1 for r in report.values() if "error" in r) + \
+        sum(1 for r in report.values() for z in r.get("zeroshot", {}).values() if "error" in z)
+    summary("evaluate", scored, len(report), failed, seconds, "items")
 
 
 def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
@@ -80,7 +131,7 @@ def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
         name = f"{prefix}{key}".replace("@", "_at_")
         if isinstance(value, dict):
             out.update(flat_metrics(value, name + "."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
             out[name] = float(value)
     return out
 

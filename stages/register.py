@@ -43,7 +43,7 @@ def main() -> None:
     for needed in (MODEL / "open_clip_config.json", eval_file, train_file):
         if not needed.is_file():
             raise DataError(f"register: {needed} is missing (run the earlier stages)")
-    report = json.loads(eval_file.read_text())
+    report = json.loads(eval_file.read_text())["models"]["ours"]
     pairs = pd.read_parquet(ROOT / "data" / "pairs" / "pairs.parquet", columns=["image", "license_code", "split"])
     train = pairs[pairs["split"] == "train"]
     example = ROOT / "data" / "pairs" / (train["image"].iloc[0] if len(train) else pairs["image"].iloc[0])

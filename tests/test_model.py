@@ -1,6 +1,7 @@
 """The model dir: open_clip layout, dynamic padding equal to full padding, relocation."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,29 @@ def test_copied_model_dir_is_relocated_and_loads_the_same(model_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(a.encode_image(image), b.encode_image(image))
     assert str(copy.resolve()) in (copy / "open_clip_config.json").read_text()
+
+
+def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
+    """params/biomedclip.yaml validates in every stage reader and builds BiomedCLIP's shape (~196M params)."""
+    from stages.evaluate import zeroshot_tasks
+    from stages.pretrain import model_spec, train_config
+
+    from biomedclip_factory.params import load_section
+
+    from .conftest import REPO
+
+    profile = REPO / "params" / "biomedclip.yaml"
+    spec = model_spec(load_section("model", profile))
+    cfg = train_config(load_section("pretrain", profile))
+    assert (cfg.precision, cfg.warmup_steps, cfg.betas, cfg.eps) == ("bf16", 2000, (0.9, 0.98), 1e-6)
+    assert {t.name for t in zeroshot_tasks(load_section("evaluate", profile))} == {
+        "pcam", "lc25000_lung", "lc25000_colon", "tcga_til", "rsna_pneumonia"}
+    train_wordpiece(CAPTIONS, tmp_path / "tok", 30522, 1, True, 256)
+    init_model_dir(spec, tmp_path / "tok", tmp_path / "clip")
+    config = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
+    assert config["vision_cfg"]["image_size"] == 224 and config["text_cfg"]["context_length"] == 256
+    assert config["text_cfg"]["hf_pooler_type"] == "cls_last_hidden_state_pooler" and config["embed_dim"] == 512
+    model = create_model(tmp_path / "clip", load_weights=False)
+    n_params = sum(p.numel() for p in model.parameters())
+    # ViT-B/16 (86M) + BERT-base (110M with a 30522 vocab; ours is smaller, trained on 9 captions) + heads
+    assert 85e6 + 85e6 < n_params < 200e6

@@ -23,9 +23,11 @@ def test_dvc_repro_builds_every_output(built_project: Path):
     assert json.loads((p / "metrics/shard.json").read_text())["train_samples"] == 8
     train = json.loads((p / "metrics/pretrain.json").read_text())
     assert train["steps"] == 4 and train["final_loss"] > 0
-    report = json.loads((p / "metrics/eval.json").read_text())
+    report = json.loads((p / "metrics/eval.json").read_text())["models"]["ours"]
     assert report["retrieval"]["test"]["gallery_size"] == 2
     assert report["zeroshot"]["chest_xray_pneumonia"]["images"] == 50
+    assert (p / "plots/confusion/chest_xray_pneumonia.csv").read_text().count("\n") == 51
+    assert "| zero-shot chest_xray_pneumonia auroc (50 images) |" in (p / "metrics/eval.md").read_text()
     assert json.loads((p / "metrics/register.json").read_text())["version"] == 1
     assert (p / "dvc.lock").is_file() and (p / "plots/pretrain_loss.csv").read_text().startswith("step,loss\n2,")
 

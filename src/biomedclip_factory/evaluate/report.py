@@ -1,0 +1,71 @@
+"""Human-readable outputs of an evaluation: a Markdown comparison table, confusion CSVs, an examples grid."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+
+ARROWS = {"image_to_text": "image→text", "text_to_image": "text→image"}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_report(models: dict[str, dict]) -> str:
+    """One table: a row per metric, a column per model, chance beside every score."""
+    ok = {name: r for name, r in models.items() if "error" not in r}
+    names = list(ok)
+    rows: list[tuple[str, list[str], str]] = []
+    first = next(iter(ok.values()), {})
+    for split, ret in first.get("retrieval", {}).items():
+        if not ret.get("gallery_size"):
+            continue
+        for direction in ("image_to_text", "text_to_image"):
+            for k in ret[direction]:
+                label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']})"
+                values = [_fmt(ok[n]["retrieval"].get(split, {}).get(direction, {}).get(k, "–")) for n in names]
+                rows.append((label, values, _fmt(ret["chance"][k])))
+    for task, res in first.get("zeroshot", {}).items():
+        if "error" in res:
+            continue
+        metric = res["metric"]
+        values = [_fmt(ok[n]["zeroshot"].get(task, {}).get("score", "–")) for n in names]
+        rows.append((f"zero-shot {task} {metric} ({res['images']} images)", values, _fmt(res["chance"][metric])))
+    lines = ["# Evaluation", "", "| metric | " + " | ".join(names) + " | chance |",
+             "|---|" + "---|" * (len(names) + 1)]
+    lines += [f"| {label} | " + " | ".join(values) + f" | {chance} |" for label, values, chance in rows]
+    problems = [f"- {name}: {r['error']}" for name, r in models.items() if "error" in r]
+    problems += [f"- {name} / {task}: {res['error']}" for name, r in ok.items()
+                 for task, res in r.get("zeroshot", {}).items() if "error" in res]
+    if problems:
+        lines += ["", "## Not evaluated", "", *problems]
+    return "\n".join(lines) + "\n"
+
+
+def confusion_rows(confusion: list[list[int]], classes: list[str]) -> str:
+    """DVC's confusion-plot input: one ``actual,predicted`` row per image."""
+    out = ["actual,predicted"]
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            out += [f"{classes[i]},{classes[j]}"] * count
+    return "\n".join(out) + "\n"
+
+
+def examples_grid(examples: list[tuple[Path, str, str]], width: int = 320) -> Image.Image:
+    """A column of (image, true caption, top-1 retrieved caption) rows for eyeballing retrieval."""
+    row_h = 200
+    canvas = Image.new("RGB", (width * 3, max(1, len(examples)) * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (image_path, truth, retrieved) in enumerate(examples):
+        with Image.open(image_path) as img:
+            img.thumbnail((width - 10, row_h - 10))
+            canvas.paste(img.convert("RGB"), (5, i * row_h + 5))
+        mark = "correct" if truth == retrieved else "wrong"
+        for col, (title, text) in enumerate((("true caption", truth), (f"top-1 retrieved ({mark})", retrieved)), start=1):
+            body = "\n".join(textwrap.wrap(text, 48)[:10])
+            draw.text((col * width + 5, i * row_h + 5), f"{title}:\n{body}", fill="black")
+    return canvas

@@ -1,0 +1,81 @@
+"""Evaluation: metric correctness, template ensembling, datasets and models added through params only."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from biomedclip_factory.errors import DataError
+from biomedclip_factory.evaluate.zeroshot import ZeroShotTask, class_embeddings, classification_metrics, load_dataset
+
+from .conftest import REPO, run_module
+
+
+def test_auroc_and_balanced_accuracy_hand_computed():
+    # binary: positive-class probabilities 0.9, 0.4 (positives) vs 0.6, 0.1 (negatives) → 3 of 4 pairs ordered
+    p1 = torch.tensor([0.9, 0.4, 0.6, 0.1])
+    logits = torch.stack([torch.log(1 - p1), torch.log(p1)], dim=1)
+    m = classification_metrics(logits, torch.tensor([1, 1, 0, 0]), 2)
+    assert m["auroc"] == pytest.approx(0.75)
+    assert m["accuracy"] == 0.5 and m["balanced_accuracy"] == 0.5  # predicts 1,0,1,0
+    assert m["confusion"] == [[1, 1], [1, 1]] and m["chance"]["auroc"] == 0.5
+
+
+class _FakeEncoder:
+    """Embeds a prompt as a fixed vector per word count: enough to check the averaging arithmetic."""
+
+    def embed_texts(self, texts):
+        rows = torch.tensor([[float(len(t.split())), 1.0, 0.0] for t in texts])
+        return torch.nn.functional.normalize(rows, dim=1)
+
+
+def test_template_ensembling_is_the_renormalised_mean():
+    templates = ("a {}", "this is a photo of {}")
+    got = class_embeddings(_FakeEncoder(), ["x", "two words"], templates)
+    for row, name in zip(got, ["x", "two words"]):
+        manual = _FakeEncoder().embed_texts([t.format(name) for t in templates]).mean(dim=0)
+        torch.testing.assert_close(row, manual / manual.norm())
+
+
+def test_npz_and_imagefolder_datasets(tmp_path):
+    np.savez(tmp_path / "d.npz", test_images=np.zeros((5, 28, 28), np.uint8), test_labels=np.array([[0], [1], [2], [1], [0]]))
+    images, labels, _ = load_dataset(ZeroShotTask("d", tmp_path / "d.npz", {"1": "b", "0": "a"}, ("{}",)))
+    assert labels == [1, 0, 0, 1] and images[0].size == (28, 28)  # label 2 is not in the suite: left out
+    (tmp_path / "f" / "yes").mkdir(parents=True)
+    (tmp_path / "f" / "no").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "f" / "yes" / "1.png")
+    (tmp_path / "f" / "yes" / "2.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match="class folder is empty or missing: .*f/no"):
+        load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
+    Image.new("RGB", (8, 8)).save(tmp_path / "f" / "no" / "1.png")
+    images, labels, problems = load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
+    assert labels == [0, 1] and len(problems) == 1 and "2.png" in problems[0]
+
+
+@pytest.mark.slow
+def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_path: Path):
+    project = tmp_path / "p"
+    shutil.copytree(built_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    suite = yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"]["zeroshot"]
+    params["evaluate"]["zeroshot"] = {**suite, "missing": {**suite["brain_tumor_mri"], "path": "no/such/dir"}}
+    params["evaluate"]["models"] = {"copy": "local-dir:models/clip", "champion": "models:/biomedclip-factory@champion"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_module(project, "stages.evaluate")
+    report = json.loads((project / "metrics/eval.json").read_text())["models"]
+    assert set(report) == {"ours", "copy", "champion"}
+    assert "cannot load from the registry" in report["champion"]["error"]
+    ours, copy = report["ours"], report["copy"]
+    assert ours["zeroshot"]["pneumoniamnist"]["images"] == 200 and ours["zeroshot"]["brain_tumor_mri"]["images"] == 48
+    assert "dataset not found" in ours["zeroshot"]["missing"]["error"]
+    assert ours["zeroshot"]["brain_tumor_mri"]["score"] == copy["zeroshot"]["brain_tumor_mri"]["score"]
+    assert ours["retrieval"]["train"] == copy["retrieval"]["train"]
+    table = (project / "metrics/eval.md").read_text()
+    assert "| metric | ours | copy | chance |" in table and "- champion: model models:/" in table
+    assert "evaluate: zero-shot 'missing': dataset not found" in proc.stdout
