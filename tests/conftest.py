@@ -78,3 +78,23 @@ def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         raise AssertionError(f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     (project / "repro.log").write_text(proc.stdout + proc.stderr)
     return project
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """Prefect's test harness: a real, throw-away local API server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def project_on_path(tmp_path: Path):
+    """A fresh project copy whose ``flows`` package is the one imported."""
+    project = make_project(tmp_path / "project")
+    sys.path.insert(0, str(project))
+    for name in [m for m in sys.modules if m == "flows" or m.startswith("flows.")]:
+        del sys.modules[name]
+    yield project
+    sys.path.remove(str(project))

@@ -65,17 +65,19 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     params = yaml.safe_load((project / "params.yaml").read_text())
     suite = yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"]["zeroshot"]
     params["evaluate"]["zeroshot"] = {**suite, "missing": {**suite["brain_tumor_mri"], "path": "no/such/dir"}}
-    params["evaluate"]["models"] = {"copy": "local-dir:models/clip", "champion": "models:/biomedclip-factory@champion"}
+    params["evaluate"]["models"] = {"copy": "local-dir:models/clip", "champion": "models:/biomedclip-factory@champion",
+                                    "nope": "models:/biomedclip-factory@no-such-alias"}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_module(project, "stages.evaluate")
     report = json.loads((project / "metrics/eval.json").read_text())["models"]
-    assert set(report) == {"ours", "copy", "champion"}
-    assert "cannot load from the registry" in report["champion"]["error"]
-    ours, copy = report["ours"], report["copy"]
+    assert set(report) == {"ours", "copy", "champion", "nope"}
+    assert "cannot load from the registry" in report["nope"]["error"]
+    ours, copy, champion = report["ours"], report["copy"], report["champion"]
+    assert champion["retrieval"] == ours["retrieval"]  # the registered champion is the model we trained
     assert ours["zeroshot"]["pneumoniamnist"]["images"] == 200 and ours["zeroshot"]["brain_tumor_mri"]["images"] == 48
     assert "dataset not found" in ours["zeroshot"]["missing"]["error"]
     assert ours["zeroshot"]["brain_tumor_mri"]["score"] == copy["zeroshot"]["brain_tumor_mri"]["score"]
     assert ours["retrieval"]["train"] == copy["retrieval"]["train"]
     table = (project / "metrics/eval.md").read_text()
-    assert "| metric | ours | copy | chance |" in table and "- champion: model models:/" in table
+    assert "| metric | ours | copy | champion | chance |" in table and "- nope: model models:/" in table
     assert "evaluate: zero-shot 'missing': dataset not found" in proc.stdout

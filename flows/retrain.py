@@ -1,0 +1,93 @@
+"""Scheduled retraining: pick up new or changed PMC article versions, rebuild what changed, promote or not.
+
+Scrape is always re-run (it lists the source and fetches only what is new or changed since the last
+run: files already present with the right md5 are skipped). DVC then rebuilds only the stages whose
+inputs changed, so a day with nothing new trains nothing; when something changed, the new model is
+evaluated and registered, and the promotion gate decides whether it becomes ``champion``.
+
+    python -m flows.retrain                       # one run now
+    python -m flows.retrain --deploy --cron "0 3 * * *"   # register a scheduled deployment
+Failures notify through a saved Prefect notification block (``notify_block``), e.g. a webhook.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from .pipeline import ROOT, STAGES, run_scrape, run_stage
+
+DEFAULT_CRON = "0 3 * * *"
+
+
+def apply_overrides(project: Path, profile: str | None, source: str | None) -> None:
+    """Switch to ``params/<profile>.yaml`` and/or another scrape source, keeping params.yaml's comments."""
+    from dvc.utils.serialize import modify_yaml
+
+    if profile:
+        profile_file = project / "params" / f"{profile}.yaml"
+        if not profile_file.is_file():
+            raise FileNotFoundError(f"retrain: no profile {profile_file}")
+        (project / "params.yaml").write_text(profile_file.read_text())
+    if source:
+        with modify_yaml(str(project / "params.yaml")) as params:
+            params["scrape"]["source"] = source
+
+
+def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect on_failure hook: send the failure through the configured notification block."""
+    block_name = (flow_run.parameters or {}).get("notify_block")
+    if not block_name:
+        return
+    from prefect.blocks.core import Block
+
+    Block.load(block_name).notify(body=f"{flow_run.name} failed: {state.message}",
+                                  subject=f"biomedclip retrain failed ({flow_run.name})")
+
+
+@flow(name="biomedclip-retrain", log_prints=True, on_failure=[notify_failure])
+def retrain(project: str = str(ROOT), profile: str | None = None, source: str | None = None,
+            push: bool = False, notify_block: str | None = None, scrape_retries: int = 3) -> dict[str, Any]:
+    """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
+    path = Path(project)
+    apply_overrides(path, profile, source)
+    ran = {"scrape": bool(run_scrape.with_options(retries=scrape_retries)(path, force=True))}
+    for stage in STAGES[1:]:
+        ran[stage] = bool(run_stage(stage, path))
+    result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": None}
+    if ran["register"]:
+        registered = json.loads((path / "metrics" / "register.json").read_text())
+        result["promoted"] = bool(registered["promoted"])
+        result["reason"] = registered["promotion_reason"]
+    if push:
+        from dvc.repo import Repo
+
+        with Repo(str(path)) as repo:
+            repo.push()
+    get_run_logger().info("retrain: %s", result)
+    return result
+
+
+def deploy(name: str, cron: str, parameters: dict[str, Any]) -> Any:
+    """Register (or update) a deployment of ``retrain`` on a cron schedule with the Prefect API."""
+    return retrain.to_deployment(name=name, cron=cron, parameters=parameters).apply()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--deploy", action="store_true", help="register a scheduled deployment instead of running")
+    ap.add_argument("--name", default="nightly")
+    ap.add_argument("--cron", default=DEFAULT_CRON)
+    ap.add_argument("--profile")
+    ap.add_argument("--source")
+    ap.add_argument("--push", action="store_true")
+    ap.add_argument("--notify-block")
+    args = ap.parse_args()
+    params = {"profile": args.profile, "source": args.source, "push": args.push, "notify_block": args.notify_block}
+    if args.deploy:
+        print(f"deployment {deploy(args.name, args.cron, params)} scheduled with cron '{args.cron}'")
+    else:
+        print(retrain(**params))
