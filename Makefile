@@ -13,9 +13,9 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 venv: $(STAMP)
 
 # Pinned install from nothing: requirements.txt (top level) + constraints.txt (the full resolved set).
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-test.txt -c constraints.txt
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	$(VENV)/bin/python scripts/warm_deepspeed.py
 	touch $(STAMP)

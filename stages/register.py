@@ -43,9 +43,9 @@ def _data_hashes(dvc_lock: Path) -> dict[str, str]:
 
 
 def _requirements() -> list[str]:
-    """The pinned runtime requirements (test tools left out) for the logged model's environment."""
+    """The pinned runtime requirements for the logged model's environment."""
     specs = (line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
-    return [s for s in specs if s and not s.startswith("pytest")]
+    return [s for s in specs if s]
 
 
 def main() -> None:

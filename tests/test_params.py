@@ -29,3 +29,4 @@ def test_stage_exits_with_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("scrape: error: params: 'scrape.workers' must be int, got 'many'")
     assert "Traceback" not in proc.stderr
+
