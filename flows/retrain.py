@@ -7,7 +7,8 @@ evaluated and registered, and the promotion gate decides whether it becomes ``ch
 
     python -m flows.retrain                       # one run now
     python -m flows.retrain --deploy --cron "0 3 * * *"   # register a scheduled deployment
-Failures notify through a saved Prefect notification block (``notify_block``), e.g. a webhook.
+Failures notify through a saved Prefect notification block, named ``<block-type>/<name>``
+(``notify_block``), e.g. ``custom-webhook/retrain-alerts`` or ``slack-webhook/ml-team``.
 """
 from __future__ import annotations
 

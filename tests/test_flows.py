@@ -49,7 +49,7 @@ def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on
     try:
         CustomWebhookNotificationBlock(name="alerts", url=f"http://127.0.0.1:{server.server_port}/hook",
                                        json_data={"text": "{{subject}}: {{body}}"}).save("retrain-alerts", overwrite=True)
-        state = retrain(project=str(project_on_path), source="no/such/mirror", notify_block="retrain-alerts",
+        state = retrain(project=str(project_on_path), source="no/such/mirror", notify_block="custom-webhook/retrain-alerts",
                         scrape_retries=0, return_state=True)
     finally:
         server.shutdown()
