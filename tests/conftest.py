@@ -94,7 +94,13 @@ def project_on_path(tmp_path: Path):
     """A fresh project copy whose ``flows`` package is the one imported."""
     project = make_project(tmp_path / "project")
     sys.path.insert(0, str(project))
-    for name in [m for m in sys.modules if m == "flows" or m.startswith("flows.")]:
-        del sys.modules[name]
+    forget_flows()
     yield project
     sys.path.remove(str(project))
+    forget_flows()
+
+
+def forget_flows() -> None:
+    """Drop imported ``flows`` modules so the next import comes from the project now on sys.path."""
+    for name in [m for m in sys.modules if m == "flows" or m.startswith("flows.")]:
+        del sys.modules[name]

@@ -3,28 +3,49 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
+
+from .conftest import forget_flows as _forget_flows
 
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, project_on_path: Path):
-    from flows.pipeline import pipeline
-    from flows.retrain import retrain
+def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, built_project: Path, tmp_path: Path):
+    """The flow drives DVC stage by stage: after a params change only the affected stages run."""
+    project = tmp_path / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["batch_size"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    remote = tmp_path / "dvc-remote"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=project, check=True)
+    sys.path.insert(0, str(project))
+    _forget_flows()
+    try:
+        from flows.pipeline import pipeline
+        from flows.retrain import retrain
 
-    project = project_on_path
-    ran = pipeline(project=str(project), scrape_retries=0)
-    assert ran == {s: True for s in ran} and len(ran) == 7
-    assert json.loads((project / "metrics/register.json").read_text())["promoted"] == 1
-
-    again = retrain(project=str(project), scrape_retries=0)
+        ran = pipeline(project=str(project), scrape_retries=0)
+        again = retrain(project=str(project), scrape_retries=0, push=True)
+    finally:
+        sys.path.remove(str(project))
+        _forget_flows()
+    assert ran == {"scrape": False, "align": False, "shard": False, "tokenizer": False, "pretrain": False,
+                   "evaluate": True, "register": True}
+    registered = json.loads((project / "metrics/register.json").read_text())
+    assert registered["version"] == 2 and "champion v1" in registered["promotion_reason"]
     assert again["ran"]["scrape"] is True  # the source is always re-listed
     assert again["trained"] is False and again["promoted"] is None
     assert not any(again["ran"][s] for s in ("align", "shard", "tokenizer", "pretrain", "evaluate", "register"))
+    assert sum(1 for f in remote.rglob("*") if f.is_file()) > 50  # dvc push sent the data and model
 
 
 class _Inbox(BaseHTTPRequestHandler):

@@ -18,13 +18,16 @@ def configure(project_root: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(project_root))
+    uri = tracking_uri(project_root)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    # Explicit artifact location: MLflow's default is ./mlruns of whatever the working directory is.
-    artifacts = (project_root / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    if uri.startswith(("http://", "https://", "databricks")):
+        return mlflow.create_experiment(EXPERIMENT)  # the server decides where artifacts go
+    # A local store: MLflow's default artifact root is ./mlruns of whatever the working directory
+    # is, so pin it inside the project.
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=(project_root / "mlartifacts").resolve().as_uri())
 
 
 @contextlib.contextmanager
