@@ -5,7 +5,7 @@ BiomedCLIP's layout: a timm ViT image tower and an HF BERT text tower pooled wit
 ``open_clip_config.json``, the weights, and the text tower's HF config and tokenizer, so
 ``open_clip.create_model_and_transforms("local-dir:<dir>")`` and ``open_clip.get_tokenizer`` load it
 offline. open_clip builds the HF tower from ``text_cfg.hf_model_name``, so that field holds the
-dir's absolute path; ``relocate`` rewrites it after the dir is copied elsewhere.
+dir's absolute path; ``relocate`` rewrites it for plain open_clip after the dir is copied elsewhere.
 """
 from __future__ import annotations
 
@@ -85,13 +85,19 @@ def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path) -> Non
 
 
 def create_model(model_dir: Path, load_weights: bool) -> torch.nn.Module:
-    """Instantiate the CLIP described by ``model_dir`` (with its weights when ``load_weights``)."""
-    relocate(model_dir)
+    """Instantiate the CLIP described by ``model_dir`` (with its weights when ``load_weights``).
+
+    The text tower is pointed at ``model_dir`` in memory, so a dir that was copied or pulled to
+    another path loads as it is — nothing is written into it (it is a DVC output).
+    """
+    text_cfg = json.loads((model_dir / CONFIG_NAME).read_text())["model_cfg"]["text_cfg"]
+    here = str(model_dir.resolve())
+    text_cfg.update(hf_model_name=here, hf_tokenizer_name=here, hf_model_pretrained=False)
     # Without weights open_clip warns "initialized randomly" — that is the point of a fresh model.
     logging.disable(logging.NOTSET if load_weights else logging.WARNING)
     try:
         return open_clip.create_model(f"local-dir:{model_dir}", load_weights=load_weights,
-                                      pretrained_text=False, pretrained_image=False)
+                                      pretrained_text=False, pretrained_image=False, text_cfg=text_cfg)
     finally:
         logging.disable(logging.NOTSET)
 
@@ -110,7 +116,10 @@ def save_weights(model: torch.nn.Module, model_dir: Path) -> None:
 
 
 def relocate(model_dir: Path) -> None:
-    """Point the config's HF text tower paths at ``model_dir`` (after a copy or a move)."""
+    """Point the config's HF text tower paths at ``model_dir`` after a copy or a move.
+
+    Only needed for loading the dir with plain ``open_clip`` (our loaders don't need it).
+    """
     path = model_dir / CONFIG_NAME
     config = json.loads(path.read_text())
     text_cfg = config["model_cfg"]["text_cfg"]

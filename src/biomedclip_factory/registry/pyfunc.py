@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +45,7 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from ..evaluate.embed import Encoder
 
-        # The artifact copy may be read-only or shared: relocate a private copy of the model dir.
-        self._dir = Path(tempfile.mkdtemp(prefix="biomedclip-"))
-        model_dir = self._dir / "model"
-        shutil.copytree(context.artifacts[ARTIFACT_KEY], model_dir)
-        self.encoder = Encoder.load(model_dir)
+        self.encoder = Encoder.load(Path(context.artifacts[ARTIFACT_KEY]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         labels = [str(x) for x in (params or {}).get("candidate_labels") or [] if str(x)]
