@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+from contextlib import nullcontext
 
 import mlflow
+import torch
 
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
@@ -19,7 +20,7 @@ from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
 from biomedclip_factory.train.ds_config import TrainConfig
-from biomedclip_factory.train.loop import pretrain
+from biomedclip_factory.train.loop import init_distributed, pretrain
 
 from .common import ROOT, run_stage, summary
 
@@ -74,11 +75,13 @@ def main() -> None:
     train_samples = split_size(SHARDS, "train")
     if train_samples == 0:
         raise DataError(f"pretrain: the train split in {SHARDS} is empty")
-    rank = int(os.environ.get("RANK", "0"))
+    init_distributed()
+    rank = torch.distributed.get_rank()
     if rank == 0:
         _prepare_checkpoints(_fingerprint(spec, cfg))
         shutil.rmtree(MODEL, ignore_errors=True)
         init_model_dir(spec, TOKENIZER, MODEL)
+    torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
     losses: list[tuple[int, float]] = []
 
     def log(step: int, values: dict[str, float]) -> None:
@@ -86,7 +89,8 @@ def main() -> None:
         mlflow.log_metrics(values, step=step)
         print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
 
-    with stage_run("pretrain", ROOT, {**p.raw(), "model": spec.__dict__}) as run:
+    tracking = stage_run("pretrain", ROOT, {**p.raw(), "model": spec.__dict__}) if rank == 0 else nullcontext()
+    with tracking as run:  # one MLflow run, owned by rank 0
         result = pretrain(MODEL, SHARDS, CHECKPOINTS, cfg, log)
         if rank == 0:
             metrics = {"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
@@ -96,7 +100,8 @@ def main() -> None:
             write_bytes_atomic(ROOT / "plots" / "pretrain_loss.csv",
                                ("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses)).encode())
             mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
-    summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")
+    if rank == 0:
+        summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")
 
 
 if __name__ == "__main__":

