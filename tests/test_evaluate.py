@@ -81,3 +81,15 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     table = (project / "metrics/eval.md").read_text()
     assert "| metric | ours | copy | champion | chance |" in table and "- nope: model models:/" in table
     assert "evaluate: zero-shot 'missing': dataset not found" in proc.stdout
+
+
+def test_a_broken_model_dir_is_a_clear_error(tmp_path):
+    from biomedclip_factory.evaluate.models import load_encoder
+
+    (tmp_path / "m").mkdir()
+    with pytest.raises(DataError, match="no open_clip_config.json"):
+        load_encoder("local-dir:m", tmp_path)
+    (tmp_path / "m" / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 8, "vision_cfg": {},
+                                                                                    "text_cfg": {"hf_model_name": "x"}}}))
+    with pytest.raises(DataError, match="model local-dir:m: cannot load"):
+        load_encoder("local-dir:m", tmp_path)

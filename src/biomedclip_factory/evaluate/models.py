@@ -20,4 +20,7 @@ def load_encoder(spec: str, project_root: Path) -> Encoder:
     path = project_root / spec.removeprefix("local-dir:")
     if not (path / "open_clip_config.json").is_file():
         raise DataError(f"model {spec}: no open_clip_config.json in {path}")
-    return Encoder.load(path)
+    try:
+        return Encoder.load(path)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # e.g. no text-tower config.json beside it
+        raise DataError(f"model {spec}: cannot load {path}: {exc}") from exc
