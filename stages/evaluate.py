@@ -14,7 +14,7 @@ import torch
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.embed import Encoder
 from biomedclip_factory.evaluate.models import load_encoder
-from biomedclip_factory.evaluate.report import confusion_rows, examples_grid, markdown_report
+from biomedclip_factory.evaluate.report import confusion_rows, examples_grid, flat_metrics, markdown_report
 from biomedclip_factory.evaluate.retrieval import retrieval_metrics
 from biomedclip_factory.evaluate.zeroshot import METRICS, ZeroShotTask, evaluate_zeroshot
 from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
@@ -123,17 +123,6 @@ def main() -> None:
     failed = sum(1 for r in report.values() if "error" in r) + \
         sum(1 for r in report.values() for z in r.get("zeroshot", {}).values() if "error" in z)
     summary("evaluate", scored, len(report), failed, seconds, "items")
-
-
-def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in report.items():
-        name = f"{prefix}{key}".replace("@", "_at_")
-        if isinstance(value, dict):
-            out.update(flat_metrics(value, name + "."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-            out[name] = float(value)
-    return out
 
 
 if __name__ == "__main__":

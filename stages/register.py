@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from biomedclip_factory.errors import DataError
+from biomedclip_factory.evaluate.report import flat_metrics
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
@@ -20,7 +21,6 @@ from biomedclip_factory.registry.register import lineage_tags, register_model
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
-from .evaluate import flat_metrics
 
 MODEL = ROOT / "models" / "clip"
 

@@ -31,9 +31,6 @@ def main() -> None:
         result = scrape(bucket, RAW, SelectionPolicy.named(licences), max_articles or None, workers)
         seconds = time.perf_counter() - t0
         write_jsonl_atomic(RAW / "manifest.jsonl", result.rows)
-        statuses: dict[str, int] = {}
-        for row in result.rows:
-            statuses[row["status"].split(":")[0]] = statuses.get(row["status"].split(":")[0], 0) + 1
         metrics = {"articles_listed": len(result.rows), "articles_ok": result.count("ok"),
                    "articles_failed": result.count("failed"),
                    "articles_skipped": len(result.rows) - result.count("ok") - result.count("failed"),

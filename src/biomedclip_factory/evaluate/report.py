@@ -69,3 +69,16 @@ def examples_grid(examples: list[tuple[Path, str, str]], width: int = 320) -> Im
             body = "\n".join(textwrap.wrap(text, 48)[:10])
             draw.text((col * width + 5, i * row_h + 5), f"{title}:\n{body}", fill="black")
     return canvas
+
+
+def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves as dotted MLflow metric names ('@' is not allowed there); NaN left out."""
+    out: dict[str, float] = {}
+    for key, value in report.items():
+        name = f"{prefix}{key}".replace("@", "_at_")
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            out[name] = float(value)
+    return out
+
