@@ -1,4 +1,8 @@
-"""DVC stage: train the WordPiece vocabulary on the train captions → models/tokenizer."""
+"""DVC stage: the vocabulary → models/tokenizer.
+
+``tokenizer.source: train`` trains a domain WordPiece on the train captions; a dir (or
+``package:<module>``) takes that HF tokenizer as it is — the one a pretrained text tower needs.
+"""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +13,8 @@ import pandas as pd
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import write_json_atomic
-from biomedclip_factory.model.tokenizer import train_wordpiece
+from biomedclip_factory.model.build import resolve_pretrained_dir
+from biomedclip_factory.model.tokenizer import copy_tokenizer, train_wordpiece
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
 
@@ -22,6 +27,7 @@ OUT = ROOT / "models" / "tokenizer"
 def main() -> None:
     p = load_section("tokenizer", ROOT / "params.yaml")
     context_length = load_section("model", ROOT / "params.yaml").section("text").positive("context_length")
+    source = p.get("source", str, "train")
     if not PAIRS.is_file():
         raise DataError(f"tokenizer: {PAIRS} is missing (run the align stage)")
     table = pd.read_parquet(PAIRS, columns=["caption", "split"])
@@ -29,8 +35,11 @@ def main() -> None:
     with stage_run("tokenizer", ROOT, p.raw()):
         t0 = time.perf_counter()
         shutil.rmtree(OUT, ignore_errors=True)
-        vocab = train_wordpiece(captions, OUT, p.positive("vocab_size"), p.positive("min_frequency"),
-                                p.get("lowercase", bool), context_length)
+        if source == "train":
+            vocab = train_wordpiece(captions, OUT, p.positive("vocab_size"), p.positive("min_frequency"),
+                                    p.get("lowercase", bool), context_length)
+        else:
+            vocab = copy_tokenizer(resolve_pretrained_dir(source, "tokenizer.source", ROOT), OUT, context_length)
         seconds = time.perf_counter() - t0
         metrics = {"captions": len(captions), "vocab_size": vocab, "captions_per_s": len(captions) / max(seconds, 1e-9)}
         write_json_atomic(ROOT / "metrics" / "tokenizer.json", metrics)

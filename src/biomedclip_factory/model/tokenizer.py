@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import BertWordPieceTokenizer
-from transformers import BertTokenizer
+from transformers import AutoTokenizer, BertTokenizer
 
 from ..errors import DataError
 
@@ -26,3 +26,17 @@ def train_wordpiece(captions: Iterable[str], out_dir: Path, vocab_size: int, min
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)
     return tok.vocab_size
+
+
+def copy_tokenizer(source: Path, out_dir: Path, model_max_length: int) -> int:
+    """Save the HF tokenizer in ``source`` (e.g. a pretrained BERT's) to ``out_dir``; returns its size.
+
+    Only the tokenizer files are written, so the model dir built from it stays small.
+    """
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token_id is None:
+        raise DataError(f"tokenizer: {source} has no padding token; a CLIP text tower needs one")
+    tok.model_max_length = model_max_length
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out_dir)
+    return len(tok)
