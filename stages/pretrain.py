@@ -9,13 +9,14 @@ import hashlib
 import json
 import shutil
 from contextlib import nullcontext
+from pathlib import Path
 
 import mlflow
 import torch
 
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
-from biomedclip_factory.model.build import ModelSpec, init_model_dir
+from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, resolve_pretrained_dir
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
@@ -49,11 +50,26 @@ def train_config(p: Section) -> TrainConfig:
         betas=(float(betas[0]), float(betas[1])), eps=p.positive("eps", float), grad_clip=p.positive("grad_clip", float),
         precision=p.choice("precision", ("fp32", "bf16", "fp16")), zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int),
         log_every=p.positive("log_every"), checkpoint_every=p.get("checkpoint_every", int),
-        num_workers=p.get("num_workers", int), prefetch_factor=p.positive("prefetch_factor"))
+        num_workers=p.get("num_workers", int), prefetch_factor=p.positive("prefetch_factor"),
+        grad_checkpointing=p.get("grad_checkpointing", bool, False),
+        offload_optimizer=p.get("offload_optimizer", bool, False))
 
 
-def _fingerprint(spec: ModelSpec, cfg: TrainConfig) -> str:
-    blob = json.dumps([spec.__dict__, cfg.__dict__, (TOKENIZER / "tokenizer.json").read_text()], sort_keys=True, default=str)
+def init_sources(m: Section) -> tuple[Path | None, Path | None]:
+    """Where training starts: (open_clip model dir, pretrained HF text encoder dir); None = scratch."""
+    model_ref = m.get("init_from", str, "scratch")
+    text_ref = m.section("text").get("init_from", str, "scratch")
+    if model_ref != "scratch" and text_ref != "scratch":
+        raise ParamsError("params: set 'model.init_from' or 'model.text.init_from', not both")
+    model_dir = None if model_ref == "scratch" else resolve_pretrained_dir(
+        model_ref.removeprefix("local-dir:"), "model.init_from", ROOT)
+    text_dir = None if text_ref == "scratch" else resolve_pretrained_dir(text_ref, "model.text.init_from", ROOT)
+    return model_dir, text_dir
+
+
+def _fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None]) -> str:
+    blob = json.dumps([spec.__dict__, cfg.__dict__, (TOKENIZER / "tokenizer.json").read_text(), [str(i) for i in init]],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -67,9 +83,8 @@ def _prepare_checkpoints(fingerprint: str) -> None:
 
 
 def main() -> None:
-    p = load_section("pretrain", ROOT / "params.yaml")
-    spec = model_spec(load_section("model", ROOT / "params.yaml"))
-    cfg = train_config(p)
+    p, m = load_section("pretrain", ROOT / "params.yaml"), load_section("model", ROOT / "params.yaml")
+    spec, cfg, (init_dir, text_init) = model_spec(m), train_config(p), init_sources(m)
     if not (TOKENIZER / "tokenizer.json").is_file():
         raise DataError(f"pretrain: {TOKENIZER} has no vocabulary (run the tokenizer stage)")
     train_samples = split_size(SHARDS, "train")
@@ -78,9 +93,13 @@ def main() -> None:
     init_distributed()
     rank = torch.distributed.get_rank()
     if rank == 0:
-        _prepare_checkpoints(_fingerprint(spec, cfg))
+        _prepare_checkpoints(_fingerprint(spec, cfg, (init_dir, text_init)))
         shutil.rmtree(MODEL, ignore_errors=True)
-        init_model_dir(spec, TOKENIZER, MODEL)
+        torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
+        if init_dir is not None:
+            init_from_model_dir(init_dir, TOKENIZER, MODEL)
+        else:
+            init_model_dir(spec, TOKENIZER, MODEL, text_init)
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
     losses: list[tuple[int, float]] = []
 
@@ -89,12 +108,14 @@ def main() -> None:
         mlflow.log_metrics(values, step=step)
         print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
 
-    tracking = stage_run("pretrain", ROOT, {**p.raw(), "model": spec.__dict__}) if rank == 0 else nullcontext()
+    tracking = stage_run("pretrain", ROOT, {**p.raw(), "model": spec.__dict__, "init_from": str(init_dir or "scratch"),
+                                            "text_init_from": str(text_init or "scratch")}) if rank == 0 else nullcontext()
     with tracking as run:  # one MLflow run, owned by rank 0
         result = pretrain(MODEL, SHARDS, CHECKPOINTS, cfg, log)
         if rank == 0:
             metrics = {"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
-                       "samples_per_s": result.samples_per_s, "train_samples": train_samples,
+                       "samples_per_s": result.samples_per_s, "tokens_per_s": result.tokens_per_s,
+                       "train_samples": train_samples,
                        "skipped_samples": result.skipped_samples}
             write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
             write_bytes_atomic(ROOT / "plots" / "pretrain_loss.csv",

@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from ..errors import ParamsError
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,6 +27,8 @@ class TrainConfig:
     checkpoint_every: int
     num_workers: int
     prefetch_factor: int = 2
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the host (stage >= 1)
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -32,7 +38,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "train_batch_size": cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {"stage": cfg.zero_stage, **_offload(cfg)},
+        # Without a GPU the host *is* the device: torch's AdamW is the CPU optimizer, no compile needed.
+        "zero_force_ds_cpu_optimizer": torch.cuda.is_available(),
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
         "scheduler": {"type": "WarmupCosineLR", "params": {
@@ -41,3 +49,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def _offload(cfg: TrainConfig) -> dict[str, Any]:
+    if not cfg.offload_optimizer:
+        return {}
+    if cfg.zero_stage == 0:
+        raise ParamsError("params: 'pretrain.offload_optimizer' needs 'pretrain.zero_stage' 1, 2 or 3")
+    return {"offload_optimizer": {"device": "cpu", "pin_memory": torch.cuda.is_available()}}
