@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
+            "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm.",
+            "Kaplan–Meier survival curves for the two cohorts."] * 3
 SAMPLE_MIRROR = REPO / "sample" / "pmc-mirror"
 PROJECT_FILES = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml", "requirements.txt")
 
@@ -102,3 +105,24 @@ def forget_flows() -> None:
     """Drop imported ``flows`` modules so the next import comes from the project now on sys.path."""
     for name in [m for m in sys.modules if m == "flows" or m.startswith("flows.")]:
         del sys.modules[name]
+
+
+def tiny_model_dir(root: Path, dropout: float = 0.1) -> Path:
+    """A tiny CLIP model dir (test_vit + 2-layer BERT, seeded weights) under ``root``/clip."""
+    import json
+
+    import torch
+
+    from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir, save_weights
+    from biomedclip_factory.model.tokenizer import train_wordpiece
+
+    train_wordpiece(CAPTIONS, root / "tok", vocab_size=300, min_frequency=1, lowercase=True, model_max_length=32)
+    spec = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
+                     text_heads=2, text_mlp_ratio=2)
+    init_model_dir(spec, root / "tok", root / "clip")
+    text_config = json.loads((root / "clip" / "config.json").read_text())
+    text_config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    (root / "clip" / "config.json").write_text(json.dumps(text_config))
+    torch.manual_seed(0)
+    save_weights(create_model(root / "clip", load_weights=False), root / "clip")
+    return root / "clip"

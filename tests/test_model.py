@@ -9,24 +9,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir, relocate, save_weights
+from biomedclip_factory.model.build import create_model, init_model_dir, relocate
 from biomedclip_factory.model.tokenizer import train_wordpiece
 
-CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
-            "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm.",
-            "Kaplan–Meier survival curves for the two cohorts."] * 3
+from .conftest import CAPTIONS, tiny_model_dir
+
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    train_wordpiece(CAPTIONS, root / "tok", vocab_size=300, min_frequency=1, lowercase=True, model_max_length=32)
-    spec = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
-                     text_heads=2, text_mlp_ratio=2)
-    init_model_dir(spec, root / "tok", root / "clip")
-    torch.manual_seed(0)
-    save_weights(create_model(root / "clip", load_weights=False), root / "clip")
-    return root / "clip"
+    return tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def test_dynamic_padding_gives_the_same_text_embeddings(model_dir):

@@ -22,6 +22,7 @@ def test_dvc_repro_builds_every_output(built_project: Path):
     assert json.loads((p / "metrics/shard.json").read_text())["train_samples"] == 8
     train = json.loads((p / "metrics/pretrain.json").read_text())
     assert train["steps"] == 150 and 0 < train["final_loss"] < 2.0794  # below ln(8): the batch's chance loss
+    assert train["tokens_per_s"] > train["samples_per_s"] > 0
     report = json.loads((p / "metrics/eval.json").read_text())["models"]["ours"]
     assert report["retrieval"]["test"]["gallery_size"] == 2
     assert report["zeroshot"]["chest_xray_pneumonia"]["images"] == 50

@@ -1,0 +1,219 @@
+"""Pretraining: ZeRO stages across ranks, exact resumption after kill -9, init from pretrained dirs."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.model.build import (WEIGHTS_NAME, ModelSpec, create_model, init_from_model_dir,
+                                            init_model_dir)
+from biomedclip_factory.model.tokenizer import copy_tokenizer
+from biomedclip_factory.shards.writer import write_split
+from biomedclip_factory.train.ds_config import deepspeed_config
+from biomedclip_factory.train.loop import contrastive_loss, segments
+
+from .conftest import CAPTIONS, tiny_model_dir
+from .train_child import config, global_batches
+
+CHILD = Path(__file__).with_name("train_child.py")
+SPEC = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
+                 text_heads=2, text_mlp_ratio=2)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """Dropout off: ranks draw different masks than one process would, and the tests compare exactly."""
+    return tiny_model_dir(tmp_path_factory.mktemp("train"), dropout=0.0)
+
+
+def test_segments_cut_at_checkpoint_boundaries():
+    assert list(segments(0, 10, 4)) == [(0, 4), (4, 8), (8, 10)]
+    assert list(segments(4, 10, 4)) == [(4, 8), (8, 10)]
+    assert list(segments(0, 10, 0)) == [(0, 10)]
+    assert list(segments(10, 10, 4)) == []
+
+
+def test_offload_is_in_the_deepspeed_config_and_needs_a_zero_stage():
+    ds = deepspeed_config(config(zero_stage=2, offload_optimizer=True), world_size=2)
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["train_batch_size"] == 4 * 1 * 2
+    assert "offload_optimizer" not in deepspeed_config(config(zero_stage=2), 1)["zero_optimization"]
+    with pytest.raises(ParamsError, match="zero_stage"):
+        deepspeed_config(config(zero_stage=0, offload_optimizer=True), 1)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
+    images, texts = torch.randn(4, 3, 160, 160), torch.randint(5, 100, (4, 10))
+    results = []
+    for checkpointing in (False, True):
+        model = create_model(model_dir, load_weights=True).train()
+        if checkpointing:  # open_clip's HF tower *enables* checkpointing on set_grad_checkpointing(False)
+            model.set_grad_checkpointing()
+        assert model.visual.trunk.grad_checkpointing == model.text.transformer.is_gradient_checkpointing == checkpointing
+        loss = contrastive_loss(1)(*model(images, texts))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _local_bert(dest: Path, tokenizer_dir: Path, vocab_size: int | None = None) -> BertModel:
+    """A pretrained-style HF BERT dir saved here (config, weights, tokenizer), like MiniLM's."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(7)
+    bert = BertModel(BertConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=48, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=96))
+    bert.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return bert
+
+
+def test_text_tower_starts_from_a_local_bert_dir(model_dir, tmp_path):
+    bert = _local_bert(tmp_path / "bert", model_dir)
+    copy_tokenizer(tmp_path / "bert", tmp_path / "tok", model_max_length=32)
+    init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
+    model = create_model(tmp_path / "clip", load_weights=True)
+    text = model.text.transformer
+    assert text.config.hidden_size == 48 and text.config.num_hidden_layers == 1  # sizes come from the BERT
+    for name, value in bert.state_dict().items():
+        if not name.startswith("pooler."):  # open_clip pools the [CLS] state itself
+            torch.testing.assert_close(text.state_dict()[name], value, msg=name)
+    _local_bert(tmp_path / "other", model_dir, vocab_size=999)
+    with pytest.raises(ParamsError, match="999-token vocabulary.*tokenizer.source"):
+        init_model_dir(SPEC, tmp_path / "tok", tmp_path / "bad", text_init=tmp_path / "other")
+
+
+def test_continued_pretraining_starts_from_a_saved_model_dir(model_dir, tmp_path):
+    before = (model_dir / WEIGHTS_NAME).read_bytes()
+    init_from_model_dir(model_dir, model_dir, tmp_path / "continued")
+    a, b = create_model(model_dir, load_weights=True).eval(), create_model(tmp_path / "continued", True).eval()
+    image, text = torch.rand(2, 3, 160, 160), torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(a.encode_image(image), b.encode_image(image))
+        torch.testing.assert_close(a.encode_text(text), b.encode_text(text))
+    assert (model_dir / WEIGHTS_NAME).read_bytes() == before
+    with pytest.raises(ParamsError, match="has no open_clip_model.safetensors"):
+        init_from_model_dir(tmp_path / "continued" / "nowhere", model_dir, tmp_path / "x")
+
+
+def _launch(args: list[str], ranks: int) -> None:
+    launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                    "--standalone", "--nproc_per_node", str(ranks)]
+    proc = subprocess.run(launcher + [str(CHILD), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+@pytest.mark.slow
+def test_zero_stages_on_two_ranks_match_one_process(model_dir, tmp_path):
+    _launch(["zero", str(model_dir), str(tmp_path / "one.json"), "0"], ranks=1)
+    _launch(["zero", str(model_dir), str(tmp_path / "two.json"), "1", "2", "3", "2+offload"], ranks=2)
+    one = json.loads((tmp_path / "one.json").read_text())["results"]["0"]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["world_size"] == 2
+    assert one["losses"][0] != one["losses"][-1]  # the optimizer steps change the model
+    for variant, run in two["results"].items():
+        torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-5,
+                                   msg=f"ZeRO {variant} on 2 ranks vs 1 process")
+    # The ZeRO-3 consolidated dir loads in plain open_clip and embeds like the engine that trained it.
+    zero3 = two["results"]["3"]
+    model = open_clip.create_model(f"local-dir:{zero3['model_dir']}", pretrained_text=False).eval()
+    images, texts = global_batches(model.text.vocab_size, 160)[0]  # the probe batch the engine embedded
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), torch.tensor(zero3["image_emb"]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.encode_text(texts), torch.tensor(zero3["text_emb"]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CI has none; run on a GPU machine)")
+def test_zero_stages_on_gpus_in_bf16_match_stage_0(model_dir, tmp_path):
+    ranks = torch.cuda.device_count()
+    _launch(["zero", str(model_dir), str(tmp_path / "gpu.json"), "0+bf16", "1+bf16", "2+bf16", "3+bf16"], ranks=ranks)
+    runs = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    for variant, run in runs.items():  # bf16 keeps ~3 significant digits
+        torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(runs["0+bf16"]["losses"]),
+                                   rtol=2e-2, atol=2e-2, msg=variant)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    (root / "images").mkdir()
+    rows = []
+    for i in range(24):
+        buf = io.BytesIO()
+        Image.new("RGB", (48, 40), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(buf, format="JPEG")
+        (root / "images" / f"{i}.jpg").write_bytes(buf.getvalue())
+        rows.append({"pair_id": f"PMC{i}.1_F1", "pmcid": f"PMC{i}", "image": f"images/{i}.jpg",
+                     "caption": CAPTIONS[i % 3].split(".")[0] + f" panel {i}", "split": "train"})
+    write_split(rows, root, root / "shards", "train", shard_size=8, seed=0)
+    return root / "shards"
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_the_same_loss_curve(model_dir, shards, tmp_path):
+    steps, every = 30, 8
+    dirs = {}
+    for run in ("straight", "killed"):
+        dirs[run] = tmp_path / run
+        dirs[run].mkdir()
+        (dirs[run] / "clip").mkdir()
+        for f in model_dir.iterdir():
+            (dirs[run] / "clip" / f.name).write_bytes(f.read_bytes())
+        (dirs[run] / "clip" / WEIGHTS_NAME).unlink()  # from the seeded init, like the stage
+    args = lambda run: ["pretrain", str(dirs[run] / "clip"), str(shards), str(dirs[run] / "ckpt"), str(steps),  # noqa: E731
+                        str(every), str(dirs[run] / "log.jsonl")]
+    _launch(args("straight"), ranks=1)
+    straight = {r["step"]: r["loss"] for r in _log(dirs["straight"] / "log.jsonl") if "step" in r}
+    assert sorted(straight) == list(range(1, steps + 1))
+
+    log = dirs["killed"] / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, str(CHILD), *args("killed")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not any(r.get("step", 0) >= every + 3 for r in _log(log)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run never got past its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r["step"] for r in _log(log))
+    assert killed_at < steps and not any("done" in r for r in _log(log)), "killed too late to test anything"
+    _launch(args("killed"), ranks=1)
+    records = _log(log)
+    done = records[-1]
+    assert done["done"] and every <= done["resumed_from"] <= killed_at and done["resumed_from"] % every == 0
+    resumed = {r["step"]: r["loss"] for r in records[records.index(next(r for r in records if r.get("step") ==
+                                                                        done["resumed_from"] + 1)):] if "step" in r}
+    assert sorted(resumed) == list(range(done["resumed_from"] + 1, steps + 1))
+    before_kill = {r["step"]: r["loss"] for r in records if "step" in r and r["step"] <= killed_at}
+    for step, loss in {**before_kill, **resumed}.items():
+        assert loss == pytest.approx(straight[step], rel=1e-6, abs=1e-7), f"step {step}"
+    a, b = load_file(dirs["straight"] / "clip" / WEIGHTS_NAME), load_file(dirs["killed"] / "clip" / WEIGHTS_NAME)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_tokenizer_from_a_given_hf_dir_is_copied_as_it_is(model_dir, tmp_path):
+    size = copy_tokenizer(model_dir, tmp_path / "tok", model_max_length=16)
+    a, b = AutoTokenizer.from_pretrained(model_dir), AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert size == len(a) == len(b) and b.model_max_length == 16
+    assert a(CAPTIONS[0])["input_ids"] == b(CAPTIONS[0])["input_ids"]
