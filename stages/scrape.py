@@ -8,8 +8,9 @@ import mlflow
 from biomedclip_factory.io import write_json_atomic, write_jsonl_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.pmc.bucket import open_bucket
+from biomedclip_factory.pmc.legacy import LegacySource
 from biomedclip_factory.pmc.metadata import SelectionPolicy
-from biomedclip_factory.pmc.scrape import scrape
+from biomedclip_factory.pmc.scrape import ArticleSource, CloudSource, scrape
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
@@ -26,9 +27,12 @@ def main() -> None:
     max_articles = p.get("max_articles", int, 0)
     workers = p.positive("workers", int)
     bucket = open_bucket(source, ROOT, timeout=p.positive("timeout_s", float), retries=p.get("retries", int))
+    layout = p.choice("layout", ("cloud", "legacy"), "cloud")
+    articles: ArticleSource = CloudSource(bucket) if layout == "cloud" else \
+        LegacySource(bucket, p.get("file_list", str, "oa_file_list.csv"))
     with stage_run("scrape", ROOT, p.raw()):
         t0 = time.perf_counter()
-        result = scrape(bucket, RAW, SelectionPolicy.named(licences), max_articles or None, workers)
+        result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, workers)
         seconds = time.perf_counter() - t0
         write_jsonl_atomic(RAW / "manifest.jsonl", result.rows)
         metrics = {"articles_listed": len(result.rows), "articles_ok": result.count("ok"),

@@ -12,7 +12,7 @@ from biomedclip_factory.corpus.split import split_of
 from biomedclip_factory.errors import ArticleError
 from biomedclip_factory.pmc.bucket import LocalBucket
 from biomedclip_factory.pmc.metadata import SelectionPolicy
-from biomedclip_factory.pmc.scrape import scrape
+from biomedclip_factory.pmc.scrape import CloudSource, scrape
 
 from .conftest import SAMPLE_MIRROR
 
@@ -23,7 +23,8 @@ CFG = AlignConfig(max_side=128, jpeg_quality=85, min_caption_chars=20, min_side=
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("raw")
-    result = scrape(LocalBucket(SAMPLE_MIRROR), out, SelectionPolicy.named("commercial"), progress=False)
+    result = scrape(CloudSource(LocalBucket(SAMPLE_MIRROR)), out, SelectionPolicy.named("commercial"),
+                    progress=False)
     return out, [r["prefix"] for r in result.rows if r["status"] == "ok"]
 
 

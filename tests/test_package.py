@@ -114,7 +114,8 @@ def test_a_rerun_replaces_the_previous_extraction(tmp_path):
 _names = st.text(alphabet=st.sampled_from("ab./\\:-_ \x00é"), min_size=0, max_size=24)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=600), cut=st.integers(0, 4000),
        members=st.lists(st.tuples(_names, st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
                                                             tarfile.LNKTYPE, tarfile.FIFOTYPE]),

@@ -9,7 +9,7 @@ import pytest
 from biomedclip_factory.errors import SourceError
 from biomedclip_factory.pmc.bucket import HttpBucket, LocalBucket, open_bucket
 from biomedclip_factory.pmc.metadata import SelectionPolicy
-from biomedclip_factory.pmc.scrape import scrape
+from biomedclip_factory.pmc.scrape import CloudSource, scrape
 
 from .conftest import SAMPLE_MIRROR
 from .s3_mirror import MirrorServer
@@ -28,26 +28,30 @@ def _fast(url: str) -> HttpBucket:
     return HttpBucket(url, timeout=5, retries=3, backoff=0.01)
 
 
+def _cloud(url: str) -> CloudSource:
+    return CloudSource(_fast(url))
+
+
 def test_http_listing_paginates_and_matches_local(server):
     assert list(_fast(server.url).list_prefixes()) == ARTICLES == list(LocalBucket(SAMPLE_MIRROR).list_prefixes())
     assert server.faults.requests.count("?list") == len(ARTICLES) // 5 + 1
 
 
 def test_http_and_local_scrape_give_identical_files(server, tmp_path):
-    via_http = scrape(_fast(server.url), tmp_path / "http", COMMERCIAL, progress=False)
-    via_disk = scrape(open_bucket(str(SAMPLE_MIRROR)), tmp_path / "disk", COMMERCIAL, progress=False)
+    via_http = scrape(_cloud(server.url), tmp_path / "http", COMMERCIAL, progress=False)
+    via_disk = scrape(CloudSource(open_bucket(str(SAMPLE_MIRROR))), tmp_path / "disk", COMMERCIAL, progress=False)
     assert via_http.rows == via_disk.rows and via_http.count("ok") == len(ARTICLES)
     for f in (p for p in (tmp_path / "http").rglob("*") if p.is_file()):
         assert f.read_bytes() == (tmp_path / "disk" / f.relative_to(tmp_path / "http")).read_bytes()
 
 
 def test_rerun_fetches_nothing_and_repairs_a_damaged_file(server, tmp_path):
-    first = scrape(_fast(server.url), tmp_path, COMMERCIAL, progress=False)
+    first = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
     assert first.fetched_bytes > 0
-    assert scrape(_fast(server.url), tmp_path, COMMERCIAL, progress=False).fetched_bytes == 0
+    assert scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False).fetched_bytes == 0
     image = tmp_path / "PMC2924383.1" / "pone.0012255.g001.jpg"
     image.write_bytes(b"half a file")
-    again = scrape(_fast(server.url), tmp_path, COMMERCIAL, progress=False)
+    again = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
     assert again.fetched_bytes == (SAMPLE_MIRROR / "PMC2924383.1" / image.name).stat().st_size
     assert image.read_bytes() == (SAMPLE_MIRROR / "PMC2924383.1" / image.name).read_bytes()
 
@@ -55,14 +59,14 @@ def test_rerun_fetches_nothing_and_repairs_a_damaged_file(server, tmp_path):
 def test_transient_errors_retry_and_honour_retry_after(server, tmp_path):
     key = "PMC3532326.1/1756-0500-5-615-1.jpg"
     server.faults.statuses[key] = [503, 429, 500]
-    result = scrape(_fast(server.url), tmp_path, COMMERCIAL, progress=False)
+    result = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
     assert result.count("ok") == len(ARTICLES)
     assert server.faults.requests.count(key) == 4
 
 
 def test_wrong_md5_fails_only_that_article(server, tmp_path):
     server.faults.corrupt.add("PMC2958805.1/pcbi.1000960.g002.jpg")
-    result = scrape(_fast(server.url), tmp_path, COMMERCIAL, progress=False)
+    result = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
     bad = [r for r in result.rows if r["status"] == "failed"]
     assert [r["prefix"] for r in bad] == ["PMC2958805.1"] and "md5 mismatch" in bad[0]["error"]
     assert result.count("ok") == len(ARTICLES) - 1
@@ -75,7 +79,7 @@ def test_persistent_404_and_malformed_metadata_are_recorded(server, tmp_path):
     (mirror / "PMC3166277.1" / "PMC3166277.1.json").write_text("{not json")
     (mirror / "PMC2924383.1" / "pone.0012255.g003.jpg").unlink()
     with MirrorServer(mirror) as srv:
-        rows = {r["prefix"]: r for r in scrape(_fast(srv.url), tmp_path / "raw", COMMERCIAL, progress=False).rows}
+        rows = {r["prefix"]: r for r in scrape(_cloud(srv.url), tmp_path / "raw", COMMERCIAL, progress=False).rows}
     assert "malformed metadata JSON" in rows["PMC3166277.1"]["error"]
     assert "HTTP 404" in rows["PMC2924383.1"]["error"]
     assert sum(r["status"] == "ok" for r in rows.values()) == len(ARTICLES) - 2
@@ -87,7 +91,7 @@ def test_licence_policy_and_retraction(tmp_path):
     meta_file = mirror / "PMC3532326.1" / "PMC3532326.1.json"
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "is_retracted": True}))
-    rows = {r["prefix"]: r for r in scrape(LocalBucket(mirror), tmp_path / "raw",
+    rows = {r["prefix"]: r for r in scrape(CloudSource(LocalBucket(mirror)), tmp_path / "raw",
                                           SelectionPolicy.named(["CC0"]), progress=False).rows}
     assert rows["PMC3532326.1"]["status"] == "skipped:retracted"
     assert rows["PMC12330557.1"]["status"] == "ok" and rows["PMC12330557.1"]["license_code"] == "CC0"

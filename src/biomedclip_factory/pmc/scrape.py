@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Protocol
 
 from tqdm import tqdm
 
@@ -84,15 +84,38 @@ def _meta_fields(meta: ArticleMeta) -> dict[str, Any]:
             "license_code": meta.license_code, "is_retracted": meta.is_retracted}
 
 
-def scrape(bucket: Bucket, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
+class ArticleSource(Protocol):
+    """Where article versions come from: what there is to fetch, and how to fetch one of them."""
+
+    def items(self) -> Iterator[Any]:
+        """The article versions on offer, in a stable order."""
+
+    def fetch(self, item: Any, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
+        """Fetch one into ``out_dir``; its manifest row and the bytes fetched. Never raises for bad input."""
+
+
+@dataclass(frozen=True)
+class CloudSource:
+    """A bucket in the PMC Cloud layout (live, mirrored over HTTP, or a folder)."""
+
+    bucket: Bucket
+
+    def items(self) -> Iterator[str]:
+        return self.bucket.list_prefixes()
+
+    def fetch(self, item: str, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
+        return scrape_article(self.bucket, item, out_dir, policy)
+
+
+def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
            workers: int = 8, progress: bool = True) -> ScrapeResult:
-    """Scrape up to ``max_articles`` article versions from ``bucket`` with ``workers`` threads."""
-    prefixes = list(islice(bucket.list_prefixes(), max_articles))
+    """Scrape up to ``max_articles`` article versions from ``source`` with ``workers`` threads."""
+    items = list(islice(source.items(), max_articles))
     rows: list[dict[str, Any]] = []
     total = 0
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(prefixes), desc="scrape", unit="article", disable=not progress) as bar:
-        for row, fetched in pool.map(lambda p: scrape_article(bucket, p, out_dir, policy), prefixes):
+            tqdm(total=len(items), desc="scrape", unit="article", disable=not progress) as bar:
+        for row, fetched in pool.map(lambda item: source.fetch(item, out_dir, policy), items):
             rows.append(row)
             total += fetched
             bar.update()
