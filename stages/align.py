@@ -9,8 +9,9 @@ import mlflow
 import pandas as pd
 
 from biomedclip_factory.corpus.align import AlignConfig, align_corpus
-from biomedclip_factory.errors import DataError
-from biomedclip_factory.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from biomedclip_factory.corpus.stats import caption_length_histogram, pairs_per_article_histogram
+from biomedclip_factory.errors import DataError, ParamsError
+from biomedclip_factory.io import read_jsonl, write_csv_atomic, write_json_atomic, write_jsonl_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
 
@@ -24,9 +25,16 @@ def main() -> None:
     p = load_section("align", ROOT / "params.yaml")
     split = p.section("split")
     ratios = {str(k): float(v) for k, v in split.get("ratios", dict).items()}
+    near = p.get("near_duplicate_distance", int, None)
+    if near is not None and not 0 <= near < 32:
+        raise ParamsError(f"params: 'align.near_duplicate_distance' must be in [0, 32) bits or null, got {near}")
+    aspect = p.get("max_aspect_ratio", float, None)
+    if aspect is not None and aspect < 1:
+        raise ParamsError(f"params: 'align.max_aspect_ratio' must be >= 1 or null, got {aspect}")
     cfg = AlignConfig(max_side=p.positive("max_side"), jpeg_quality=p.positive("jpeg_quality"),
                       min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
-                      split_ratios=ratios, split_salt=split.get("salt", str, ""))
+                      split_ratios=ratios, split_salt=split.get("salt", str, ""), max_aspect_ratio=aspect,
+                      near_duplicate_max_distance=near)
     workers = p.positive("workers")
     manifest = RAW / "manifest.jsonl"
     if not manifest.is_file():
@@ -48,11 +56,13 @@ def main() -> None:
                    "pairs_per_s": len(pairs) / max(seconds, 1e-9),
                    "rejects_by_reason": dict(by_reason), "pairs_by_split": dict(by_split)}
         write_json_atomic(ROOT / "metrics" / "align.json", metrics)
+        write_csv_atomic(ROOT / "plots" / "align_caption_length.csv", caption_length_histogram(pr["caption"] for pr in pairs))
+        write_csv_atomic(ROOT / "plots" / "align_pairs_per_article.csv", pairs_per_article_histogram(pairs))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     summary("align", figures, len(pairs), len(rejects), seconds, "figures")
 
 
-PAIR_COLUMNS = ["pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "image", "width", "height",
+PAIR_COLUMNS = ["pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "mentions", "image", "width", "height",
                 "sha256", "phash", "license_code", "split"]
 
 if __name__ == "__main__":

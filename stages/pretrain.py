@@ -15,7 +15,7 @@ import mlflow
 import torch
 
 from biomedclip_factory.errors import DataError, ParamsError
-from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
+from biomedclip_factory.io import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, resolve_pretrained_dir
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.shards.loader import split_size
@@ -118,8 +118,7 @@ def main() -> None:
                        "train_samples": train_samples,
                        "skipped_samples": result.skipped_samples}
             write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
-            write_bytes_atomic(ROOT / "plots" / "pretrain_loss.csv",
-                               ("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses)).encode())
+            write_csv_atomic(ROOT / "plots" / "pretrain_loss.csv", [{"step": s, "loss": v} for s, v in losses])
             mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
     if rank == 0:
         summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")

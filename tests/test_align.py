@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -54,16 +55,64 @@ def test_split_is_by_article_and_stable(raw, tmp_path):
     assert [p["sha256"] for p in again] == [p["sha256"] for p in pairs]
 
 
-def test_exact_duplicates_are_rejected(raw, tmp_path):
+def _with_image(raw_dir, name: str, data: bytes):
+    """Temporarily replace one scraped figure of PMC2924383.1 (restored after the block)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def swap():
+        path = raw_dir / "PMC2924383.1" / name
+        path.write_bytes(data)
+        try:
+            yield
+        finally:
+            path.write_bytes((SAMPLE_MIRROR / "PMC2924383.1" / name).read_bytes())
+    return swap()
+
+
+def _reencoded(data: bytes, scale: float, quality: int) -> bytes:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def test_exact_and_near_duplicates_are_rejected_corpus_wide(raw, tmp_path):
     raw_dir, _ = raw
-    art = raw_dir / "PMC2924383.1"
-    (art / "pone.0012255.g002.jpg").write_bytes((art / "pone.0012255.g001.jpg").read_bytes())
-    try:
-        pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path, CFG, progress=False)
-    finally:
-        (art / "pone.0012255.g002.jpg").write_bytes((SAMPLE_MIRROR / "PMC2924383.1" / "pone.0012255.g002.jpg").read_bytes())
+    g001 = (raw_dir / "PMC2924383.1" / "pone.0012255.g001.jpg").read_bytes()
+    with _with_image(raw_dir, "pone.0012255.g002.jpg", g001):
+        pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path / "a", CFG, progress=False)
     assert len(pairs) == 3
     assert [(r["fig_id"], r["reason"]) for r in rejects] == [("pone-0012255-g002", "duplicate_image")]
+
+    near = replace(CFG, near_duplicate_max_distance=6)
+    with _with_image(raw_dir, "pone.0012255.g003.jpg", _reencoded(g001, 0.8, 40)):  # same figure, resized, lossier
+        exact_only, _, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path / "b", CFG, progress=False)
+        pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path / "c", near, progress=False)
+    assert len(exact_only) == 4 and len(pairs) == 3
+    assert [(r["fig_id"], r["reason"], r["detail"]) for r in rejects] == [
+        ("pone-0012255-g003", "near_duplicate_image", "PMC2924383.1_pone-0012255-g001")]
+    distinct, _, _ = align_corpus(raw_dir, ["PMC2924383.1", "PMC3532326.1"], tmp_path / "d", near, progress=False)
+    assert len(distinct) == 6  # different figures stay apart at this distance
+
+
+def test_extreme_aspect_ratios_are_rejected(raw, tmp_path):
+    raw_dir, _ = raw
+    strip = io.BytesIO()
+    Image.new("RGB", (900, 250), "white").save(strip, format="JPEG")
+    with _with_image(raw_dir, "pone.0012255.g004.jpg", strip.getvalue()):
+        pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path, replace(CFG, max_aspect_ratio=3.0),
+                                         progress=False)
+    assert len(pairs) == 3
+    assert [(r["fig_id"], r["reason"], r["detail"]) for r in rejects] == [("pone-0012255-g004", "aspect_ratio", "128x36")]
+
+
+def test_pairs_carry_the_sentences_citing_their_figure(raw, tmp_path):
+    raw_dir, _ = raw
+    pairs, _, _ = align_corpus(raw_dir, ["PMC3532326.1"], tmp_path, CFG, progress=False)
+    f2 = next(p for p in pairs if p["fig_id"] == "F2")
+    assert f2["mentions"][0] == "Figure 2A shows one such example affecting Ensembl transcript ENST00000253255."
 
 
 def test_resolve_prefers_full_image_over_thumbnail(tmp_path):

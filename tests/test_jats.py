@@ -61,3 +61,30 @@ def test_namespaced_alternatives_group_and_missing_parts():
 def test_malformed_xml_is_our_error_naming_the_article():
     with pytest.raises(ArticleError, match="PMC1.1.xml: malformed XML"):
         parse_article(b"<article><fig id='x'><caption>", "PMC1.1.xml")
+
+
+def test_inline_mentions_are_the_citing_body_sentences():
+    xml = b"""<article><body>
+      <p>Cells grew fast (Fig. 1). As shown by Smith et al. in Figs. <xref ref-type="fig" rid="f1 f2">1-2</xref>, growth
+         stops at 10 <italic>h</italic>. Unrelated sentence. See <xref ref-type="bibr" rid="r1">1</xref>.</p>
+      <p>Panels in <xref ref-type="fig" rid="g">Figure 3</xref> agree! Again <xref ref-type="fig" rid="f1">Fig. 1</xref>
+         <list><list-item><p>Nested, citing <xref ref-type="fig" rid="f2">Fig. 2</xref>.</p></list-item></list></p>
+      <fig id="f1"><caption><p>Self-citing caption, <xref ref-type="fig" rid="f2">Fig. 2</xref>, is not a mention.</p>
+        </caption><graphic xmlns:xlink="http://www.w3.org/1999/xlink" xlink:href="f1"/></fig>
+      <fig id="f2"><graphic xmlns:xlink="http://www.w3.org/1999/xlink" xlink:href="f2"/></fig>
+      <fig-group id="g"><fig id="g-a"><graphic xmlns:xlink="http://www.w3.org/1999/xlink" xlink:href="ga"/></fig></fig-group>
+    </body></article>"""
+    figs = {f.fig_id: f.mentions for f in parse_article(xml, "t").figures}
+    both = "As shown by Smith et al. in Figs. 1-2, growth stops at 10 h."
+    assert figs["f1"] == (both, "Again Fig. 1 Nested, citing Fig. 2.")  # "(Fig. 1)" without an xref is no mention
+    assert figs["f2"] == (both, "Nested, citing Fig. 2.")  # a nested paragraph's reference is cited in its own
+    assert figs["g-a"] == ("Panels in Figure 3 agree!",)  # a group's mention belongs to each of its panels
+
+
+def test_real_article_mentions_checked_by_hand():
+    article = _article("PMC3532326.1")
+    f2 = next(f for f in article.figures if f.fig_id == "F2")
+    assert f2.mentions == (
+        "Figure 2A shows one such example affecting Ensembl transcript ENST00000253255.",
+        "In the example shown in Figure 2B, VEP classifies SNV 10:27,702,726:G->A as synonymous because it changes "
+        "codon CTG on the reverse strand (coding for leucine) to TTG (also coding for leucine).")

@@ -10,12 +10,13 @@ import pytest
 
 from biomedclip_factory.corpus.align import AlignConfig, align_corpus
 from biomedclip_factory.errors import SourceError
+from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.pmc.bucket import HttpBucket
 from biomedclip_factory.pmc.legacy import BadLine, LegacyEntry, LegacySource, parse_file_list
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import scrape
 
-from .conftest import SAMPLE_MIRROR
+from .conftest import SAMPLE_MIRROR, make_project, run_module
 from .s3_mirror import MirrorServer
 
 HEADER = "File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License\n"
@@ -129,3 +130,13 @@ def test_the_txt_file_list_and_bad_lists():
         parse_file_list(b"path,citation\n", "oa_file_list.csv")
     bad = parse_file_list((HEADER + "../../etc/passwd.tar.gz,x,PMC1,2019-01-01,,CC BY\n").encode(), "l.csv")
     assert bad == [BadLine("l.csv:2", "bad package path '../../etc/passwd.tar.gz'")]
+
+
+def test_the_scrape_stage_reads_a_legacy_mirror_from_params(tmp_path):
+    mirror = legacy_mirror(tmp_path / "mirror")
+    project = make_project(tmp_path / "p", {"scrape": {"source": str(mirror), "layout": "legacy"}})
+    run_module(project, "stages.scrape")
+    rows = read_jsonl(project / "data" / "raw" / "manifest.jsonl")
+    assert sorted(r["prefix"] for r in rows if r["status"] == "ok") == ["PMC2924383.0", "PMC2958805.0", "PMC3532326.0"]
+    metrics = json.loads((project / "metrics" / "scrape.json").read_text())
+    assert metrics["articles_ok"] == 3 and metrics["articles_failed"] == 3 and metrics["articles_skipped"] == 1

@@ -1,6 +1,8 @@
 """Atomic file writes: a reader (or a resumed run) never sees a half-written file under its final name."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -32,6 +34,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     write_bytes_atomic(path, text.encode())
+
+
+def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A header row from the first row's keys, then one line per row (DVC plots' input)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

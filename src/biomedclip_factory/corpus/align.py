@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..errors import ArticleError
 from ..io import write_bytes_atomic
 from ..pmc.jats import Figure, parse_article
+from .dedup import deduplicate
 from .images import normalise_image
 from .split import split_of
 
@@ -32,6 +33,8 @@ class AlignConfig:
     min_side: int
     split_ratios: dict[str, float]
     split_salt: str = ""
+    max_aspect_ratio: float | None = None  # longer side / shorter side; None = any
+    near_duplicate_max_distance: int | None = None  # pHash Hamming distance; None = exact duplicates only
 
 
 @dataclass
@@ -104,26 +107,15 @@ def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure,
     if min(img.width, img.height) < cfg.min_side:
         result.rejects.append(_reject(prefix, fig.fig_id, "image_too_small", f"{img.width}x{img.height}"))
         return None
+    if cfg.max_aspect_ratio and max(img.width, img.height) > cfg.max_aspect_ratio * min(img.width, img.height):
+        result.rejects.append(_reject(prefix, fig.fig_id, "aspect_ratio", f"{img.width}x{img.height}"))
+        return None
     pair_id = f"{prefix}_{fig.fig_id}"
     rel = Path("images") / f"{pair_id}.jpg"
     write_bytes_atomic(images_out / rel, img.jpeg)
     return {"pair_id": pair_id, "fig_id": fig.fig_id, "label": fig.label, "caption": fig.caption,
-            "image": str(rel), "width": img.width, "height": img.height, "sha256": img.sha256,
-            "phash": img.phash}
-
-
-def dedup_exact(pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Drop pairs whose image bytes repeat an earlier pair's (order: pair_id); return kept, rejects."""
-    seen: dict[str, str] = {}
-    kept, rejects = [], []
-    for pair in sorted(pairs, key=lambda p: p["pair_id"]):
-        first = seen.setdefault(pair["sha256"], pair["pair_id"])
-        if first == pair["pair_id"]:
-            kept.append(pair)
-        else:
-            prefix = pair["pair_id"].rsplit("_", 1)[0]
-            rejects.append(_reject(prefix, pair["fig_id"], "duplicate_image", first))
-    return kept, rejects
+            "mentions": list(fig.mentions), "image": str(rel), "width": img.width, "height": img.height,
+            "sha256": img.sha256, "phash": img.phash}
 
 
 def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignConfig,
@@ -139,5 +131,5 @@ def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignCo
             rejects.extend(res.rejects)
             figures += res.figures
             bar.update()
-    kept, dup_rejects = dedup_exact(pairs)
+    kept, dup_rejects = deduplicate(pairs, cfg.near_duplicate_max_distance)
     return kept, rejects + dup_rejects, figures

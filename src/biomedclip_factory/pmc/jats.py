@@ -7,6 +7,8 @@ word boundaries across inline markup: block elements are joined by one space, in
 """
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,6 +19,14 @@ from ..errors import ArticleError
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 _BLOCKS = frozenset({"title", "p", "list-item", "def-item", "disp-quote", "disp-formula"})
 _SKIP_IN_CAPTION = frozenset({"inline-graphic", "graphic", "alternatives", "object-id"})
+_NOT_BODY_TEXT = frozenset({"fig", "fig-group", "table-wrap", "caption", "ref-list", "fn", "boxed-text"})
+# Private-use characters around a reference's index: where each figure reference sits in the text.
+_MARK, _MARK_END = "\ue000", "\ue001"
+_MARKS = re.compile(f"{_MARK}(\\d+){_MARK_END}")
+# A sentence ends at . ! ? followed by space and a capital/digit — unless the word is an abbreviation.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\ue000])")
+_ABBREVIATIONS = re.compile(r"(?:\b(?:Fig|Figs|Ref|Refs|Eq|Eqs|No|Vol|approx|ca|cf|vs|al|e\.g|i\.e|Suppl|Tab)\.|"
+                            r"\b[A-Z]\.)$")
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Figure:
     label: str
     caption: str
     href: str | None
+    mentions: tuple[str, ...] = ()  # body sentences that cite the figure ("Fig. 2 shows …"), in order
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,18 @@ def _href(el: etree._Element) -> str | None:
     return None
 
 
-def _text(el: etree._Element) -> str:
-    """Text of ``el`` with block children separated by a space and inline markup kept in place."""
+def _text(el: etree._Element, marked: dict[etree._Element, int] | None = None) -> str:
+    """Text of ``el`` with block children separated by a space and inline markup kept in place.
+
+    Each element in ``marked`` is preceded by its index between ``_MARK`` and ``_MARK_END``.
+    """
     parts: list[str] = []
+    marked = marked or {}
 
     def walk(node: etree._Element) -> None:
         name = _local(node)
+        if node in marked:
+            parts.append(f"{_MARK}{marked[node]}{_MARK_END}")
         if name in _SKIP_IN_CAPTION:
             if node.tail:
                 parts.append(node.tail)
@@ -97,20 +114,60 @@ def _label(fig: etree._Element) -> str:
     return " ".join(_text(c) for c in _children(fig, "label")).strip()
 
 
+def _sentences(text: str) -> list[str]:
+    """Split at sentence ends, re-joining splits that follow an abbreviation ("Fig. 2", "et al.")."""
+    out: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if out and _ABBREVIATIONS.search(out[-1]):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
+
+
+def _paragraph(el: etree._Element) -> etree._Element | None:
+    """The innermost ``<p>`` holding ``el``: a reference in a nested paragraph belongs to that one."""
+    return next((a for a in el.iterancestors() if _local(a) == "p"), None)
+
+
+def _in_body_text(p: etree._Element) -> bool:
+    return not any(_local(a) in _NOT_BODY_TEXT for a in p.iterancestors())
+
+
+def _mentions(root: etree._Element) -> dict[str, list[str]]:
+    """fig id → the body sentences holding an ``<xref ref-type="fig">`` to it, first occurrence order."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for p in root.iter("{*}p"):
+        refs = [x for x in p.iter("{*}xref") if x.get("ref-type") == "fig" and x.get("rid") and _paragraph(x) is p]
+        if not refs or not _in_body_text(p):
+            continue
+        for sentence in _sentences(_text(p, {ref: i for i, ref in enumerate(refs)})):
+            clean = _MARKS.sub("", sentence)
+            for index in _MARKS.findall(sentence):
+                for rid in refs[int(index)].get("rid", "").split():
+                    if clean not in found[rid]:
+                        found[rid].append(clean)
+    return found
+
+
 def _figures(root: etree._Element) -> Iterator[Figure]:
+    mentions = _mentions(root)
     seen = 0
     for fig in root.iter("{*}fig"):
         seen += 1
         caption = _caption(fig)
+        cited = list(mentions.get(fig.get("id", "").strip(), ()))
         parent = fig.getparent()
         if parent is not None and _local(parent) == "fig-group":
             group_caption = _caption(parent)
             caption = f"{group_caption} {caption}".strip() if group_caption else caption
+            cited += [m for m in mentions.get(parent.get("id", "").strip(), ()) if m not in cited]
         yield Figure(
             fig_id=(fig.get("id") or f"fig{seen}").strip(),
             label=_label(fig),
             caption=caption,
             href=_graphic_href(fig),
+            mentions=tuple(cited),
         )
 
 

@@ -15,8 +15,13 @@ from typing import Any, Iterable
 
 from ..io import write_bytes_atomic, write_json_atomic
 
-SAMPLE_FIELDS = ("pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "width", "height",
+SAMPLE_FIELDS = ("pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "mentions", "width", "height",
                  "sha256", "phash", "license_code", "split")
+
+
+def _json_value(value: Any) -> Any:
+    """Parquet list columns come back as numpy arrays; JSON wants lists."""
+    return [str(v) for v in value] if hasattr(value, "tolist") and not isinstance(value, str) else value
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -58,7 +63,7 @@ def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, spl
         chunk = ordered[index:index + shard_size]
         name = f"{split}-{index // shard_size:06d}.tar"
         data = _tar_bytes(
-            (sample_key(p["pair_id"]), {k: p.get(k) for k in SAMPLE_FIELDS}, (pairs_dir / p["image"]).read_bytes())
+            (sample_key(p["pair_id"]), {k: _json_value(p.get(k)) for k in SAMPLE_FIELDS}, (pairs_dir / p["image"]).read_bytes())
             for p in chunk
         )
         write_bytes_atomic(split_dir / name, data)

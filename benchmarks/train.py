@@ -1,0 +1,159 @@
+"""Benchmark: our DeepSpeed training step vs a plain open_clip-style torch loop, same model and data.
+
+Both loops train the same model (same seeded init) on the same in-memory batches, so only the
+loop differs: ours is ``build_engine`` + ``train_step`` (DeepSpeed ZeRO from the params, gathered
+contrastive loss, logit-scale clamp); the baseline is what open_clip's trainer does per step
+(AdamW, ClipLoss, backward, clip_grad_norm_, step, clamp). They alternate in rounds and the
+median ratio is printed (target ≥ 0.95). With CUDA (``--profile params/biomedclip.yaml``) it
+also counts the step's FLOPs with torch's FlopCounterMode, measures the bf16 matmul peak of the
+GPU in the same run and reports pairs/s and MFU (goal ≥ 45% on an H200, ≈ 1,500 pairs/s).
+
+    .venv/bin/python benchmarks/train.py [--profile params.yaml] [--steps 10] [--rounds 3] [--batch 32]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from open_clip.loss import ClipLoss
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from biomedclip_factory.model.build import create_model, init_model_dir  # noqa: E402
+from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
+from biomedclip_factory.params import load_section  # noqa: E402
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, build_engine,  # noqa: E402
+                                           contrastive_loss, init_distributed, train_step)
+from stages.pretrain import model_spec, train_config  # noqa: E402
+
+CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
+            "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm."]
+
+
+def batches(n: int, batch: int, image_size: int, vocab: int, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch, 3, image_size, image_size, generator=g),
+             torch.randint(5, vocab, (batch, context), generator=g)) for _ in range(n)]
+
+
+def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device) -> callable:
+    """open_clip's train_one_epoch, reduced to one process: the baseline."""
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    loss_fn = ClipLoss()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    state = {"i": 0}
+
+    def step() -> None:
+        images, texts = data[state["i"] % len(data)]
+        state["i"] += 1
+        with autocast:
+            loss = loss_fn(*model(images.to(device), texts.to(device)))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return step
+
+
+def ours_loop(model: torch.nn.Module, cfg, data) -> callable:
+    engine, _ = build_engine(model, cfg, world_size=1)
+    loss_fn = contrastive_loss(1)
+    stream = iter(data[i % len(data)] for i in range(10**9))
+    return lambda: train_step(engine, loss_fn, stream, 1, pad_token_id=0)
+
+
+def steps_per_s(step, n: int, device: torch.device) -> float:
+    step()  # warm-up: allocator, kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool) -> int:
+    images, texts = data[0]
+    with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        ClipLoss()(*model(images.to(device), texts.to(device))).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def bf16_peak(device: torch.device, n: int = 8192, reps: int = 50) -> float:
+    """The achievable dense bf16 matmul FLOP/s of this GPU, measured now (MFU's denominator)."""
+    a, b = torch.randn(n, n, device=device, dtype=torch.bfloat16), torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--zero-stage", type=int, default=None, help="override the profile's pretrain.zero_stage")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = model_spec(load_section("model", args.profile))
+    cfg = train_config(load_section("pretrain", args.profile))
+    if device.type == "cpu":  # CPUs here have no fast bf16; the loop, not the precision, is under test
+        cfg = type(cfg)(**{**cfg.__dict__, "precision": "fp32"})
+    cfg = type(cfg)(**{**cfg.__dict__, "micro_batch_size": args.batch, "gradient_accumulation_steps": 1,
+                       "steps": 10**6, "offload_optimizer": False,
+                       "zero_stage": cfg.zero_stage if args.zero_stage is None else args.zero_stage})
+    init_distributed()
+    with tempfile.TemporaryDirectory() as tmp:
+        train_wordpiece(CAPTIONS, Path(tmp) / "tok", 1000, 1, True, spec.context_length)
+        init_model_dir(spec, Path(tmp) / "tok", Path(tmp) / "clip")
+        torch.manual_seed(cfg.seed)
+        template = create_model(Path(tmp) / "clip", load_weights=False)
+    image_size = template.visual.image_size[0] if isinstance(template.visual.image_size, tuple) \
+        else template.visual.image_size
+    data = batches(4, args.batch, image_size, template.text.vocab_size, spec.context_length)
+
+    def fresh() -> torch.nn.Module:  # the same seeded init for both loops
+        return copy.deepcopy(template).to(device)
+
+    plain = plain_loop(fresh(), cfg, data, device)
+    ours = ours_loop(fresh(), cfg, data)
+    ratios, ours_rates, plain_rates = [], [], []
+    for _ in range(args.rounds):
+        plain_rates.append(steps_per_s(plain, args.steps, device))
+        ours_rates.append(steps_per_s(ours, args.steps, device))
+        ratios.append(ours_rates[-1] / plain_rates[-1])
+    result = {"benchmark": "train", "device": str(device), "profile": str(args.profile.name), "batch": args.batch,
+              "precision": cfg.precision, "zero_stage": cfg.zero_stage, "baseline": "plain torch loop (open_clip style)",
+              "ours_steps_per_s": statistics.median(ours_rates), "baseline_steps_per_s": statistics.median(plain_rates),
+              "ratio": round(statistics.median(ratios), 3), "target": 0.95,
+              "pairs_per_s": statistics.median(ours_rates) * args.batch}
+    if device.type == "cuda":
+        flops = step_flops(fresh(), data, device, cfg.precision == "bf16")
+        peak = bf16_peak(device)
+        result.update(step_tflop=flops / 1e12, peak_bf16_tflops=peak / 1e12,
+                      mfu=round(flops * statistics.median(ours_rates) / peak, 3), mfu_goal=0.45)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
