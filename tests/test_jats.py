@@ -1,7 +1,11 @@
 """JATS figure extraction on real articles and on each messy case pubmed_parser gets wrong."""
 from __future__ import annotations
 
+from xml.sax.saxutils import escape
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from biomedclip_factory.errors import ArticleError
 from biomedclip_factory.pmc.jats import parse_article
@@ -79,6 +83,9 @@ def test_inline_mentions_are_the_citing_body_sentences():
     assert figs["f1"] == (both, "Again Fig. 1 Nested, citing Fig. 2.")  # "(Fig. 1)" without an xref is no mention
     assert figs["f2"] == (both, "Nested, citing Fig. 2.")  # a nested paragraph's reference is cited in its own
     assert figs["g-a"] == ("Panels in Figure 3 agree!",)  # a group's mention belongs to each of its panels
+    tricky = parse_article('<article><p>Odd \ue0007\ue001 text, <xref ref-type="fig" rid="f">Fig. 1</xref>.</p><fig id="f">'
+                           '<graphic xmlns:xlink="http://www.w3.org/1999/xlink" xlink:href="f"/></fig></article>'.encode(), "t")
+    assert tricky.figures[0].mentions == ("Odd 7 text, Fig. 1.",)  # marker-like characters in the text are dropped
 
 
 def test_real_article_mentions_checked_by_hand():
@@ -88,3 +95,39 @@ def test_real_article_mentions_checked_by_hand():
         "Figure 2A shows one such example affecting Ensembl transcript ENST00000253255.",
         "In the example shown in Figure 2B, VEP classifies SNV 10:27,702,726:G->A as synonymous because it changes "
         "codon CTG on the reverse strand (coding for leucine) to TTG (also coding for leucine).")
+
+
+_TAGS = ["fig", "fig-group", "caption", "title", "p", "label", "graphic", "alternatives", "xref", "italic", "sup",
+         "inline-graphic", "disp-formula", "list", "list-item", "floats-group", "body", "table-wrap"]
+_WORDS = st.text(alphabet=st.sampled_from("abc. ()Fig12\u2009\n<&>\ue000\ue001"), max_size=12)
+
+
+@st.composite
+def _elements(draw, depth: int = 0) -> str:
+    tag = draw(st.sampled_from(_TAGS))
+    attrs = ""
+    if draw(st.booleans()):
+        attrs += f' id="{draw(st.sampled_from(["f1", "f2", "g", "", " f1 "]))}"'
+    if tag == "xref":
+        attrs += f' ref-type="{draw(st.sampled_from(["fig", "bibr"]))}" rid="{draw(st.sampled_from(["f1", "f1 f2", "g", ""]))}"'
+    if tag in ("graphic", "inline-graphic"):
+        attrs += f' xlink:href="{draw(st.sampled_from(["a", "b.jpg", "", "  "]))}" mimetype="image"'
+    children = draw(st.lists(_elements(depth + 1), max_size=3)) if depth < 4 else []
+    text = escape(draw(_WORDS))
+    return f"<{tag}{attrs}>{text}{''.join(children)}</{tag}>{escape(draw(_WORDS))}"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(body=st.lists(_elements(), max_size=4), cut=st.integers(0, 2000), junk=st.binary(max_size=8))
+def test_fuzzed_jats_gives_figures_or_our_error(body, cut, junk):
+    xml = ('<article xmlns:xlink="http://www.w3.org/1999/xlink"><body>' + "".join(body) + "</body></article>").encode()
+    for document in (xml, xml[:cut] + junk):
+        try:
+            article = parse_article(document, "fuzz.xml")
+        except ArticleError as exc:
+            assert "fuzz.xml" in str(exc)
+            continue
+        for fig in article.figures:
+            for text in (fig.caption, fig.label, *fig.mentions):
+                assert text == " ".join(text.split())
+            assert fig.fig_id and fig.href != ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from lxml import etree
 
@@ -68,6 +68,8 @@ def _text(el: etree._Element, marked: dict[etree._Element, int] | None = None) -
     """
     parts: list[str] = []
     marked = marked or {}
+    # With marks in play, stray marker characters in the document itself would confuse them.
+    text_of: Callable[[str], str] = (lambda t: t.replace(_MARK, "").replace(_MARK_END, "")) if marked else str
 
     def walk(node: etree._Element) -> None:
         name = _local(node)
@@ -75,19 +77,19 @@ def _text(el: etree._Element, marked: dict[etree._Element, int] | None = None) -
             parts.append(f"{_MARK}{marked[node]}{_MARK_END}")
         if name in _SKIP_IN_CAPTION:
             if node.tail:
-                parts.append(node.tail)
+                parts.append(text_of(node.tail))
             return
         block = name in _BLOCKS
         if block:
             parts.append(" ")
         if node.text and isinstance(node.tag, str):
-            parts.append(node.text)
+            parts.append(text_of(node.text))
         for child in node:
             walk(child)
         if block:
             parts.append(" ")
         if node.tail and node is not el:
-            parts.append(node.tail)
+            parts.append(text_of(node.tail))
 
     walk(el)
     return " ".join("".join(parts).split())
@@ -142,10 +144,10 @@ def _mentions(root: etree._Element) -> dict[str, list[str]]:
         if not refs or not _in_body_text(p):
             continue
         for sentence in _sentences(_text(p, {ref: i for i, ref in enumerate(refs)})):
-            clean = _MARKS.sub("", sentence)
+            clean = " ".join(_MARKS.sub("", sentence).split())
             for index in _MARKS.findall(sentence):
                 for rid in refs[int(index)].get("rid", "").split():
-                    if clean not in found[rid]:
+                    if clean and clean not in found[rid]:
                         found[rid].append(clean)
     return found
 
