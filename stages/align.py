@@ -34,7 +34,7 @@ def main() -> None:
     cfg = AlignConfig(max_side=p.positive("max_side"), jpeg_quality=p.positive("jpeg_quality"),
                       min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
                       split_ratios=ratios, split_salt=split.get("salt", str, ""), max_aspect_ratio=aspect,
-                      near_duplicate_max_distance=near)
+                      near_duplicate_max_distance=near, mentions=p.get("mentions", bool, True))
     workers = p.positive("workers")
     manifest = RAW / "manifest.jsonl"
     if not manifest.is_file():

@@ -131,3 +131,10 @@ def test_fuzzed_jats_gives_figures_or_our_error(body, cut, junk):
             for text in (fig.caption, fig.label, *fig.mentions):
                 assert text == " ".join(text.split())
             assert fig.fig_id and fig.href != ""
+
+
+def test_mentions_can_be_skipped_without_changing_anything_else():
+    xml = (SAMPLE_MIRROR / "PMC3532326.1" / "PMC3532326.1.xml").read_bytes()
+    full, lean = parse_article(xml, "a"), parse_article(xml, "a", mentions=False)
+    assert all(f.mentions == () for f in lean.figures) and any(f.mentions for f in full.figures)
+    assert [(f.fig_id, f.caption, f.href) for f in lean.figures] == [(f.fig_id, f.caption, f.href) for f in full.figures]

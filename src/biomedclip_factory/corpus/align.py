@@ -35,6 +35,7 @@ class AlignConfig:
     split_salt: str = ""
     max_aspect_ratio: float | None = None  # longer side / shorter side; None = any
     near_duplicate_max_distance: int | None = None  # pHash Hamming distance; None = exact duplicates only
+    mentions: bool = True  # keep the body sentences citing each figure
 
 
 @dataclass
@@ -67,7 +68,7 @@ def align_article(article_dir: Path, images_out: Path, cfg: AlignConfig) -> Arti
     result = ArticleResult()
     try:
         meta = json.loads((article_dir / f"{prefix}.json").read_bytes())
-        article = parse_article((article_dir / f"{prefix}.xml").read_bytes(), f"{prefix}.xml")
+        article = parse_article((article_dir / f"{prefix}.xml").read_bytes(), f"{prefix}.xml", cfg.mentions)
     except (OSError, json.JSONDecodeError) as exc:
         result.rejects.append(_reject(prefix, None, "article_unreadable", str(exc)))
         return result

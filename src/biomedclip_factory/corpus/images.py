@@ -34,8 +34,12 @@ def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> Nor
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))
+            if img.format == "JPEG" and max(img.size) > max_side:
+                # Ask libjpeg for the target size itself (longer side = max_side), so it can decode at
+                # 1/2..1/8 scale whenever that still covers it; (max_side, max_side) would block any
+                # reduction for wide or tall figures.
+                scale = max_side / max(img.size)
+                img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ArticleError(f"{where}: image too large ({exc})") from exc

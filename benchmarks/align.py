@@ -1,0 +1,217 @@
+"""Benchmark: our align path vs the PMC-15M pipeline's (pubmed_parser 0.5.1), same real articles.
+
+(a) whole path per article — XML → figures → each graphic resolved to its file → image
+    normalised: ours (``parse_article`` + ``resolve_image`` + ``normalise_image``, draft-mode
+    decode to ``--max-side``) vs the baseline (``parse_pubmed_caption`` on a temp file, full-size
+    decode, RGB, JPEG save with ``optimize=True``, quality 90). Articles/s ratio, target ≥ 3×.
+(b) XML extraction alone: ``parse_article`` vs ``parse_pubmed_caption``; target ≥ 1.0×.
+(c) fidelity of both against a reference built here with plain lxml: figures with a graphic
+    found, graphic href right, caption equal to the whitespace-normalised reference (inline
+    markup kept, caption blocks joined by one space, a fig-group's caption before its panels'),
+    crashes.
+
+Articles: every JATS file under ``sample/pmc-mirror`` and ``../shared/data/pmc`` (when present);
+images are those beside each XML. Needs ``pip install -r benchmarks/requirements.txt``.
+
+    .venv/bin/python benchmarks/align.py [--rounds 3] [--max-side 256]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lxml import etree
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from biomedclip_factory.corpus.align import resolve_image  # noqa: E402
+from biomedclip_factory.corpus.images import normalise_image  # noqa: E402
+from biomedclip_factory.errors import ArticleError  # noqa: E402
+from biomedclip_factory.pmc.jats import parse_article  # noqa: E402
+from biomedclip_factory.pmc.package import extract_package  # noqa: E402
+
+try:
+    from pubmed_parser import parse_pubmed_caption
+except ImportError:  # pragma: no cover - a benchmark-only dependency
+    sys.exit("benchmarks/align.py needs pubmed_parser: pip install -r benchmarks/requirements.txt")
+
+SHARED = ROOT.parent / "shared" / "data" / "pmc"
+
+
+def articles(unpacked: Path) -> list[Path]:
+    """Every JATS file of the sample and the shared data; legacy packages unpacked under ``unpacked``."""
+    for package in sorted(SHARED.glob("legacy_oa_packages/*.tar.gz")):
+        extract_package(package, unpacked / package.name.removesuffix(".tar.gz"))
+    roots = [ROOT / "sample" / "pmc-mirror", SHARED, unpacked]
+    return sorted(p for r in roots if r.is_dir() for p in r.rglob("*") if p.suffix in (".xml", ".nxml"))
+
+
+# ---- the reference (c) -----------------------------------------------------------------------------
+
+def _local(el: etree._Element) -> str:
+    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _caption_ref(fig: etree._Element) -> str:
+    blocks = [_norm("".join(b.itertext())) for c in fig if _local(c) == "caption" for b in c if isinstance(b.tag, str)]
+    return " ".join(b for b in blocks if b)
+
+
+def reference(xml: bytes) -> dict[str, tuple[str, str]] | None:
+    """fig id → (graphic href, caption) for every fig with a graphic; None if the XML is malformed."""
+    try:
+        root = etree.fromstring(xml, etree.XMLParser(resolve_entities=False, no_network=True))
+    except etree.XMLSyntaxError:
+        return None
+    out = {}
+    for fig in root.iter("{*}fig"):
+        graphic = next((g for g in fig.iter("{*}graphic")), None)
+        if graphic is None or not fig.get("id"):
+            continue
+        href = next((v for k, v in graphic.attrib.items() if etree.QName(k).localname == "href"), "")
+        caption = _caption_ref(fig)
+        parent = fig.getparent()
+        if parent is not None and _local(parent) == "fig-group" and _caption_ref(parent):
+            caption = f"{_caption_ref(parent)} {caption}".strip()
+        out[fig.get("id")] = (href, caption)
+    return out
+
+
+# ---- the two paths ---------------------------------------------------------------------------------
+
+def ours_xml(path: Path, mentions: bool = True) -> list[tuple[str, str | None, str]]:
+    return [(f.fig_id, f.href, f.caption) for f in parse_article(path.read_bytes(), path.name, mentions).figures]
+
+
+def baseline_xml(path: Path) -> list[tuple[str, str | None, str]]:
+    with tempfile.NamedTemporaryFile(suffix=".nxml") as tmp:  # it reads a path, as PMC-15M's script did
+        tmp.write(path.read_bytes())
+        tmp.flush()
+        return [(d["fig_id"], d["graphic_ref"], d["fig_caption"]) for d in parse_pubmed_caption(tmp.name)]
+
+
+def ours_image(image: Path, max_side: int) -> None:
+    normalise_image(image.read_bytes(), max_side, 90, image.name)
+
+
+def baseline_image(image: Path) -> None:
+    img = Image.open(image)
+    img.load()
+    img.convert("RGB").save(io.BytesIO(), format="JPEG", quality=90, optimize=True)
+
+
+def ours_whole(path: Path, max_side: int) -> None:
+    for fig in parse_article(path.read_bytes(), path.name).figures:
+        image = resolve_image(path.parent, fig.href) if fig.href else None
+        if image is not None:
+            try:
+                ours_image(image, max_side)
+            except ArticleError:
+                pass
+
+
+def baseline_whole(path: Path) -> None:
+    for _, href, _ in baseline_xml(path):
+        image = resolve_image(path.parent, href) if href else None
+        if image is not None:
+            try:
+                baseline_image(image)
+            except (OSError, ValueError):
+                pass
+
+
+def images_both_resolve(paths: list[Path]) -> list[Path]:
+    """The figure files both parsers lead to: the same images, for a like-for-like per-image rate."""
+    out = []
+    for p in paths:
+        try:
+            theirs = {resolve_image(p.parent, h) for _, h, _ in baseline_xml(p) if h}
+        except Exception:  # noqa: BLE001
+            continue
+        out += [i for i in (resolve_image(p.parent, f.href) for f in parse_article(p.read_bytes(), p.name).figures
+                            if f.href) if i is not None and i in theirs]
+    return out
+
+
+def rate(fn, paths: list[Path]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        try:
+            fn(p)
+        except Exception:  # noqa: BLE001 - the baseline crashes on real files; count time, go on
+            pass
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def fidelity(name: str, fn, paths: list[Path]) -> dict:
+    found = hrefs = captions = crashes = total = 0
+    for p in paths:
+        ref = reference(p.read_bytes())
+        if ref is None:
+            continue  # malformed XML: no reference; ours reports it as an ArticleError
+        total += len(ref)
+        try:
+            got = {fid: (href, cap) for fid, href, cap in fn(p)}
+        except Exception:  # noqa: BLE001
+            crashes += 1
+            continue
+        for fid, (href, cap) in ref.items():
+            if fid in got:
+                found += 1
+                hrefs += got[fid][0] == href
+                captions += _norm(got[fid][1] or "") == cap
+    return {"parser": name, "figures_with_graphic": total, "found": found, "href_right": hrefs,
+            "caption_exact": captions, "crashed_files": crashes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-side", type=int, default=256)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run(articles(Path(tmp)), args)
+
+
+def run(paths: list[Path], args: argparse.Namespace) -> None:
+    with_images = [p for p in paths if any(p.parent.glob("*.jp*g")) or any(p.parent.glob("*.tif*"))]
+    common = images_both_resolve(with_images)
+    ours_whole(with_images[0], args.max_side), baseline_whole(with_images[0])  # warm-up: lazy imports
+    whole, xml_only, xml_captions_only, per_image = [], [], [], []
+    for _ in range(args.rounds):  # alternate, so drift in machine load hits both alike
+        b = rate(baseline_whole, with_images)
+        whole.append(rate(lambda p: ours_whole(p, args.max_side), with_images) / b)
+        b = rate(baseline_xml, paths)
+        xml_only.append(rate(ours_xml, paths) / b)
+        xml_captions_only.append(rate(lambda p: ours_xml(p, mentions=False), paths) / b)
+        b = rate(baseline_image, common)
+        per_image.append(rate(lambda i: ours_image(i, args.max_side), common) / b)
+    print(json.dumps({"benchmark": "align", "baseline": "pubmed_parser 0.5.1 parse_pubmed_caption (PMC-15M)",
+                      "articles": len(paths), "articles_with_images": len(with_images),
+                      "whole_path_ratio": round(statistics.median(whole), 2), "whole_path_target": 3.0,
+                      "xml_only_ratio": round(statistics.median(xml_only), 2), "xml_only_target": 1.0,
+                      "xml_only_ratio_without_mentions": round(statistics.median(xml_captions_only), 2),
+                      "same_images": len(common), "per_image_ratio": round(statistics.median(per_image), 2)}))
+    rows = [fidelity("ours", ours_xml, paths), fidelity("pubmed_parser", baseline_xml, paths)]
+    for row in rows:
+        print(json.dumps(row))
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
