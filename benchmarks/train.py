@@ -34,6 +34,7 @@ from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, build_engine,  # noqa: E402
                                            contrastive_loss, init_distributed, train_step)
+from biomedclip_factory.train.ds_config import effective_zero_stage  # noqa: E402
 from stages.pretrain import model_spec, train_config  # noqa: E402
 
 CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
@@ -143,7 +144,8 @@ def main() -> None:
         ours_rates.append(steps_per_s(ours, args.steps, device))
         ratios.append(ours_rates[-1] / plain_rates[-1])
     result = {"benchmark": "train", "device": str(device), "profile": str(args.profile.name), "batch": args.batch,
-              "precision": cfg.precision, "zero_stage": cfg.zero_stage, "baseline": "plain torch loop (open_clip style)",
+              "precision": cfg.precision, "zero_stage": cfg.zero_stage,
+              "zero_stage_run": effective_zero_stage(cfg, 1), "baseline": "plain torch loop (open_clip style)",
               "ours_steps_per_s": statistics.median(ours_rates), "baseline_steps_per_s": statistics.median(plain_rates),
               "ratio": round(statistics.median(ratios), 3), "target": 0.95,
               "pairs_per_s": statistics.median(ours_rates) * args.batch}

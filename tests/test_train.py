@@ -55,6 +55,13 @@ def test_offload_is_in_the_deepspeed_config_and_needs_a_zero_stage():
         deepspeed_config(config(zero_stage=0, offload_optimizer=True), 1)
 
 
+def test_zero_1_and_2_on_one_rank_run_as_stage_0_unless_offloading():
+    stages = {(stage, world, offload): deepspeed_config(config(zero_stage=stage, offload_optimizer=offload), world)
+              ["zero_optimization"]["stage"] for stage in (1, 2, 3) for world in (1, 2) for offload in (False, True)}
+    assert stages == {(1, 1, False): 0, (2, 1, False): 0, (3, 1, False): 3, (1, 1, True): 1, (2, 1, True): 2,
+                      (3, 1, True): 3, **{(s, 2, o): s for s in (1, 2, 3) for o in (False, True)}}
+
+
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
     images, texts = torch.randn(4, 3, 160, 160), torch.randint(5, 100, (4, 10))
     results = []

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 
 from ..model.build import WEIGHTS_NAME, create_model, save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, train_batches
-from .ds_config import TrainConfig, deepspeed_config
+from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
 
 MAX_LOGIT_SCALE = math.log(100.0)
 LogFn = Callable[[int, dict[str, float]], None]
@@ -102,6 +102,10 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
     model.logit_scale = torch.nn.Parameter(model.logit_scale.detach().reshape(1))
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    stage = effective_zero_stage(cfg, world_size)
+    if stage != cfg.zero_stage:
+        print(f"pretrain: ZeRO-{cfg.zero_stage} partitions nothing on one rank; running stage {stage} "
+              "(same maths, less copying)", flush=True)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=_optimizer(model, cfg),
                                                    config=deepspeed_config(cfg, world_size))
     return engine, scheduler
