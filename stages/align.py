@@ -16,6 +16,7 @@ from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
+from .task_runner import mapper_from_params
 
 RAW = ROOT / "data" / "raw"
 PAIRS = ROOT / "data" / "pairs"
@@ -35,16 +36,16 @@ def main() -> None:
                       min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
                       split_ratios=ratios, split_salt=split.get("salt", str, ""), max_aspect_ratio=aspect,
                       near_duplicate_max_distance=near, mentions=p.get("mentions", bool, True))
-    workers = p.positive("workers")
     manifest = RAW / "manifest.jsonl"
     if not manifest.is_file():
         raise DataError(f"align: {manifest} is missing (run the scrape stage)")
     prefixes = [r["prefix"] for r in read_jsonl(manifest) if r["status"] == "ok"]
+    mapper = mapper_from_params(p, "align")
     with stage_run("align", ROOT, p.raw()):
         t0 = time.perf_counter()
         staging = PAIRS.with_name("pairs.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, workers)
+        pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, mapper=mapper)
         pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_parquet(staging / "pairs.parquet", index=False)
         write_jsonl_atomic(staging / "rejects.jsonl", rejects)
         shutil.rmtree(PAIRS, ignore_errors=True)

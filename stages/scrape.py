@@ -14,6 +14,7 @@ from biomedclip_factory.pmc.scrape import ArticleSource, CloudSource, scrape
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
+from .task_runner import mapper_from_params
 
 RAW = ROOT / "data" / "raw"
 
@@ -25,14 +26,14 @@ def main() -> None:
     if isinstance(licences, str):
         p.choice("licences", ("commercial", "all_cc"))
     max_articles = p.get("max_articles", int, 0)
-    workers = p.positive("workers", int)
     bucket = open_bucket(source, ROOT, timeout=p.positive("timeout_s", float), retries=p.get("retries", int))
     layout = p.choice("layout", ("cloud", "legacy"), "cloud")
     articles: ArticleSource = CloudSource(bucket) if layout == "cloud" else \
         LegacySource(bucket, p.get("file_list", str, "oa_file_list.csv"))
+    mapper = mapper_from_params(p, "scrape")
     with stage_run("scrape", ROOT, p.raw()):
         t0 = time.perf_counter()
-        result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, workers)
+        result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, mapper=mapper)
         seconds = time.perf_counter() - t0
         write_jsonl_atomic(RAW / "manifest.jsonl", result.rows)
         metrics = {"articles_listed": len(result.rows), "articles_ok": result.count("ok"),

@@ -7,15 +7,14 @@ dropped figure or article lands in the rejects with its reason; nothing raises p
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ..errors import ArticleError
 from ..io import write_bytes_atomic
+from ..parallel import Mapper, progress_map, thread_map
 from ..pmc.jats import Figure, parse_article
 from .dedup import deduplicate
 from .images import normalise_image
@@ -119,18 +118,24 @@ def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure,
             "sha256": img.sha256, "phash": img.phash}
 
 
-def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignConfig,
-                 workers: int = 2, progress: bool = True) -> tuple[list[dict], list[dict], int]:
-    """Align every article in ``prefixes``; returns (pairs, rejects, figures seen)."""
+def _align_one(raw_dir: Path, out_dir: Path, cfg: AlignConfig, prefix: str) -> ArticleResult:
+    return align_article(raw_dir / prefix, out_dir, cfg)
+
+
+def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignConfig, workers: int = 2,
+                 progress: bool = True, mapper: Mapper | None = None) -> tuple[list[dict], list[dict], int]:
+    """Align every article in ``prefixes``; returns (pairs, rejects, figures seen).
+
+    Per-article work runs through ``mapper`` (default: ``workers`` threads here); duplicates are
+    removed afterwards across the whole corpus.
+    """
     pairs: list[dict] = []
     rejects: list[dict] = []
     figures = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(prefixes), desc="align", unit="article", disable=not progress) as bar:
-        for res in pool.map(lambda p: align_article(raw_dir / p, out_dir, cfg), prefixes):
-            pairs.extend(res.pairs)
-            rejects.extend(res.rejects)
-            figures += res.figures
-            bar.update()
+    for res in progress_map(mapper or thread_map(workers), partial(_align_one, raw_dir, out_dir, cfg), prefixes,
+                            "align", "article", progress):
+        pairs.extend(res.pairs)
+        rejects.extend(res.rejects)
+        figures += res.figures
     kept, dup_rejects = deduplicate(pairs, cfg.near_duplicate_max_distance)
     return kept, rejects + dup_rejects, figures

@@ -8,16 +8,15 @@ broken article becomes a manifest row with its reason; it never stops the run.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from tqdm import tqdm
-
 from ..errors import ArticleError, SourceError
 from ..io import write_bytes_atomic
+from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, parse_metadata
 
@@ -107,16 +106,21 @@ class CloudSource:
         return scrape_article(self.bucket, item, out_dir, policy)
 
 
+def _fetch_one(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, item: Any) -> tuple[dict[str, Any], int]:
+    return source.fetch(item, out_dir, policy)
+
+
 def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
-           workers: int = 8, progress: bool = True) -> ScrapeResult:
-    """Scrape up to ``max_articles`` article versions from ``source`` with ``workers`` threads."""
+           workers: int = 8, progress: bool = True, mapper: Mapper | None = None) -> ScrapeResult:
+    """Scrape up to ``max_articles`` article versions from ``source``.
+
+    Per-article work runs through ``mapper`` (default: ``workers`` threads here).
+    """
     items = list(islice(source.items(), max_articles))
     rows: list[dict[str, Any]] = []
     total = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(items), desc="scrape", unit="article", disable=not progress) as bar:
-        for row, fetched in pool.map(lambda item: source.fetch(item, out_dir, policy), items):
-            rows.append(row)
-            total += fetched
-            bar.update()
+    for row, fetched in progress_map(mapper or thread_map(workers), partial(_fetch_one, source, out_dir, policy),
+                                     items, "scrape", "article", progress):
+        rows.append(row)
+        total += fetched
     return ScrapeResult(rows=sorted(rows, key=lambda r: r["prefix"]), fetched_bytes=total)

@@ -1,0 +1,57 @@
+"""Where a stage's per-article work runs, from ``<stage>.runner`` in params.yaml.
+
+- ``threads`` (default): a thread pool in the stage's process, ``<stage>.workers`` wide.
+- ``dask``: a Prefect flow whose tasks run on a local Dask cluster of ``workers`` processes.
+- ``tcp://host:8786`` (any Dask scheduler address): the same flow on an existing Dask cluster;
+  its workers must see this project's folders at the same paths (a shared filesystem).
+
+Both Dask forms go through Prefect's ``DaskTaskRunner``, so every article is a Prefect task run
+(visible in the Prefect UI when ``PREFECT_API_URL`` points at a server).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.parallel import Mapper, thread_map
+from biomedclip_factory.params import Section
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def dask_map(flow_name: str, address: str | None, workers: int) -> Mapper:
+    """A mapper running each item as a Prefect task on Dask (a local cluster when ``address`` is None)."""
+
+    def mapper(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        from prefect import flow, task, unmapped
+        from prefect.cache_policies import NO_CACHE
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                            "dashboard_address": None})
+        # No caching: a rerun must look at the source again (the per-article code skips what is done).
+        article = task(_call, name=f"{flow_name}-article", cache_policy=NO_CACHE, persist_result=False)
+
+        @flow(name=flow_name, task_runner=runner, persist_result=False, log_prints=False)
+        def run() -> list[Any]:
+            return [future.result() for future in article.map(unmapped(fn), list(items))]
+
+        yield from run()
+
+    return mapper
+
+
+def mapper_from_params(section: Section, flow_name: str) -> Mapper:
+    runner = section.get("runner", str, "threads")
+    workers = section.positive("workers")
+    if runner == "threads":
+        return thread_map(workers)
+    if runner == "dask":
+        return dask_map(flow_name, None, workers)
+    if runner.startswith(("tcp://", "tls://", "ucx://")):
+        return dask_map(flow_name, runner, workers)
+    raise ParamsError(f"params: '{section.path}.runner' must be threads, dask or a Dask scheduler address "
+                      f"(tcp://host:8786), got {runner!r}")
