@@ -26,7 +26,8 @@ def main() -> None:
     if isinstance(licences, str):
         p.choice("licences", ("commercial", "all_cc"))
     max_articles = p.get("max_articles", int, 0)
-    bucket = open_bucket(source, ROOT, timeout=p.positive("timeout_s", float), retries=p.get("retries", int))
+    bucket = open_bucket(source, ROOT, timeout=p.positive("timeout_s", float), retries=p.get("retries", int),
+                         rate_limit=p.get("rate_limit", float, 0.0))
     layout = p.choice("layout", ("cloud", "legacy"), "cloud")
     articles: ArticleSource = CloudSource(bucket) if layout == "cloud" else \
         LegacySource(bucket, p.get("file_list", str, "oa_file_list.csv"))

@@ -6,7 +6,9 @@ scraper survives them.
 """
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,8 +24,20 @@ class Faults:
 
     statuses: dict[str, list[int]] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)  # serve these keys with one byte flipped
+    resets: dict[str, int] = field(default_factory=dict)  # key → times to drop the connection unanswered
+    truncations: dict[str, int] = field(default_factory=dict)  # key → times to send half the promised body
+    delays: dict[str, float] = field(default_factory=dict)  # key → seconds to stall before answering
+    latency: float = 0.0  # seconds added to every request (a far-away server)
     retry_after: str = "0"
     requests: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each request's arrival
+
+    def take(self, table: dict[str, int], key: str) -> bool:
+        """Use up one of ``key``'s remaining faults in ``table``; whether there was one."""
+        if table.get(key, 0) > 0:
+            table[key] -= 1
+            return True
+        return False
 
 
 class MirrorServer:
@@ -76,7 +90,14 @@ class MirrorServer:
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 key = unquote(url.path.lstrip("/"))
-                server.faults.requests.append(key or "?list")
+                faults = server.faults
+                faults.requests.append(key or "?list")
+                faults.times.append(time.monotonic())
+                time.sleep(faults.latency + faults.delays.get(key, 0.0))
+                if faults.take(faults.resets, key):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)  # the peer sees a reset / empty reply
+                    return
                 pending = server.faults.statuses.get(key)
                 if pending:
                     status = pending.pop(0)
@@ -92,6 +113,13 @@ class MirrorServer:
                 body = path.read_bytes()
                 if key in server.faults.corrupt:
                     body = bytes([body[0] ^ 0xFF]) + body[1:]
+                if faults.take(faults.truncations, key):
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
                 self._send(200, body)
 
         return Handler

@@ -59,9 +59,54 @@ def test_rerun_fetches_nothing_and_repairs_a_damaged_file(server, tmp_path):
 def test_transient_errors_retry_and_honour_retry_after(server, tmp_path):
     key = "PMC3532326.1/1756-0500-5-615-1.jpg"
     server.faults.statuses[key] = [503, 429, 500]
-    result = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
+    server.faults.retry_after = "2"
+    waits: list[float] = []
+    bucket = HttpBucket(server.url, timeout=5, retries=3, backoff=0.01, sleep=waits.append)
+    result = scrape(CloudSource(bucket), tmp_path, COMMERCIAL, progress=False)
     assert result.count("ok") == len(ARTICLES)
     assert server.faults.requests.count(key) == 4
+    assert waits == [2.0, 2.0, 2.0]  # each fault answer said Retry-After: 2, and it was obeyed
+
+
+def _ok_except(result, prefix: str | None = None) -> dict:
+    rows = {r["prefix"]: r for r in result.rows}
+    assert all(r["status"] == "ok" for p, r in rows.items() if p != prefix), "a good article was lost"
+    return rows
+
+
+def test_connection_resets_and_truncated_bodies_are_retried(server, tmp_path):
+    reset, cut = "PMC2924383.1/pone.0012255.g002.jpg", "PMC2958805.1/PMC2958805.1.xml"
+    server.faults.resets[reset] = 2
+    server.faults.truncations[cut] = 1
+    _ok_except(scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False))
+    assert server.faults.requests.count(reset) == 3 and server.faults.requests.count(cut) == 2
+    assert (tmp_path / "PMC2958805.1" / "PMC2958805.1.xml").read_bytes() == \
+        (SAMPLE_MIRROR / "PMC2958805.1" / "PMC2958805.1.xml").read_bytes()
+
+
+def test_persistent_faults_fail_only_their_article_with_the_reason(server, tmp_path):
+    server.faults.resets["PMC2924383.1/pone.0012255.g002.jpg"] = 99
+    server.faults.truncations["PMC2958805.1/PMC2958805.1.xml"] = 99
+    server.faults.delays["PMC3532326.1/PMC3532326.1.xml"] = 1.5  # beyond the 0.5 s timeout, every time
+    bucket = HttpBucket(server.url, timeout=0.5, retries=2, backoff=0.01)
+    result = scrape(CloudSource(bucket), tmp_path, COMMERCIAL, progress=False)
+    rows = {r["prefix"]: r for r in result.rows}
+    assert "ConnectionError" in rows["PMC2924383.1"]["error"]
+    assert "gave up after 3 attempts" in rows["PMC2924383.1"]["error"]
+    assert "IncompleteRead" in rows["PMC2958805.1"]["error"]  # the body stopped short of its Content-Length
+    assert "ReadTimeout" in rows["PMC3532326.1"]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == len(ARTICLES) - 3
+    assert not (tmp_path / "PMC2958805.1" / "PMC2958805.1.xml").exists()  # never a half file under its name
+
+
+def test_the_rate_limit_holds_across_workers(server, tmp_path):
+    bucket = HttpBucket(server.url, timeout=5, retries=1, backoff=0.01, rate_limit=40)
+    result = scrape(CloudSource(bucket), tmp_path, COMMERCIAL, workers=8, progress=False)
+    assert result.count("ok") == len(ARTICLES)
+    times = sorted(server.faults.times)
+    assert len(times) > 40
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 41  # 40 per second plus the one token the bucket starts with
 
 
 def test_wrong_md5_fails_only_that_article(server, tmp_path):

@@ -6,18 +6,20 @@ served over HTTP, or a folder on disk (the bundled sample).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 from urllib.parse import urlparse
 
 import requests
 from lxml import etree
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from ..errors import SourceError
+from .polite import Backoff, RateLimiter, retry_after_seconds
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class Bucket(Protocol):
@@ -33,33 +35,47 @@ class Bucket(Protocol):
 class HttpBucket:
     """An S3-compatible bucket over HTTP(S): ListObjectsV2 for listing, GET for objects.
 
-    Retries with exponential backoff on 429/5xx and connection errors, honouring Retry-After
-    (AWS answers 503 SlowDown under load; PMC_FORMATS.md section 1).
+    Every attempt waits for the shared rate limiter; 429/5xx, connection resets, timeouts and
+    truncated bodies are retried with exponential backoff and jitter, honouring Retry-After
+    (AWS answers 503 SlowDown under load; PMC_FORMATS.md section 1). Other statuses fail at once.
     """
 
-    def __init__(self, base: str, timeout: float = 30.0, retries: int = 5, backoff: float = 0.5) -> None:
+    def __init__(self, base: str, timeout: float = 30.0, retries: int = 5, backoff: float = 0.5,
+                 rate_limit: float = 0.0, max_retry_wait: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 ) -> None:
         self.base = base.rstrip("/")
-        self.timeout = timeout
-        retry = Retry(total=retries, backoff_factor=backoff, backoff_jitter=backoff / 2,
-                      status_forcelist=(429, 500, 502, 503, 504), allowed_methods=("GET",),
-                      respect_retry_after_header=True, raise_on_status=False)
+        self.timeout, self.retries = timeout, retries
+        self.limiter = RateLimiter(rate_limit)
+        self.backoff = Backoff(backoff, max_retry_wait)
+        self._sleep = sleep
         self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
-        self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        adapter = HTTPAdapter(max_retries=0, pool_maxsize=64)  # retries are ours: each one is rate-limited
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "biomedclip-factory (+https://github.com/)"
 
-    def _get(self, url: str, params: dict[str, str] | None = None) -> bytes:
+    def _attempt(self, url: str, params: dict[str, str] | None) -> tuple[bytes | None, str, float | None]:
+        """One GET: (body, "", None) on success, else (None, what went wrong, Retry-After seconds)."""
+        self.limiter.acquire()
         try:
             resp = self.session.get(url, params=params, timeout=self.timeout)
             body = resp.content
-        except requests.RequestException as exc:
-            raise SourceError(f"GET {url}: {exc.__class__.__name__}: {exc}") from exc
+        except requests.RequestException as exc:  # reset, refused, timeout, body cut short (IncompleteRead)
+            return None, f"{exc.__class__.__name__}: {exc}", None
+        if resp.status_code in RETRY_STATUSES:
+            return None, f"HTTP {resp.status_code}", retry_after_seconds(resp.headers.get("Retry-After"))
         if resp.status_code != 200:
             raise SourceError(f"GET {url}: HTTP {resp.status_code}")
-        expected = resp.headers.get("Content-Length")
-        if expected is not None and int(expected) != len(body):
-            raise SourceError(f"GET {url}: truncated body ({len(body)} of {expected} bytes)")
-        return body
+        return body, "", None  # a body shorter than its Content-Length raised above (urllib3 enforces it)
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> bytes:
+        for attempt in range(self.retries + 1):
+            body, problem, retry_after = self._attempt(url, params)
+            if body is not None:
+                return body
+            if attempt < self.retries:
+                self._sleep(self.backoff.wait(attempt, retry_after))
+        raise SourceError(f"GET {url}: {problem} (gave up after {self.retries + 1} attempts)")
 
     def read(self, key: str) -> bytes:
         return self._get(f"{self.base}/{key}")
