@@ -123,3 +123,23 @@ class MirrorServer:
                 self._send(200, body)
 
         return Handler
+
+
+def serve_forever(root: Path, latency: float, url_file: Path, times_file: Path) -> None:
+    """Serve ``root`` until SIGTERM, then write the request arrival times (a benchmark's own server process)."""
+    import json
+    import signal
+
+    with MirrorServer(root) as server:
+        server.faults.latency = latency
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        url_file.write_text(server.url)
+        stop.wait()
+        times_file.write_text(json.dumps(server.faults.times))
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(Path(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
