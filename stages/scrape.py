@@ -1,13 +1,22 @@
-"""DVC stage: fetch the selected PMC article versions into data/raw (+ manifest.jsonl)."""
+"""DVC stage: fetch the selected PMC article versions into data/raw (+ manifest.jsonl, state.json).
+
+``data/raw`` persists between runs (DVC ``persist: true``): files already there with the right md5
+are not fetched again, and with the inventory layout versions unchanged since the last run are not
+even looked at. ``state.json`` records the selection and the watermark (newest LastModified seen);
+a run with another selection starts from the listing again.
+"""
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import mlflow
 
-from biomedclip_factory.io import write_json_atomic, write_jsonl_atomic
-from biomedclip_factory.params import load_section
-from biomedclip_factory.pmc.bucket import open_bucket
+from biomedclip_factory.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from biomedclip_factory.params import Section, load_section
+from biomedclip_factory.pmc.bucket import Bucket, open_bucket
+from biomedclip_factory.pmc.inventory import InventorySource
 from biomedclip_factory.pmc.legacy import LegacySource
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import ArticleSource, CloudSource, scrape
@@ -19,6 +28,25 @@ from .task_runner import mapper_from_params
 RAW = ROOT / "data" / "raw"
 
 
+def article_source(p: Section, bucket: Bucket) -> ArticleSource:
+    layout = p.choice("layout", ("cloud", "inventory", "legacy"), "cloud")
+    if layout == "inventory":
+        folder = p.get("inventory", str, "latest")
+        return InventorySource(bucket, None if folder == "latest" else folder)
+    if layout == "legacy":
+        return LegacySource(bucket, p.get("file_list", str, "oa_file_list.csv"))
+    return CloudSource(bucket)
+
+
+def previous_manifest(selection: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The last run's rows, if it made the same selection from the same source."""
+    try:
+        state = json.loads((RAW / "state.json").read_text())
+        return read_jsonl(RAW / "manifest.jsonl") if state.get("selection") == selection else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def main() -> None:
     p = load_section("scrape", ROOT / "params.yaml")
     source = p.get("source", str)
@@ -28,20 +56,24 @@ def main() -> None:
     max_articles = p.get("max_articles", int, 0)
     bucket = open_bucket(source, ROOT, timeout=p.positive("timeout_s", float), retries=p.get("retries", int),
                          rate_limit=p.get("rate_limit", float, 0.0))
-    layout = p.choice("layout", ("cloud", "legacy"), "cloud")
-    articles: ArticleSource = CloudSource(bucket) if layout == "cloud" else \
-        LegacySource(bucket, p.get("file_list", str, "oa_file_list.csv"))
+    articles = article_source(p, bucket)
     mapper = mapper_from_params(p, "scrape")
+    selection = {"source": source, "layout": p.get("layout", str, "cloud"), "licences": licences,
+                 "max_articles": max_articles}
     with stage_run("scrape", ROOT, p.raw()):
         t0 = time.perf_counter()
-        result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, mapper=mapper)
+        result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, mapper=mapper,
+                        previous=previous_manifest(selection))
         seconds = time.perf_counter() - t0
         write_jsonl_atomic(RAW / "manifest.jsonl", result.rows)
+        watermark = max((r["last_modified"] for r in result.rows if r.get("last_modified")), default=None)
+        write_json_atomic(RAW / "state.json", {"selection": selection, "watermark": watermark})
         metrics = {"articles_listed": len(result.rows), "articles_ok": result.count("ok"),
                    "articles_failed": result.count("failed"),
                    "articles_skipped": len(result.rows) - result.count("ok") - result.count("failed"),
-                   "bytes_fetched": result.fetched_bytes, "articles_per_s": len(result.rows) / max(seconds, 1e-9)}
-        write_json_atomic(ROOT / "metrics" / "scrape.json", metrics)
+                   "articles_fetched": result.fetched_articles, "versions_removed": len(result.removed),
+                   "bytes_fetched": result.fetched_bytes, "articles_per_s": result.fetched_articles / max(seconds, 1e-9)}
+        write_json_atomic(ROOT / "metrics" / "scrape.json", {**metrics, "watermark": watermark})
         mlflow.log_metrics(metrics)
     summary("scrape", len(result.rows), result.count("ok"), result.count("failed"), seconds, "articles")
 

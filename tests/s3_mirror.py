@@ -63,7 +63,10 @@ class MirrorServer:
     def _list(self, query: dict[str, list[str]]) -> bytes:
         prefix = query.get("prefix", [""])[0]
         start = query.get("continuation-token", [""])[0]
-        names = sorted(p.name + "/" for p in self.root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+        parent, _, stem = prefix.rpartition("/")
+        folder = self.root / parent
+        names = sorted(f"{parent}/{p.name}/" if parent else f"{p.name}/" for p in folder.iterdir()
+                       if p.is_dir() and p.name.startswith(stem)) if folder.is_dir() else []
         names = [n for n in names if n > start]
         page, more = names[: self.page_size], len(names) > self.page_size
         items = "".join(f"<CommonPrefixes><Prefix>{escape(n)}</Prefix></CommonPrefixes>" for n in page)

@@ -25,8 +25,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 class Bucket(Protocol):
     base: str
 
-    def list_prefixes(self) -> Iterator[str]:
-        """Yield top-level ``PMC<id>.<ver>/`` prefixes (without the slash), in key order."""
+    def list_prefixes(self, prefix: str = "PMC") -> Iterator[str]:
+        """Yield the "folders" starting with ``prefix`` (default: the ``PMC<id>.<ver>/`` article
+        versions), without the trailing slash, in key order."""
 
     def read(self, key: str) -> bytes:
         """Return the bytes of ``key``; raise SourceError naming the key when it cannot."""
@@ -80,10 +81,10 @@ class HttpBucket:
     def read(self, key: str) -> bytes:
         return self._get(f"{self.base}/{key}")
 
-    def list_prefixes(self) -> Iterator[str]:
+    def list_prefixes(self, prefix: str = "PMC") -> Iterator[str]:
         token: str | None = None
         while True:
-            params = {"list-type": "2", "delimiter": "/", "prefix": "PMC"}
+            params = {"list-type": "2", "delimiter": "/", "prefix": prefix}
             if token:
                 params["continuation-token"] = token
             body = self._get(self.base + "/", params)
@@ -92,9 +93,9 @@ class HttpBucket:
             except etree.XMLSyntaxError as exc:
                 raise SourceError(f"listing {self.base}: malformed ListObjectsV2 XML: {exc}") from exc
             for cp in root.iter(f"{S3_NS}CommonPrefixes", "CommonPrefixes"):
-                prefix = cp.findtext(f"{S3_NS}Prefix") or cp.findtext("Prefix") or ""
-                if prefix:
-                    yield prefix.rstrip("/")
+                found = cp.findtext(f"{S3_NS}Prefix") or cp.findtext("Prefix") or ""
+                if found:
+                    yield found.rstrip("/")
             truncated = (root.findtext(f"{S3_NS}IsTruncated") or root.findtext("IsTruncated")) == "true"
             token = root.findtext(f"{S3_NS}NextContinuationToken") or root.findtext("NextContinuationToken")
             if not truncated or not token:
@@ -110,10 +111,13 @@ class LocalBucket:
         if not root.is_dir():
             raise SourceError(f"source folder not found: {root}")
 
-    def list_prefixes(self) -> Iterator[str]:
-        for entry in sorted(self.root.iterdir()):
-            if entry.is_dir() and entry.name.startswith("PMC"):
-                yield entry.name
+    def list_prefixes(self, prefix: str = "PMC") -> Iterator[str]:
+        parent, _, stem = prefix.rpartition("/")
+        folder = self.root / parent
+        if folder.is_dir():
+            for entry in sorted(folder.iterdir()):
+                if entry.is_dir() and entry.name.startswith(stem):
+                    yield f"{parent}/{entry.name}" if parent else entry.name
 
     def read(self, key: str) -> bytes:
         path = (self.root / key).resolve()

@@ -8,7 +8,7 @@ broken article becomes a manifest row with its reason; it never stops the run.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -19,12 +19,15 @@ from ..io import write_bytes_atomic
 from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, parse_metadata
+from .versions import item_prefix, newest_versions, prune
 
 
 @dataclass
 class ScrapeResult:
     rows: list[dict[str, Any]]
     fetched_bytes: int
+    fetched_articles: int = 0  # looked at this run (the rest reused from the previous manifest)
+    removed: list[str] = field(default_factory=list)  # version folders deleted (superseded, retracted, dropped)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.rows if r["status"] == status)
@@ -110,17 +113,42 @@ def _fetch_one(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, it
     return source.fetch(item, out_dir, policy)
 
 
-def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
-           workers: int = 8, progress: bool = True, mapper: Mapper | None = None) -> ScrapeResult:
-    """Scrape up to ``max_articles`` article versions from ``source``.
+def _reusable(previous: dict[str, dict[str, Any]], item: Any, out_dir: Path) -> dict[str, Any] | None:
+    """The previous run's row for ``item`` if the source says it has not changed since (sources that
+    date their items, like the inventory) and its files are still there; else None: fetch it."""
+    stamp = getattr(item, "last_modified", None)
+    row = previous.get(item_prefix(item))
+    if stamp is None or row is None or row.get("last_modified") != stamp or row["status"] == "failed":
+        return None
+    return row if row["status"] != "ok" or (out_dir / row["prefix"]).is_dir() else None
 
-    Per-article work runs through ``mapper`` (default: ``workers`` threads here).
+
+def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
+           workers: int = 8, progress: bool = True, mapper: Mapper | None = None,
+           previous: list[dict[str, Any]] | None = None) -> ScrapeResult:
+    """Scrape the newest version of up to ``max_articles`` articles from ``source`` into ``out_dir``.
+
+    ``previous`` (the last run's manifest, same policy) lets dated sources skip unchanged versions.
+    Superseded versions become ``skipped:superseded`` rows; afterwards ``out_dir`` holds only the
+    versions whose row is ``ok`` (or ``failed``, kept for the retry). Per-article work runs through ``mapper`` (default: threads here).
     """
-    items = list(islice(source.items(), max_articles))
-    rows: list[dict[str, Any]] = []
+    items, superseded = newest_versions(islice(source.items(), max_articles))
+    before = {r["prefix"]: r for r in previous or ()}
+    rows: list[dict[str, Any]] = [{"prefix": old, "pmcid": old.split(".")[0], "status": "skipped:superseded",
+                                   "superseded_by": new, "files": []} for old, new in superseded.items()]
+    todo = []
+    for item in items:
+        reused = _reusable(before, item, out_dir)
+        if reused is not None:
+            rows.append(reused)
+        else:
+            todo.append(item)
     total = 0
     for row, fetched in progress_map(mapper or thread_map(workers), partial(_fetch_one, source, out_dir, policy),
-                                     items, "scrape", "article", progress):
+                                     todo, "scrape", "article", progress):
         rows.append(row)
         total += fetched
-    return ScrapeResult(rows=sorted(rows, key=lambda r: r["prefix"]), fetched_bytes=total)
+    rows.sort(key=lambda r: r["prefix"])
+    # A failed version keeps what it had (the next run retries it); skipped and superseded ones go.
+    removed = prune(out_dir, {r["prefix"] for r in rows if r["status"] in ("ok", "failed")})
+    return ScrapeResult(rows=rows, fetched_bytes=total, fetched_articles=len(todo), removed=removed)
