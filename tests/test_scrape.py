@@ -11,7 +11,7 @@ from biomedclip_factory.pmc.bucket import HttpBucket, LocalBucket, open_bucket
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import CloudSource, scrape
 
-from .conftest import SAMPLE_MIRROR
+from .conftest import SAMPLE_MIRROR, run_module
 from .s3_mirror import MirrorServer
 
 COMMERCIAL = SelectionPolicy.named("commercial")
@@ -149,3 +149,36 @@ def test_unreachable_source_is_a_clear_error():
         list(HttpBucket("http://127.0.0.1:9", timeout=1, retries=0).list_prefixes())
     with pytest.raises(SourceError, match="source folder not found"):
         open_bucket("no/such/mirror")
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_scrape_then_rerun_gives_the_same_result(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import make_project
+
+    with MirrorServer(SAMPLE_MIRROR) as srv:
+        srv.faults.latency = 0.1  # slow enough to be caught in the middle
+        params = {"scrape": {"source": srv.url, "workers": 2, "rate_limit": 0}}
+        straight, killed = make_project(tmp_path / "a", params), make_project(tmp_path / "b", params)
+        run_module(straight, "stages.scrape")
+        env = {**os.environ, "PYTHONPATH": f"{killed / 'src'}{os.pathsep}{killed}"}
+        proc = subprocess.Popen([sys.executable, "-m", "stages.scrape"], cwd=killed, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        raw = killed / "data" / "raw"
+        deadline = time.monotonic() + 120
+        while len(list(raw.rglob("*.jpg"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (raw / "manifest.jsonl").exists(), "killed too late to test anything"
+        run_module(killed, "stages.scrape")
+    assert _tree(raw) == _tree(straight / "data" / "raw")  # interrupted temp files swept, the rest completed

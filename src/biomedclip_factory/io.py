@@ -27,6 +27,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def sweep_partial_writes(root: Path) -> int:
+    """Delete temp files that an interrupted ``write_bytes_atomic`` (kill -9) left under ``root``.
+
+    Call it only while nothing else writes there; returns how many were removed.
+    """
+    stale = [p for p in root.rglob(".*.tmp") if p.is_file()] if root.is_dir() else []
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from ..errors import ArticleError, SourceError
-from ..io import write_bytes_atomic
+from ..io import sweep_partial_writes, write_bytes_atomic
 from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, parse_metadata
@@ -132,6 +132,7 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
     Superseded versions become ``skipped:superseded`` rows; afterwards ``out_dir`` holds only the
     versions whose row is ``ok`` (or ``failed``, kept for the retry). Per-article work runs through ``mapper`` (default: threads here).
     """
+    sweep_partial_writes(out_dir)  # what a killed run was writing is fetched again below
     items, superseded = newest_versions(islice(source.items(), max_articles))
     before = {r["prefix"]: r for r in previous or ()}
     rows: list[dict[str, Any]] = [{"prefix": old, "pmcid": old.split(".")[0], "status": "skipped:superseded",
