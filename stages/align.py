@@ -45,6 +45,7 @@ def main() -> None:
         t0 = time.perf_counter()
         staging = PAIRS.with_name("pairs.tmp")
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)  # also when no figure survives: an empty table is still a table
         pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, mapper=mapper)
         pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_parquet(staging / "pairs.parquet", index=False)
         write_jsonl_atomic(staging / "rejects.jsonl", rejects)

@@ -15,9 +15,10 @@ import mlflow
 
 from biomedclip_factory.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from biomedclip_factory.params import Section, load_section
-from biomedclip_factory.pmc.bucket import Bucket, open_bucket
+from biomedclip_factory.pmc.bucket import open_bucket
 from biomedclip_factory.pmc.inventory import InventorySource
 from biomedclip_factory.pmc.legacy import LegacySource
+from biomedclip_factory.pmc.local_pairs import LocalPairsSource
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import ArticleSource, CloudSource, scrape
 from biomedclip_factory.tracking import stage_run
@@ -28,8 +29,13 @@ from .task_runner import mapper_from_params
 RAW = ROOT / "data" / "raw"
 
 
-def article_source(p: Section, bucket: Bucket) -> ArticleSource:
-    layout = p.choice("layout", ("cloud", "inventory", "legacy"), "cloud")
+def article_source(p: Section) -> ArticleSource:
+    layout = p.choice("layout", ("cloud", "inventory", "legacy", "pairs"), "cloud")
+    if layout == "pairs":
+        path = (ROOT / p.get("source", str)).resolve()
+        return LocalPairsSource(path, p.get("pairs_licence", str), p.get("pairs_group_by", str, None))
+    bucket = open_bucket(p.get("source", str), ROOT, timeout=p.positive("timeout_s", float),
+                         retries=p.get("retries", int), rate_limit=p.get("rate_limit", float, 0.0))
     if layout == "inventory":
         folder = p.get("inventory", str, "latest")
         return InventorySource(bucket, None if folder == "latest" else folder)
@@ -54,9 +60,7 @@ def main() -> None:
     if isinstance(licences, str):
         p.choice("licences", ("commercial", "all_cc"))
     max_articles = p.get("max_articles", int, 0)
-    bucket = open_bucket(source, ROOT, timeout=p.positive("timeout_s", float), retries=p.get("retries", int),
-                         rate_limit=p.get("rate_limit", float, 0.0))
-    articles = article_source(p, bucket)
+    articles = article_source(p)
     mapper = mapper_from_params(p, "scrape")
     selection = {"source": source, "layout": p.get("layout", str, "cloud"), "licences": licences,
                  "max_articles": max_articles}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 T = TypeVar("T")
-_VERSION = re.compile(r"^(PMC\d+)\.(\d+)$")
+_VERSION = re.compile(r"^((?:PMC|LOCAL)\d+)\.(\d+)$")  # LOCAL: a user's own pairs (local_pairs.py)
 
 
 def item_prefix(item: Any) -> str:
