@@ -8,11 +8,14 @@ a run with another selection starts from the listing again.
 from __future__ import annotations
 
 import json
+import re
 import time
+from datetime import date
 from typing import Any
 
 import mlflow
 
+from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.pmc.bucket import open_bucket
@@ -44,6 +47,14 @@ def article_source(p: Section) -> ArticleSource:
     return CloudSource(bucket)
 
 
+def _day(p: Section, key: str) -> str | None:
+    value = p.get(key, (str, date), None)
+    text = value.isoformat() if isinstance(value, date) else value
+    if text is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ParamsError(f"params: 'scrape.{key}' must be a date YYYY-MM-DD or null, got {value!r}")
+    return text
+
+
 def previous_manifest(selection: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The last run's rows, if it made the same selection from the same source."""
     try:
@@ -61,13 +72,17 @@ def main() -> None:
         p.choice("licences", ("commercial", "all_cc"))
     max_articles = p.get("max_articles", int, 0)
     articles = article_source(p)
+    window = (_day(p, "since"), _day(p, "until"))
+    if window != (None, None) and p.get("layout", str, "cloud") not in ("inventory", "legacy"):
+        raise ParamsError("params: 'scrape.since'/'scrape.until' need layout inventory or legacy, "
+                          "whose listings date each article version")
     mapper = mapper_from_params(p, "scrape")
     selection = {"source": source, "layout": p.get("layout", str, "cloud"), "licences": licences,
-                 "max_articles": max_articles}
+                 "max_articles": max_articles, "window": list(window)}
     with stage_run("scrape", ROOT, p.raw()):
         t0 = time.perf_counter()
         result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, mapper=mapper,
-                        previous=previous_manifest(selection))
+                        previous=previous_manifest(selection), window=window)
         seconds = time.perf_counter() - t0
         write_jsonl_atomic(RAW / "manifest.jsonl", result.rows)
         watermark = max((r["last_modified"] for r in result.rows if r.get("last_modified")), default=None)

@@ -106,3 +106,27 @@ def test_the_stage_reruns_incrementally_from_its_persisted_state(tmp_path):
     state = json.loads((project / "data/raw/state.json").read_text())
     assert state["selection"]["layout"] == "inventory"
     assert len(read_jsonl(project / "data/raw/manifest.jsonl")) == len(ARTICLES)
+
+
+def test_a_date_window_selects_on_each_versions_last_change(tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(SAMPLE_MIRROR, mirror)
+    old, recent = ARTICLES[::2], ARTICLES[1::2]
+    write_inventory(mirror, "2026-11-27T01-00Z", {**{p: "2026-10-01T08:00:00.000Z" for p in old},
+                                                  **{p: "2026-11-20T08:00:00.000Z" for p in recent}})
+    with MirrorServer(mirror) as server:
+        bucket = HttpBucket(server.url, timeout=5, retries=1, backoff=0.01)
+        result = scrape(InventorySource(bucket), tmp_path / "raw", POLICY, progress=False, window=("2026-11-01", None))
+    rows = {r["prefix"]: r for r in result.rows}
+    assert {p for p, r in rows.items() if r["status"] == "ok"} == set(recent)
+    assert {p for p, r in rows.items() if r["status"] == "skipped:outside_date_window"} == set(old)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(recent)
+
+
+def test_a_date_window_needs_a_dated_layout(tmp_path):
+    project = make_project(tmp_path / "p", {"scrape": {"since": "2026-01-01"}})
+    proc = run_module(project, "stages.scrape", check=False)
+    assert proc.returncode == 2 and "'scrape.since'/'scrape.until' need layout inventory or legacy" in proc.stderr
+    project = make_project(tmp_path / "q", {"scrape": {"layout": "inventory", "until": "Jan 1st"}})
+    proc = run_module(project, "stages.scrape", check=False)
+    assert proc.returncode == 2 and "'scrape.until' must be a date YYYY-MM-DD" in proc.stderr

@@ -32,6 +32,11 @@ class InventoryItem:
     prefix: str  # PMC<id>.<ver>
     last_modified: str  # ISO 8601 from the inventory; sorts as time
 
+    @property
+    def date(self) -> str:
+        """YYYY-MM-DD of the version's last change (what a date window selects on)."""
+        return self.last_modified[:10]
+
 
 def latest_inventory(bucket: Bucket, root: str = INVENTORY_PREFIX) -> str:
     """The newest dated inventory folder that has a manifest."""

@@ -41,6 +41,11 @@ class LegacyEntry:
     def prefix(self) -> str:
         return f"{self.pmcid}.{LEGACY_VERSION}"
 
+    @property
+    def date(self) -> str | None:
+        """YYYY-MM-DD of the package's Last Updated (.txt lists have none)."""
+        return self.last_updated[:10] if self.last_updated else None
+
     def meta(self) -> ArticleMeta:
         """The entry as Cloud-style metadata, so the one selection policy applies to both layouts."""
         return ArticleMeta(pmcid=self.pmcid, version=LEGACY_VERSION, pmid=self.pmid, doi=None,

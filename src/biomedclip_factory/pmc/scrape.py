@@ -113,6 +113,17 @@ def _fetch_one(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, it
     return source.fetch(item, out_dir, policy)
 
 
+DateWindow = tuple[str | None, str | None]
+
+
+def in_window(date: str | None, window: DateWindow) -> bool:
+    """Whether a YYYY-MM-DD ``date`` lies in ``window``; everything does when the window is open."""
+    since, until = window
+    if since is None and until is None:
+        return True
+    return date is not None and (since is None or date >= since) and (until is None or date <= until)
+
+
 def _reusable(previous: dict[str, dict[str, Any]], item: Any, out_dir: Path) -> dict[str, Any] | None:
     """The previous run's row for ``item`` if the source says it has not changed since (sources that
     date their items, like the inventory) and its files are still there; else None: fetch it."""
@@ -125,10 +136,11 @@ def _reusable(previous: dict[str, dict[str, Any]], item: Any, out_dir: Path) -> 
 
 def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
            workers: int = 8, progress: bool = True, mapper: Mapper | None = None,
-           previous: list[dict[str, Any]] | None = None) -> ScrapeResult:
+           previous: list[dict[str, Any]] | None = None, window: DateWindow = (None, None)) -> ScrapeResult:
     """Scrape the newest version of up to ``max_articles`` articles from ``source`` into ``out_dir``.
 
-    ``previous`` (the last run's manifest, same policy) lets dated sources skip unchanged versions.
+    ``previous`` (the last run's manifest, same policy) lets dated sources skip unchanged versions;
+    ``window`` (first day, last day; None = open) keeps only dated items inside it.
     Superseded versions become ``skipped:superseded`` rows; afterwards ``out_dir`` holds only the
     versions whose row is ``ok`` (or ``failed``, kept for the retry). Per-article work runs through ``mapper`` (default: threads here).
     """
@@ -139,6 +151,10 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
                                    "superseded_by": new, "files": []} for old, new in superseded.items()]
     todo = []
     for item in items:
+        if hasattr(item, "date") and not in_window(item.date, window):  # undated items (bad lines) pass on
+            rows.append({"prefix": item_prefix(item), "pmcid": item_prefix(item).split(".")[0], "files": [],
+                         "date": item.date, "status": "skipped:outside_date_window"})
+            continue
         reused = _reusable(before, item, out_dir)
         if reused is not None:
             rows.append(reused)
