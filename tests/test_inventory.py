@@ -130,3 +130,22 @@ def test_a_date_window_needs_a_dated_layout(tmp_path):
     project = make_project(tmp_path / "q", {"scrape": {"layout": "inventory", "until": "Jan 1st"}})
     proc = run_module(project, "stages.scrape", check=False)
     assert proc.returncode == 2 and "'scrape.until' must be a date YYYY-MM-DD" in proc.stderr
+
+
+def test_a_malformed_inventory_is_a_clear_source_error(tmp_path):
+    import pytest
+
+    from biomedclip_factory.errors import SourceError
+    from biomedclip_factory.pmc.bucket import LocalBucket
+
+    mirror = tmp_path / "mirror"
+    write_inventory(mirror, "2026-11-27T01-00Z", {"PMC1.1": "2026-11-01T10:00:00.000Z"})
+    manifest = mirror / INVENTORY_PREFIX / "2026-11-27T01-00Z" / "manifest.json"
+    manifest.write_text('{"files": [')
+    with pytest.raises(SourceError, match="manifest.json: not an S3 inventory manifest"):
+        list(InventorySource(LocalBucket(mirror)).items())
+    manifest.write_text(json.dumps({"files": [{"key": f"{INVENTORY_PREFIX}2026-11-27T01-00Z/manifest.json"}]}))
+    with pytest.raises(SourceError, match="unreadable inventory part"):
+        list(InventorySource(LocalBucket(mirror)).items())
+    with pytest.raises(SourceError, match="no inventory under"):
+        latest_inventory(LocalBucket(tmp_path))

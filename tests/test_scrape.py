@@ -182,3 +182,12 @@ def test_kill_9_mid_scrape_then_rerun_gives_the_same_result(tmp_path):
         assert not (raw / "manifest.jsonl").exists(), "killed too late to test anything"
         run_module(killed, "stages.scrape")
     assert _tree(raw) == _tree(straight / "data" / "raw")  # interrupted temp files swept, the rest completed
+
+
+def test_malformed_listings_are_clear_source_errors(tmp_path):
+    class BrokenListing(MirrorServer):
+        def _list(self, query):  # an S3 front end answering garbage
+            return b"<ListBucketResult><CommonPrefixes><Prefix>PMC1.1/"
+
+    with BrokenListing(SAMPLE_MIRROR) as srv, pytest.raises(SourceError, match="malformed ListObjectsV2 XML"):
+        scrape(_cloud(srv.url), tmp_path, COMMERCIAL, progress=False)
