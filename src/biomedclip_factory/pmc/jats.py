@@ -127,7 +127,9 @@ def _sentences(text: str) -> list[str]:
             out[-1] = f"{out[-1]} {piece}"
         else:
             out.append(piece)
-        after_abbreviation = _ABBREVIATIONS.search(piece) is not None  # only the piece's own end matters
+        # Only the piece's end matters; 9 characters hold the longest abbreviation and the character
+        # before it, so the word boundary is judged as in the whole piece.
+        after_abbreviation = _ABBREVIATIONS.search(piece[-9:]) is not None
     return out
 
 
@@ -143,11 +145,18 @@ def _in_body_text(p: etree._Element) -> bool:
 def _mentions(root: etree._Element) -> dict[str, list[str]]:
     """fig id → the body sentences holding an ``<xref ref-type="fig">`` to it, first occurrence order."""
     found: dict[str, list[str]] = defaultdict(list)
-    for p in root.iter("{*}p"):
-        refs = [x for x in p.iter("{*}xref") if x.get("ref-type") == "fig" and x.get("rid") and _paragraph(x) is p]
-        if not refs or not _in_body_text(p):
+    by_paragraph: dict[etree._Element, list[etree._Element]] = {}
+    for ref in root.iter("{*}xref"):  # far fewer than paragraphs: start from the references
+        if ref.get("ref-type") == "fig" and ref.get("rid"):
+            p = _paragraph(ref)
+            if p is not None:
+                by_paragraph.setdefault(p, []).append(ref)
+    for p, refs in by_paragraph.items():
+        if not _in_body_text(p):
             continue
         for sentence in _sentences(_text(p, {ref: i for i, ref in enumerate(refs)})):
+            if _MARK not in sentence:
+                continue  # most sentences of a paragraph cite nothing
             clean = " ".join(_MARKS.sub("", sentence).split())
             for index in _MARKS.findall(sentence):
                 for rid in refs[int(index)].get("rid", "").split():
