@@ -16,7 +16,7 @@ from typing import Any
 import mlflow
 
 from biomedclip_factory.errors import ParamsError
-from biomedclip_factory.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from biomedclip_factory.io import read_jsonl, sweep_partial_writes, write_json_atomic, write_jsonl_atomic
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.pmc.bucket import open_bucket
 from biomedclip_factory.pmc.inventory import InventorySource
@@ -84,6 +84,8 @@ def main() -> None:
         result = scrape(articles, RAW, SelectionPolicy.named(licences), max_articles or None, mapper=mapper,
                         previous=previous_manifest(selection), window=window)
         seconds = time.perf_counter() - t0
+        for name in ("manifest.jsonl", "state.json"):  # a write a killed run left half done
+            sweep_partial_writes(RAW, f"{name}.")
         write_jsonl_atomic(RAW / "manifest.jsonl", result.rows)
         watermark = max((r["last_modified"] for r in result.rows if r.get("last_modified")), default=None)
         write_json_atomic(RAW / "state.json", {"selection": selection, "watermark": watermark})

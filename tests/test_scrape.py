@@ -191,3 +191,15 @@ def test_malformed_listings_are_clear_source_errors(tmp_path):
 
     with BrokenListing(SAMPLE_MIRROR) as srv, pytest.raises(SourceError, match="malformed ListObjectsV2 XML"):
         scrape(_cloud(srv.url), tmp_path, COMMERCIAL, progress=False)
+
+
+def test_what_a_killed_run_half_wrote_is_swept_when_the_article_is_fetched_again(server, tmp_path):
+    article = tmp_path / "PMC2924383.1"
+    article.mkdir()
+    (article / ".pone.0012255.g001.jpg.k3j2.tmp").write_bytes(b"half")
+    (tmp_path / ".PMC3532326.1.x8a1.tmp").mkdir()  # a package extraction's staging dir
+    (tmp_path / ".PMC3532326.1.x8a1.tmp" / "fig.jpg").write_bytes(b"half")
+    (tmp_path / ".notes.txt.tmp").write_text("not ours: left alone")
+    _ok_except(scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False))
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".notes.txt.tmp"]
+    assert not list(article.glob(".*"))

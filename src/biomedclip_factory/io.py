@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,14 +29,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def sweep_partial_writes(root: Path) -> int:
-    """Delete temp files that an interrupted ``write_bytes_atomic`` (kill -9) left under ``root``.
+def sweep_partial_writes(folder: Path, name: str = "") -> int:
+    """Delete what an interrupted atomic write (kill -9) left directly in ``folder``: the hidden
+    ``.<name>….tmp`` temp files of ``write_bytes_atomic`` and staging dirs of the same pattern.
 
-    Call it only while nothing else writes there; returns how many were removed.
+    Only entries whose name starts with ``.<name>`` are touched; call it while nothing else
+    writes them. Returns how many were removed.
     """
-    stale = [p for p in root.rglob(".*.tmp") if p.is_file()] if root.is_dir() else []
+    stale = list(folder.glob(f".{glob.escape(name)}*.tmp")) if folder.is_dir() else []
     for path in stale:
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return len(stale)
 
 

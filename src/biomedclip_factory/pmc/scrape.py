@@ -110,6 +110,10 @@ class CloudSource:
 
 
 def _fetch_one(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, item: Any) -> tuple[dict[str, Any], int]:
+    # What a killed run left half-written for this article: temp files in its folder, staging dirs beside it.
+    prefix = item_prefix(item)
+    sweep_partial_writes(out_dir / prefix)
+    sweep_partial_writes(out_dir, f"{prefix}.")
     return source.fetch(item, out_dir, policy)
 
 
@@ -144,7 +148,6 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
     Superseded versions become ``skipped:superseded`` rows; afterwards ``out_dir`` holds only the
     versions whose row is ``ok`` (or ``failed``, kept for the retry). Per-article work runs through ``mapper`` (default: threads here).
     """
-    sweep_partial_writes(out_dir)  # what a killed run was writing is fetched again below
     items, superseded = newest_versions(islice(source.items(), max_articles))
     before = {r["prefix"]: r for r in previous or ()}
     rows: list[dict[str, Any]] = [{"prefix": old, "pmcid": old.split(".")[0], "status": "skipped:superseded",
