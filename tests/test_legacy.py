@@ -105,18 +105,21 @@ def test_a_rerun_fetches_only_updated_packages(mirror, tmp_path):
     policy = SelectionPolicy.named("commercial")
     first = scrape(_source(mirror.url), tmp_path / "raw", policy, progress=False)
     assert first.fetched_bytes > 0
-    again = scrape(_source(mirror.url), tmp_path / "raw", policy, progress=False)
+    again = scrape(_source(mirror.url), tmp_path / "raw", policy, progress=False, previous=first.rows)
     evil = (mirror.root / "oa_package/ee/ee/PMC777.tar.gz").stat().st_size
     assert again.fetched_bytes == evil and again.rows == first.rows  # only the failed one is tried again
     listing = mirror.root / "oa_file_list.csv"
     listing.write_text(listing.read_text().replace("PMC3532326,2019-11-05 11:56:12", "PMC3532326,2026-11-01 08:00:00"))
     mirror.faults.requests.clear()
-    updated = scrape(_source(mirror.url), tmp_path / "raw", policy, progress=False)
+    updated = scrape(_source(mirror.url), tmp_path / "raw", policy, progress=False, previous=again.rows)
     fetched = [k for k in mirror.faults.requests if k.endswith(".tar.gz")]
     assert sorted(fetched) == ["oa_package/01/a1/PMC3532326.tar.gz", "oa_package/dd/dd/PMC888.tar.gz",
                                "oa_package/ee/ee/PMC777.tar.gz"]  # the changed one, and the failures retried
     assert updated.fetched_bytes == (mirror.root / fetched[0]).stat().st_size + evil
-    assert [r for r in updated.rows if r["prefix"] == "PMC3532326.0"] == [r for r in first.rows if r["prefix"] == "PMC3532326.0"]
+    before, after = ({**r, "last_modified": None} for rows in (first.rows, updated.rows) for r in rows
+                     if r["prefix"] == "PMC3532326.0")
+    assert before == after  # the same files, now stamped with the new Last Updated
+    assert next(r for r in updated.rows if r["prefix"] == "PMC3532326.0")["last_modified"] == "2026-11-01 08:00:00"
 
 
 def test_the_txt_file_list_and_bad_lists():

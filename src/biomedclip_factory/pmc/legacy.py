@@ -4,7 +4,8 @@ NCBI retired this FTP layout in August 2026, but institutional mirrors and PMC-1
 still hold it. Each listed package is fetched, extracted safely and laid out like a Cloud
 article version (``PMC<id>.0/PMC<id>.0.xml`` + figures + a metadata JSON carrying the list's
 licence), so align and everything after it run unchanged. Version ``0`` marks "legacy package,
-version unknown": the file list gives no version number.
+version unknown": the file list gives no version number. Rows carry the list's Last Updated as
+``last_modified``, so a rerun skips packages that did not change, like the inventory layout.
 """
 from __future__ import annotations
 
@@ -42,8 +43,13 @@ class LegacyEntry:
         return f"{self.pmcid}.{LEGACY_VERSION}"
 
     @property
+    def last_modified(self) -> str | None:
+        """The list's Last Updated: a rerun reuses the package while it stays the same (.txt lists have none)."""
+        return self.last_updated
+
+    @property
     def date(self) -> str | None:
-        """YYYY-MM-DD of the package's Last Updated (.txt lists have none)."""
+        """YYYY-MM-DD of the package's Last Updated."""
         return self.last_updated[:10] if self.last_updated else None
 
     def meta(self) -> ArticleMeta:
@@ -125,17 +131,6 @@ def _is_kept(rel: str) -> bool:
     return PurePosixPath(rel).suffix.lower() in KEPT_SUFFIXES
 
 
-def _current(target: Path, entry: LegacyEntry) -> dict[str, Any] | None:
-    """The metadata of a previous complete fetch of the same package version, if there is one."""
-    meta_path = target / f"{entry.prefix}.json"
-    try:
-        meta = json.loads(meta_path.read_bytes())
-    except (OSError, json.JSONDecodeError):
-        return None
-    same = meta.get("legacy_package") == entry.key and meta.get("legacy_last_updated") == entry.last_updated
-    return meta if same and (target / f"{entry.prefix}.xml").is_file() else None
-
-
 def scrape_legacy_article(bucket: Bucket, entry: LegacyEntry | BadLine, out_dir: Path,
                           policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
     """Fetch and lay out one legacy package; always returns a manifest row, never raises for bad input."""
@@ -143,28 +138,25 @@ def scrape_legacy_article(bucket: Bucket, entry: LegacyEntry | BadLine, out_dir:
         return {"prefix": entry.prefix, "status": "failed", "error": entry.problem, "files": []}, 0
     row: dict[str, Any] = {"prefix": entry.prefix, "pmcid": entry.pmcid, "version": LEGACY_VERSION,
                            "pmid": entry.pmid, "license_code": entry.license_code, "is_retracted": False,
-                           "files": []}
+                           "last_modified": entry.last_modified, "files": []}
     reason = policy.rejection(entry.meta())
     if reason:
         row["status"] = f"skipped:{reason}"
         return row, 0
-    target = out_dir / entry.prefix
     fetched = 0
-    try:
-        meta = _current(target, entry)
-        if meta is None:
-            blob = bucket.read(entry.key)
-            fetched = len(blob)
-            meta = _lay_out(blob, entry, target)
-        row["files"] = meta["files"]
+    try:  # an unchanged package is not asked for at all: scrape() reuses its row from the last run
+        blob = bucket.read(entry.key)
+        fetched = len(blob)
+        row["files"] = _lay_out(blob, entry, out_dir / entry.prefix)
         row["status"] = "ok"
     except (ArticleError, SourceError) as exc:
         row["status"], row["error"] = "failed", str(exc)
     return row, fetched
 
 
-def _lay_out(blob: bytes, entry: LegacyEntry, target: Path) -> dict[str, Any]:
-    """Extract the package into ``target`` as a Cloud-style article version; the JSON goes last."""
+def _lay_out(blob: bytes, entry: LegacyEntry, target: Path) -> list[dict[str, Any]]:
+    """Extract the package into ``target`` as a Cloud-style article version (the JSON goes last);
+    returns its files."""
     written = extract_package(blob, target, keep=_is_kept, name=entry.key)
     xmls = [w for w in written if PurePosixPath(w).suffix.lower() in (".nxml", ".xml")]
     if len(xmls) != 1:
@@ -176,4 +168,4 @@ def _lay_out(blob: bytes, entry: LegacyEntry, target: Path) -> dict[str, Any]:
             "is_pmc_openaccess": True, "is_retracted": False, "is_historical_ocr": False,
             "legacy_package": entry.key, "legacy_last_updated": entry.last_updated, "files": files}
     write_bytes_atomic(target / f"{entry.prefix}.json", json.dumps(meta, indent=2, sort_keys=True).encode())
-    return meta
+    return files
