@@ -137,10 +137,11 @@ def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path) -> N
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = json.loads((source / CONFIG_NAME).read_text())
-    _check_vocabulary(AutoConfig.from_pretrained(source), tokenizer, source)
+    text_config = AutoConfig.from_pretrained(source)
+    _check_vocabulary(text_config, tokenizer, source)
     tokenizer.model_max_length = config["model_cfg"]["text_cfg"]["context_length"]
     tokenizer.save_pretrained(model_dir)
-    AutoConfig.from_pretrained(source).save_pretrained(model_dir)
+    text_config.save_pretrained(model_dir)
     here = str(model_dir.resolve())
     config["model_cfg"]["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
     write_json_atomic(model_dir / CONFIG_NAME, config)

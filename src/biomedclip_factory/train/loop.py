@@ -54,10 +54,20 @@ class TrainSummary:
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float
-    logit_scale: float
+    """Loss and logit scale stay device tensors: reading them waits for the GPU, so only do it to log."""
+
+    loss_tensor: torch.Tensor
+    logit_scale_tensor: torch.Tensor
     samples: int  # across all ranks
     tokens: int  # non-padding caption tokens across all ranks
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_tensor)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.logit_scale_tensor.reshape(-1)[0])
 
 
 def _free_port() -> int:
@@ -133,8 +143,7 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
         tokens += int((texts != pad_token_id).sum()) * world  # ranks' batches are alike in length on average
     with deepspeed.zero.GatheredParameters([engine.module.logit_scale], modifier_rank=0), torch.no_grad():
         engine.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    return StepResult(loss=loss.item(), logit_scale=float(logit_scale.detach().reshape(-1)[0]),
-                      samples=samples, tokens=tokens)
+    return StepResult(loss_tensor=loss.detach(), logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
 
 
 def _precision(engine: Any) -> str:
@@ -198,12 +207,13 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
             t_step = time.perf_counter()
             result = train_step(engine, loss_fn, micro_batches, cfg.gradient_accumulation_steps,
                                 tokenizer.pad_token_id)
-            samples, tokens, loss_value = samples + result.samples, tokens + result.tokens, result.loss
+            samples, tokens = samples + result.samples, tokens + result.tokens
             if log and rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
                 elapsed = time.perf_counter() - t0
-                log(done, {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "logit_scale": result.logit_scale,
+                log(done, {"loss": result.loss, "lr": scheduler.get_last_lr()[0], "logit_scale": result.logit_scale,
                            "step_time_s": time.perf_counter() - t_step, "samples_per_s": samples / elapsed,
                            "tokens_per_s": tokens / elapsed})
+        loss_value = result.loss  # one wait for the GPU per segment, not per step
         if cfg.checkpoint_every:
             engine.save_checkpoint(str(checkpoint_dir), tag=f"step{end}", client_state={"step": end, "loss": loss_value})
     seconds = time.perf_counter() - t0
