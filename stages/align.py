@@ -9,6 +9,7 @@ import mlflow
 import pandas as pd
 
 from biomedclip_factory.corpus.align import AlignConfig, align_corpus
+from biomedclip_factory.corpus.dedup import MAX_DISTANCE
 from biomedclip_factory.corpus.stats import caption_length_histogram, pairs_per_article_histogram
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.io import read_jsonl, write_csv_atomic, write_json_atomic, write_jsonl_atomic
@@ -27,8 +28,8 @@ def main() -> None:
     split = p.section("split")
     ratios = {str(k): float(v) for k, v in split.get("ratios", dict).items()}
     near = p.get("near_duplicate_distance", int, None)
-    if near is not None and not 0 <= near < 32:
-        raise ParamsError(f"params: 'align.near_duplicate_distance' must be in [0, 32) bits or null, got {near}")
+    if near is not None and not 0 <= near <= MAX_DISTANCE:
+        raise ParamsError(f"params: 'align.near_duplicate_distance' must be 0..{MAX_DISTANCE} bits or null, got {near}")
     aspect = p.get("max_aspect_ratio", float, None)
     if aspect is not None and aspect < 1:
         raise ParamsError(f"params: 'align.max_aspect_ratio' must be >= 1 or null, got {aspect}")

@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 HASH_BITS = 64
+MAX_DISTANCE = HASH_BITS // 2 - 1  # beyond it "near" means unrelated (random hashes differ in ~32 bits)
 
 
 def _bands(value: int, count: int) -> list[tuple[int, int]]:
@@ -25,8 +26,8 @@ class NearDuplicateIndex:
     """Perceptual hashes seen so far, answering "is there one within ``max_distance`` bits?"."""
 
     def __init__(self, max_distance: int) -> None:
-        if not 0 <= max_distance < HASH_BITS // 2:
-            raise ValueError(f"max_distance must be in [0, {HASH_BITS // 2}), got {max_distance}")
+        if not 0 <= max_distance <= MAX_DISTANCE:
+            raise ValueError(f"max_distance must be in [0, {MAX_DISTANCE}], got {max_distance}")
         self.max_distance = max_distance
         self._buckets: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
 
