@@ -30,3 +30,9 @@ def test_stage_exits_with_one_clear_line(tmp_path):
     assert proc.stderr.strip().endswith("scrape: error: params: 'scrape.workers' must be int, got 'many'")
     assert "Traceback" not in proc.stderr
 
+
+
+def test_align_filters_are_checked_before_any_work(tmp_path):
+    project = make_project(tmp_path / "p", {"align": {"near_duplicate_distance": 40}})
+    proc = run_module(project, "stages.align", check=False)
+    assert proc.returncode == 2 and "'align.near_duplicate_distance' must be 0..31 bits or null, got 40" in proc.stderr
