@@ -1,6 +1,7 @@
 """DVC stage: the vocabulary → models/tokenizer.
 
-``tokenizer.source: train`` trains a domain WordPiece on the train captions; a dir (or
+``tokenizer.source: train`` learns a domain WordPiece vocabulary from the train captions, the
+same one on every run (``model/wordpiece.py``); a dir (or
 ``package:<module>``) takes that HF tokenizer as it is — the one a pretrained text tower needs.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
         shutil.rmtree(OUT, ignore_errors=True)
         if source == "train":
             vocab = train_wordpiece(captions, OUT, p.positive("vocab_size"), p.positive("min_frequency"),
-                                    p.get("lowercase", bool), context_length)
+                                    p.get("lowercase", bool), context_length, progress=True)
         else:
             vocab = copy_tokenizer(resolve_pretrained_dir(source, "tokenizer.source", ROOT), OUT, context_length)
         seconds = time.perf_counter() - t0

@@ -4,24 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import BertWordPieceTokenizer
 from transformers import AutoTokenizer, BertTokenizer
 
 from ..errors import DataError
+from .wordpiece import count_words, learn_vocab
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(captions: Iterable[str], out_dir: Path, vocab_size: int, min_frequency: int,
-                    lowercase: bool, model_max_length: int) -> int:
-    """Train on ``captions``, save a ``BertTokenizerFast`` to ``out_dir``; returns the vocab size."""
+                    lowercase: bool, model_max_length: int, progress: bool = False) -> int:
+    """Learn a vocabulary from ``captions``, save a BERT tokenizer to ``out_dir``; returns its size."""
     texts = [c for c in captions if c.strip()]
     if not texts:
         raise DataError("tokenizer: no training captions (is the train split empty?)")
-    wp = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
-    wp.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
-                           special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok = BertTokenizer(vocab=wp.get_vocab(), do_lower_case=lowercase, strip_accents=lowercase,
+    vocab = learn_vocab(count_words(texts, lowercase), vocab_size, min_frequency, SPECIAL_TOKENS, progress)
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=lowercase, strip_accents=lowercase,
                         model_max_length=model_max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)

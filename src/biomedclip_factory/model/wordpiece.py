@@ -1,0 +1,105 @@
+"""A WordPiece vocabulary learnt by BPE merges, identical from run to run.
+
+``tokenizers``' WordPiece trainer numbers the ``##x`` continuation symbols in hash-map order and
+breaks count ties by those numbers, so the same captions give a different vocabulary (and a
+different model) on every run. Here ties break on the symbols' text, so a rerun of the tokenizer
+stage reproduces its output byte for byte. Words are split as the BERT tokenizer that later encodes
+them does (HF's ``BertNormalizer`` + ``BertPreTokenizer``), run once per distinct
+whitespace-separated chunk rather than over the whole text, which is where the time would go.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+
+from tokenizers import normalizers, pre_tokenizers
+from tqdm import tqdm
+
+PREFIX = "##"
+
+
+def count_words(texts: Iterable[str], lowercase: bool) -> Counter[str]:
+    """How often each BERT pre-token occurs in ``texts``."""
+    chunks: Counter[str] = Counter()
+    for text in texts:
+        chunks.update(text.split())
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for chunk, n in chunks.items():
+        for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(chunk)):
+            counts[word] += n
+    return counts
+
+
+def _pairs(symbols: list[str]) -> Iterator[tuple[str, str]]:
+    return zip(symbols, symbols[1:])
+
+
+def _merge(symbols: list[str], a: str, b: str, merged: str) -> list[str]:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def learn_vocab(word_counts: Counter[str], vocab_size: int, min_frequency: int, special_tokens: list[str],
+                progress: bool = False) -> list[str]:
+    """Specials, then every character (word-initial and ``##`` forms, sorted), then merged pieces.
+
+    Each step merges the most frequent adjacent pair; equal counts go to the smaller (a, b) text.
+    Stops at ``vocab_size`` tokens or when no pair occurs ``min_frequency`` times.
+    """
+    words = [[w[0]] + [PREFIX + c for c in w[1:]] for w in word_counts]
+    freqs = list(word_counts.values())
+    alphabet = sorted({s for w in words for s in w} - set(special_tokens))
+    vocab = list(special_tokens) + alphabet
+    known = set(vocab)
+    pair_count: defaultdict[tuple[str, str], int] = defaultdict(int)
+    pair_words: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, (symbols, freq) in enumerate(zip(words, freqs)):
+        for pair in _pairs(symbols):
+            pair_count[pair] += freq
+            pair_words[pair].add(i)
+    heap = [(-count, a, b) for (a, b), count in pair_count.items()]
+    heapq.heapify(heap)
+    bar = tqdm(total=max(vocab_size - len(vocab), 0), desc="tokenizer merges", unit="token", disable=not progress)
+    while len(vocab) < vocab_size and heap:
+        neg, a, b = heapq.heappop(heap)
+        if pair_count.get((a, b), 0) != -neg:
+            continue  # stale: this pair's count changed after the entry was pushed
+        if -neg < min_frequency:
+            break
+        merged = a + b[len(PREFIX):]
+        if merged not in known:  # a second spelling of a piece would leave a gap in the ids
+            known.add(merged)
+            vocab.append(merged)
+            bar.update()
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(pair_words.pop((a, b))):
+            old = words[i]
+            new = _merge(old, a, b, merged)
+            if len(new) == len(old):
+                continue  # an earlier merge in this word already consumed the pair
+            for pair in _pairs(old):
+                pair_count[pair] -= freqs[i]
+                changed.add(pair)
+            for pair in _pairs(new):
+                pair_count[pair] += freqs[i]
+                pair_words[pair].add(i)
+                changed.add(pair)
+            words[i] = new
+        pair_count.pop((a, b), None)
+        for pair in sorted(changed - {(a, b)}):
+            if pair_count[pair] > 0:
+                heapq.heappush(heap, (-pair_count[pair], *pair))
+            else:
+                pair_count.pop(pair)
+    bar.close()
+    return vocab

@@ -1,0 +1,63 @@
+"""The domain WordPiece vocabulary: learnt by hand-checkable merges, and the same on every run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from biomedclip_factory.model.tokenizer import SPECIAL_TOKENS, train_wordpiece
+from biomedclip_factory.model.wordpiece import count_words, learn_vocab
+
+from .conftest import CAPTIONS, REPO
+
+
+def test_words_are_split_and_normalised_like_bert():
+    assert count_words(["Café (A)  café,", "\tα-SMA"], lowercase=True) == Counter(
+        {"cafe": 2, "(": 1, "a": 1, ")": 1, ",": 1, "α": 1, "-": 1, "sma": 1})
+    assert count_words(["Café"], lowercase=False) == Counter({"Café": 1})
+
+
+def test_merges_follow_counts_and_break_ties_on_text():
+    counts = Counter({"cd": 3, "ab": 2, "abe": 1})
+    # (a,##b) and (c,##d) both occur 3 times: the tie goes to "a" < "c"; then (c,##d); then (ab,##e)
+    vocab = learn_vocab(counts, 100, 1, ["[PAD]"])
+    assert vocab == ["[PAD]", "##b", "##d", "##e", "a", "c", "ab", "cd", "abe"]
+    assert learn_vocab(counts, 7, 1, ["[PAD]"])[-1] == "ab"  # the size bound counts the specials
+    assert learn_vocab(counts, 100, 2, ["[PAD]"])[-2:] == ["ab", "cd"]  # (ab,##e) occurs once < 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text("xab", min_size=1, max_size=9), st.integers(1, 5), min_size=1, max_size=6),
+       st.integers(1, 40))
+def test_vocabulary_lists_each_piece_once_and_covers_every_word(counts, size):
+    vocab = learn_vocab(Counter(counts), size, 1, ["[UNK]"])
+    assert len(vocab) == len(set(vocab))
+    if len(vocab) < size:  # merges ran out: every word became one piece
+        assert set(counts) <= set(vocab)
+
+
+def test_trained_tokenizer_encodes_its_captions_without_unknowns(tmp_path):
+    size = train_wordpiece(CAPTIONS, tmp_path / "tok", 300, 1, True, 32)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert len(tok) == size <= 300 and tok.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
+    ids = tok(CAPTIONS, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in {i for row in ids for i in row}
+
+
+def test_same_captions_give_the_same_vocabulary_in_every_process(tmp_path):
+    """``tokenizers``' trainer gave 1004-1006 tokens on the embedded default's captions across runs."""
+    script = ("import sys; from pathlib import Path; from tests.conftest import CAPTIONS;"
+              "from biomedclip_factory.model.tokenizer import train_wordpiece;"
+              "train_wordpiece(CAPTIONS * 3, Path(sys.argv[1]), 4000, 1, True, 32)")
+    vocabs = set()
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, cwd=REPO, env=env)
+        vocabs.add((out / "tokenizer.json").read_bytes())
+    assert len(vocabs) == 1
