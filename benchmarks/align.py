@@ -8,10 +8,10 @@
     the same sequential baseline. Also: how many images each path normalises (the baseline resolves
     fewer, from wrong hrefs, so it does less work per article).
 (b) XML extraction alone: ``parse_article`` vs ``parse_pubmed_caption``; target ≥ 1.0×.
-(c) fidelity of both against a reference built here with plain lxml: figures with a graphic
-    found, graphic href right, caption equal to the whitespace-normalised reference (inline
-    markup kept, caption blocks joined by one space, a fig-group's caption before its panels'),
-    crashes.
+(c) fidelity of both against an independent plain-lxml reading (``tests/jats_reference.py``):
+    figures with a graphic found, graphic href right, caption equal to the whitespace-normalised
+    reference (inline markup kept, caption blocks joined by one space, a fig-group's caption
+    before its panels'), crashes.
 
 Articles: every JATS file under ``sample/pmc-mirror`` and ``../shared/data/pmc`` (when present);
 images are those beside each XML. Needs ``pip install -r benchmarks/requirements.txt``.
@@ -30,11 +30,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-from lxml import etree
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
 from biomedclip_factory.corpus.align import resolve_image  # noqa: E402
 from biomedclip_factory.corpus.images import normalise_image  # noqa: E402
@@ -42,6 +42,7 @@ from biomedclip_factory.errors import ArticleError  # noqa: E402
 from biomedclip_factory.parallel import thread_map  # noqa: E402
 from biomedclip_factory.pmc.jats import parse_article  # noqa: E402
 from biomedclip_factory.pmc.package import extract_package  # noqa: E402
+from tests.jats_reference import normalise, reference  # noqa: E402
 
 try:
     from pubmed_parser import parse_pubmed_caption
@@ -57,41 +58,6 @@ def articles(unpacked: Path) -> list[Path]:
         extract_package(package, unpacked / package.name.removesuffix(".tar.gz"))
     roots = [ROOT / "sample" / "pmc-mirror", SHARED, unpacked]
     return sorted(p for r in roots if r.is_dir() for p in r.rglob("*") if p.suffix in (".xml", ".nxml"))
-
-
-# ---- the reference (c) -----------------------------------------------------------------------------
-
-def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _caption_ref(fig: etree._Element) -> str:
-    blocks = [_norm("".join(b.itertext())) for c in fig if _local(c) == "caption" for b in c if isinstance(b.tag, str)]
-    return " ".join(b for b in blocks if b)
-
-
-def reference(xml: bytes) -> dict[str, tuple[str, str]] | None:
-    """fig id → (graphic href, caption) for every fig with a graphic; None if the XML is malformed."""
-    try:
-        root = etree.fromstring(xml, etree.XMLParser(resolve_entities=False, no_network=True))
-    except etree.XMLSyntaxError:
-        return None
-    out = {}
-    for fig in root.iter("{*}fig"):
-        graphic = next((g for g in fig.iter("{*}graphic")), None)
-        if graphic is None or not fig.get("id"):
-            continue
-        href = next((v for k, v in graphic.attrib.items() if etree.QName(k).localname == "href"), "")
-        caption = _caption_ref(fig)
-        parent = fig.getparent()
-        if parent is not None and _local(parent) == "fig-group" and _caption_ref(parent):
-            caption = f"{_caption_ref(parent)} {caption}".strip()
-        out[fig.get("id")] = (href, caption)
-    return out
 
 
 # ---- the two paths ---------------------------------------------------------------------------------
@@ -213,7 +179,7 @@ def fidelity(name: str, fn, paths: list[Path]) -> dict:
             if fid in got:
                 found += 1
                 hrefs += got[fid][0] == href
-                captions += _norm(got[fid][1] or "") == cap
+                captions += normalise(got[fid][1] or "") == cap
     return {"parser": name, "figures_with_graphic": total, "found": found, "href_right": hrefs,
             "caption_exact": captions, "crashed_files": crashes}
 
