@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 
+import imagehash
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -134,3 +136,17 @@ def test_normalise_converts_modes_and_rejects_garbage_and_bombs():
     Image.new("1", (20000, 20000)).save(bomb, format="PNG")
     with pytest.raises(ArticleError, match="c.png: image too large"):
         normalise_image(bomb.getvalue(), 64, 90, "c.png")
+
+
+# 256: libjpeg decodes at 1/2 scale (DCT-domain), then the resize; 512: full decode, then the resize
+@pytest.mark.parametrize("max_side,mean_error", [(256, 4.0), (512, 2.0)])
+def test_normalised_real_figure_matches_pillows_bicubic_thumbnail(max_side, mean_error):
+    data = (SAMPLE_MIRROR / "PMC2924383.1" / "pone.0012255.g002.jpg").read_bytes()  # 465 x 783
+    img = normalise_image(data, max_side, 95, "g002.jpg")
+    reference = Image.open(io.BytesIO(data)).convert("RGB")
+    reference.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    assert (img.width, img.height) == reference.size and img.height == max_side
+    ours = np.asarray(Image.open(io.BytesIO(img.jpeg)), dtype=np.int16)
+    assert np.abs(ours - np.asarray(reference, dtype=np.int16)).mean() < mean_error  # of 255: not another image
+    assert int(img.phash, 16).bit_count() > 0
+    assert imagehash.hex_to_hash(img.phash) - imagehash.phash(reference) <= 4
