@@ -83,6 +83,6 @@ def perceptual_hash(img: Image.Image) -> str:
 
     ``imagehash.phash`` resamples the whole image with Lanczos, which at 512 px costs more than the
     JPEG encode; reducing first (``reducing_gap=2``) changes ~1 bit of 64 on average (≤ 4 seen on
-    real PMC figures) and is ~4× cheaper.
+    real PMC figures) and halves its cost.
     """
     return str(imagehash.phash(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)))
