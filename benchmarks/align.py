@@ -4,8 +4,8 @@
     normalised: ours (``parse_article`` + ``resolve_image`` + ``normalise_image``, draft-mode
     decode to ``--max-side``) vs the baseline (``parse_pubmed_caption`` on a temp file, full-size
     decode, RGB, JPEG save with ``optimize=True``, quality 90). Articles/s ratio, target ≥ 3×, on one
-    thread; then ours again as the stage runs it (``align.workers`` threads, ``--workers``) against
-    the same sequential baseline. Also: how many images each path normalises (the baseline resolves
+    thread; then ours again as the stage runs it (``--workers`` threads, the default runner, and
+    ``--workers`` processes, ``runner: processes``) against the same sequential baseline. Also: how many images each path normalises (the baseline resolves
     fewer, from wrong hrefs, so it does less work per article).
 (b) XML extraction alone: ``parse_article`` vs ``parse_pubmed_caption``; target ≥ 1.0×.
 (c) fidelity of both against an independent plain-lxml reading (``tests/jats_reference.py``):
@@ -16,7 +16,7 @@
 Articles: every JATS file under ``sample/pmc-mirror`` and ``../shared/data/pmc`` (when present);
 images are those beside each XML. Needs ``pip install -r benchmarks/requirements.txt``.
 
-    .venv/bin/python benchmarks/align.py [--rounds 3] [--max-side 256] [--workers 2]
+    .venv/bin/python benchmarks/align.py [--rounds 3] [--max-side 256] [--workers 2] [--repeat 40]
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from biomedclip_factory.corpus.align import resolve_image  # noqa: E402
 from biomedclip_factory.corpus.images import normalise_image  # noqa: E402
 from biomedclip_factory.errors import ArticleError  # noqa: E402
-from biomedclip_factory.parallel import thread_map  # noqa: E402
+from biomedclip_factory.parallel import process_map, thread_map  # noqa: E402
 from biomedclip_factory.pmc.jats import parse_article  # noqa: E402
 from biomedclip_factory.pmc.package import extract_package  # noqa: E402
 from tests.jats_reference import normalise, reference  # noqa: E402
@@ -127,10 +127,10 @@ def _quiet(fn, path: Path) -> None:
         pass
 
 
-def threaded(fn, workers: int):
-    """``fn`` over all paths on ``workers`` threads, as the align stage's default mapper runs it."""
+def mapped(fn, mapper):
+    """``fn`` over all paths through one of the align stage's mappers (threads or processes)."""
     def run_all(paths: list[Path]) -> None:
-        list(thread_map(workers)(fn, paths))
+        list(mapper(fn, paths))
     return run_all
 
 
@@ -188,7 +188,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-side", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=2, help="threads for the stage-as-run figure (align.workers)")
+    ap.add_argument("--workers", type=int, default=2, help="threads / processes for the stage-as-run figures")
+    ap.add_argument("--repeat", type=int, default=40, help="whole path: passes over the articles (amortises pool start-up)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run(articles(Path(tmp)), args)
@@ -199,12 +200,16 @@ def run(paths: list[Path], args: argparse.Namespace) -> None:
     common = images_both_resolve(with_images)
     ours_whole(with_images[0], args.max_side), baseline_whole(with_images[0])  # warm-up: lazy imports
     ours = partial(ours_whole, max_side=args.max_side)
-    ours_threaded = threaded(partial(_quiet, ours), args.workers)
-    whole, whole_threaded, xml_only, xml_captions_only, per_image = [], [], [], [], []
+    corpus = with_images * args.repeat
+    stage_mappers = {f"{args.workers}_threads": thread_map(args.workers),
+                     f"{args.workers}_processes": process_map(args.workers)}
+    whole, xml_only, xml_captions_only, per_image = [], [], [], []
+    whole_mapped: dict[str, list[float]] = {name: [] for name in stage_mappers}
     for _ in range(args.rounds):  # alternate, so drift in machine load hits both alike
-        b = rate(baseline_whole, with_images)
-        whole.append(rate(ours, with_images) / b)
-        whole_threaded.append(rate_all(ours_threaded, with_images) / b)
+        b = rate(baseline_whole, corpus)
+        whole.append(rate(ours, corpus) / b)
+        for name, mapper in stage_mappers.items():
+            whole_mapped[name].append(rate_all(mapped(partial(_quiet, ours), mapper), corpus) / b)
         b = rate(baseline_xml, paths)
         xml_only.append(rate(ours_xml, paths) / b)
         xml_captions_only.append(rate(lambda p: ours_xml(p, mentions=False), paths) / b)
@@ -213,7 +218,7 @@ def run(paths: list[Path], args: argparse.Namespace) -> None:
     print(json.dumps({"benchmark": "align", "baseline": "pubmed_parser 0.5.1 parse_pubmed_caption (PMC-15M)",
                       "articles": len(paths), "articles_with_images": len(with_images),
                       "whole_path_ratio": round(statistics.median(whole), 2), "whole_path_target": 3.0,
-                      f"whole_path_ratio_{args.workers}_threads": round(statistics.median(whole_threaded), 2),
+                      **{f"whole_path_ratio_{n}": round(statistics.median(r), 2) for n, r in whole_mapped.items()},
                       "images_normalised": {"ours": images_done(ours, with_images),
                                             "baseline": images_done(baseline_whole, with_images)},
                       "xml_only_ratio": round(statistics.median(xml_only), 2), "xml_only_target": 1.0,
