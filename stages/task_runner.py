@@ -1,8 +1,8 @@
 """Where a stage's per-article work runs, from ``<stage>.runner`` in params.yaml.
 
 - ``threads`` (default): a thread pool in the stage's process, ``<stage>.workers`` wide.
-- ``processes``: ``workers`` processes on this machine, past the GIL (align: ~1.2× the threads'
-  throughput on 2 cores, more with more cores); no Prefect task per article.
+- ``processes``: ``workers`` processes on this machine, past the GIL that align's XML and caption
+  work holds, for many cores; ~2 s to start, no Prefect task per article.
 - ``dask``: a Prefect flow whose tasks run on a local Dask cluster of ``workers`` processes.
 - ``tcp://host:8786`` (any Dask scheduler address): the same flow on an existing Dask cluster;
   its workers must see this project's folders at the same paths (a shared filesystem).
