@@ -56,7 +56,8 @@ def learn_vocab(word_counts: Counter[str], vocab_size: int, min_frequency: int, 
     Each step merges the most frequent adjacent pair; equal counts go to the smaller (a, b) text.
     Stops at ``vocab_size`` tokens or when no pair occurs ``min_frequency`` times.
     """
-    words = [[w[0]] + [PREFIX + c for c in w[1:]] for w in word_counts]
+    continuation = {c: PREFIX + c for c in {c for w in word_counts for c in w[1:]}}  # one object per symbol
+    words = [[w[0]] + [continuation[c] for c in w[1:]] for w in word_counts]
     freqs = list(word_counts.values())
     alphabet = sorted({s for w in words for s in w} - set(special_tokens))
     vocab = list(special_tokens) + alphabet
