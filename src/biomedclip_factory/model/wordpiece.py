@@ -38,14 +38,22 @@ def _pairs(symbols: list[str]) -> Iterator[tuple[str, str]]:
 
 
 def _merge(symbols: list[str], a: str, b: str, merged: str) -> list[str]:
-    out, i = [], 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+    """``symbols`` with each (a, b), left to right, replaced by ``merged`` (``list.index`` finds each a)."""
+    out: list[str] = []
+    i, n = 0, len(symbols)
+    while i < n:
+        try:
+            j = symbols.index(a, i)
+        except ValueError:
+            break
+        if j + 1 < n and symbols[j + 1] == b:
+            out += symbols[i:j]
             out.append(merged)
-            i += 2
+            i = j + 2
         else:
-            out.append(symbols[i])
-            i += 1
+            out += symbols[i:j + 1]
+            i = j + 1
+    out += symbols[i:]
     return out
 
 
@@ -73,34 +81,40 @@ def learn_vocab(word_counts: Counter[str], vocab_size: int, min_frequency: int, 
     bar = tqdm(total=max(vocab_size - len(vocab), 0), desc="tokenizer merges", unit="token", disable=not progress)
     while len(vocab) < vocab_size and heap:
         neg, a, b = heapq.heappop(heap)
-        if pair_count.get((a, b), 0) != -neg:
-            continue  # stale: this pair's count changed after the entry was pushed
-        if -neg < min_frequency:
+        count = pair_count.get((a, b), 0)
+        if count != -neg:  # stale: only rises are pushed as they happen, so a fallen count is re-queued here
+            if 0 < count < -neg:
+                heapq.heappush(heap, (-count, a, b))
+            continue
+        if count < min_frequency:
             break
         merged = a + b[len(PREFIX):]
         if merged not in known:  # a second spelling of a piece would leave a gap in the ids
             known.add(merged)
             vocab.append(merged)
             bar.update()
-        changed: set[tuple[str, str]] = set()
-        for i in sorted(pair_words.pop((a, b))):
+        delta: defaultdict[tuple[str, str], int] = defaultdict(int)
+        for i in pair_words.pop((a, b)):
             old = words[i]
             new = _merge(old, a, b, merged)
             if len(new) == len(old):
                 continue  # an earlier merge in this word already consumed the pair
+            old_pairs, new_pairs = set(_pairs(old)), set(_pairs(new))
             for pair in _pairs(old):
-                pair_count[pair] -= freqs[i]
-                changed.add(pair)
+                delta[pair] -= freqs[i]
             for pair in _pairs(new):
-                pair_count[pair] += freqs[i]
+                delta[pair] += freqs[i]
+            for pair in new_pairs - old_pairs:
                 pair_words[pair].add(i)
-                changed.add(pair)
             words[i] = new
-        pair_count.pop((a, b), None)
-        for pair in sorted(changed - {(a, b)}):
-            if pair_count[pair] > 0:
+        del pair_count[(a, b)]
+        for pair, change in delta.items():
+            if pair == (a, b) or not change:
+                continue
+            pair_count[pair] += change
+            if pair_count[pair] <= 0:
+                del pair_count[pair]
+            elif change > 0:
                 heapq.heappush(heap, (-pair_count[pair], *pair))
-            else:
-                pair_count.pop(pair)
     bar.close()
     return vocab
