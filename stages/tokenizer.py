@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import write_json_atomic
@@ -25,27 +28,33 @@ PAIRS = ROOT / "data" / "pairs" / "pairs.parquet"
 OUT = ROOT / "models" / "tokenizer"
 
 
+def train_captions(pairs: Path) -> Iterator[str]:
+    """The train split's captions, a row group at a time: PMC scale has millions of them."""
+    for batch in pq.ParquetFile(pairs).iter_batches(columns=["caption", "split"]):
+        columns = batch.to_pydict()
+        yield from (c for c, split in zip(columns["caption"], columns["split"]) if split == "train")
+
+
 def main() -> None:
     p = load_section("tokenizer", ROOT / "params.yaml")
     context_length = load_section("model", ROOT / "params.yaml").section("text").positive("context_length")
     source = p.get("source", str, "train")
     if not PAIRS.is_file():
         raise DataError(f"tokenizer: {PAIRS} is missing (run the align stage)")
-    table = pd.read_parquet(PAIRS, columns=["caption", "split"])
-    captions = table.loc[table["split"] == "train", "caption"].tolist()
+    captions = int((pd.read_parquet(PAIRS, columns=["split"])["split"] == "train").sum())
     with stage_run("tokenizer", ROOT, p.raw()):
         t0 = time.perf_counter()
         shutil.rmtree(OUT, ignore_errors=True)
         if source == "train":
-            vocab = train_wordpiece(captions, OUT, p.positive("vocab_size"), p.positive("min_frequency"),
+            vocab = train_wordpiece(train_captions(PAIRS), OUT, p.positive("vocab_size"), p.positive("min_frequency"),
                                     p.get("lowercase", bool), context_length, progress=True)
         else:
             vocab = copy_tokenizer(resolve_pretrained_dir(source, "tokenizer.source", ROOT), OUT, context_length)
         seconds = time.perf_counter() - t0
-        metrics = {"captions": len(captions), "vocab_size": vocab, "captions_per_s": len(captions) / max(seconds, 1e-9)}
+        metrics = {"captions": captions, "vocab_size": vocab, "captions_per_s": captions / max(seconds, 1e-9)}
         write_json_atomic(ROOT / "metrics" / "tokenizer.json", metrics)
         mlflow.log_metrics(metrics)
-    summary("tokenizer", len(captions), vocab, 0, seconds, "captions")
+    summary("tokenizer", captions, vocab, 0, seconds, "captions")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ import subprocess
 import sys
 from collections import Counter
 
+import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from biomedclip_factory.errors import DataError
 from biomedclip_factory.model.tokenizer import SPECIAL_TOKENS, train_wordpiece
 from biomedclip_factory.model.wordpiece import count_words, learn_vocab
 
@@ -47,6 +50,20 @@ def test_trained_tokenizer_encodes_its_captions_without_unknowns(tmp_path):
     assert len(tok) == size <= 300 and tok.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
     ids = tok(CAPTIONS, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in {i for row in ids for i in row}
+
+
+def test_no_caption_with_a_word_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no training captions"):
+        train_wordpiece(iter(["", "   "]), tmp_path / "tok", 300, 1, True, 32)
+
+
+def test_the_stage_streams_only_train_captions_across_row_groups(tmp_path):
+    from stages.tokenizer import train_captions
+
+    rows = pd.DataFrame({"caption": [f"caption {i}" for i in range(7)],
+                         "split": ["train", "test", "train", "train", "val", "train", "test"]})
+    rows.to_parquet(tmp_path / "pairs.parquet", row_group_size=2, index=False)
+    assert list(train_captions(tmp_path / "pairs.parquet")) == ["caption 0", "caption 2", "caption 3", "caption 5"]
 
 
 def test_same_captions_give_the_same_vocabulary_in_every_process(tmp_path):

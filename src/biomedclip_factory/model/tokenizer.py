@@ -14,11 +14,12 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def train_wordpiece(captions: Iterable[str], out_dir: Path, vocab_size: int, min_frequency: int,
                     lowercase: bool, model_max_length: int, progress: bool = False) -> int:
-    """Learn a vocabulary from ``captions``, save a BERT tokenizer to ``out_dir``; returns its size."""
-    texts = [c for c in captions if c.strip()]
-    if not texts:
+    """Learn a vocabulary from ``captions`` (read once, as they come), save a BERT tokenizer to
+    ``out_dir``; returns its size."""
+    words = count_words(captions, lowercase)
+    if not words:
         raise DataError("tokenizer: no training captions (is the train split empty?)")
-    vocab = learn_vocab(count_words(texts, lowercase), vocab_size, min_frequency, SPECIAL_TOKENS, progress)
+    vocab = learn_vocab(words, vocab_size, min_frequency, SPECIAL_TOKENS, progress)
     tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=lowercase, strip_accents=lowercase,
                         model_max_length=model_max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
