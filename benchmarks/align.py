@@ -5,8 +5,9 @@
     decode to ``--max-side``) vs the baseline (``parse_pubmed_caption`` on a temp file, full-size
     decode, RGB, JPEG save with ``optimize=True``, quality 90). Articles/s ratio, target ≥ 3×, on one
     thread; then ours again as the stage runs it (``--workers`` threads, the default runner, and
-    ``--workers`` processes, ``runner: processes``) against the same sequential baseline. Also: how many images each path normalises (the baseline resolves
-    fewer, from wrong hrefs, so it does less work per article).
+    ``--workers`` processes, ``runner: processes``) against the same sequential baseline. Also: how
+    many images each path normalises (the baseline resolves fewer, from wrong hrefs, so it does
+    less work per article).
 (b) XML extraction alone: ``parse_article`` vs ``parse_pubmed_caption``; target ≥ 1.0×.
 (c) fidelity of both against an independent plain-lxml reading (``tests/jats_reference.py``):
     figures with a graphic found, graphic href right, caption equal to the whitespace-normalised
@@ -189,7 +190,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-side", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2, help="threads / processes for the stage-as-run figures")
-    ap.add_argument("--repeat", type=int, default=40, help="whole path: passes over the articles (amortises pool start-up)")
+    ap.add_argument("--repeat", type=int, default=40,
+                    help="whole path: passes over the articles (amortises pool start-up)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run(articles(Path(tmp)), args)
