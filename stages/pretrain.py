@@ -15,13 +15,14 @@ import mlflow
 import torch
 
 from biomedclip_factory.errors import DataError, ParamsError
-from biomedclip_factory.io import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from biomedclip_factory.io import (read_jsonl, write_bytes_atomic, write_csv_atomic, write_json_atomic,
+                                   write_jsonl_atomic)
 from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, resolve_pretrained_dir
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
 from biomedclip_factory.train.ds_config import TrainConfig
-from biomedclip_factory.train.loop import init_distributed, pretrain
+from biomedclip_factory.train.loop import checkpoint_step, init_distributed, pretrain
 
 from .common import ROOT, run_stage, summary
 
@@ -29,6 +30,7 @@ SHARDS = ROOT / "data" / "shards"
 TOKENIZER = ROOT / "models" / "tokenizer"
 MODEL = ROOT / "models" / "clip"
 CHECKPOINTS = ROOT / "models" / "checkpoints"
+LOSS_LOG = CHECKPOINTS / "loss.jsonl"
 
 
 def model_spec(m: Section) -> ModelSpec:
@@ -67,19 +69,39 @@ def init_sources(m: Section) -> tuple[Path | None, Path | None]:
     return model_dir, text_dir
 
 
+def _train_shards_digest() -> str:
+    """The shard stage's digest of the train split ("" for shards written without one)."""
+    manifest = SHARDS / "manifest.json"
+    return json.loads(manifest.read_text()).get("train", {}).get("sha256", "") if manifest.is_file() else ""
+
+
 def _fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None]) -> str:
-    blob = json.dumps([spec.__dict__, cfg.__dict__, (TOKENIZER / "tokenizer.json").read_text(), [str(i) for i in init]],
-                      sort_keys=True, default=str)
+    blob = json.dumps([spec.__dict__, cfg.__dict__, (TOKENIZER / "tokenizer.json").read_text(), [str(i) for i in init],
+                       _train_shards_digest()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _prepare_checkpoints(fingerprint: str) -> None:
-    """Keep checkpoints only when they belong to this exact model, data vocabulary and recipe."""
+def _prepare_checkpoints(fingerprint: str, steps: int) -> None:
+    """Keep checkpoints only to resume an unfinished run of this exact model, recipe and data.
+
+    Without the data in the fingerprint, new PMC pairs under a fixed vocabulary would resume the old
+    finished run and train nothing. A finished run is not resumed either: DVC reruns the stage when
+    its code changed (or on ``-f``), and that asks for a model trained by the current code.
+    """
     stamp = CHECKPOINTS / "fingerprint"
-    if stamp.is_file() and stamp.read_text() == fingerprint:
+    if stamp.is_file() and stamp.read_text() == fingerprint and checkpoint_step(CHECKPOINTS) < steps:
         return
     shutil.rmtree(CHECKPOINTS, ignore_errors=True)
     write_bytes_atomic(stamp, fingerprint.encode())
+
+
+def _restart_loss_log(resume_step: int) -> None:
+    """The loss log kept beside the checkpoints, cut back to the step the run resumes from.
+
+    The loss curve (a DVC plot) then covers the whole run, not just what came after a resume.
+    """
+    kept = [r for r in read_jsonl(LOSS_LOG) if r["step"] <= resume_step] if LOSS_LOG.is_file() else []
+    write_jsonl_atomic(LOSS_LOG, kept)
 
 
 def main() -> None:
@@ -93,7 +115,8 @@ def main() -> None:
     init_distributed()
     rank = torch.distributed.get_rank()
     if rank == 0:
-        _prepare_checkpoints(_fingerprint(spec, cfg, (init_dir, text_init)))
+        _prepare_checkpoints(_fingerprint(spec, cfg, (init_dir, text_init)), cfg.steps)
+        _restart_loss_log(checkpoint_step(CHECKPOINTS))
         shutil.rmtree(MODEL, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
         if init_dir is not None:
@@ -101,10 +124,10 @@ def main() -> None:
         else:
             init_model_dir(spec, TOKENIZER, MODEL, text_init)
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
-    losses: list[tuple[int, float]] = []
 
     def log(step: int, values: dict[str, float]) -> None:
-        losses.append((step, values["loss"]))
+        with LOSS_LOG.open("a") as f:
+            f.write(json.dumps({"step": step, "loss": values["loss"]}) + "\n")
         mlflow.log_metrics(values, step=step)
         print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
 
@@ -118,7 +141,7 @@ def main() -> None:
                        "train_samples": train_samples,
                        "skipped_samples": result.skipped_samples}
             write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
-            write_csv_atomic(ROOT / "plots" / "pretrain_loss.csv", [{"step": s, "loss": v} for s, v in losses])
+            write_csv_atomic(ROOT / "plots" / "pretrain_loss.csv", read_jsonl(LOSS_LOG))
             mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
     if rank == 0:
         summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")

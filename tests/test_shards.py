@@ -38,8 +38,10 @@ def pairs(tmp_path):
 def test_layout_sizes_and_byte_identical_rerun(pairs, tmp_path):
     root, rows = pairs
     info = write_split(rows, root, tmp_path / "a", "train", shard_size=3, seed=1)
-    write_split(list(reversed(rows)), root, tmp_path / "b", "train", shard_size=3, seed=1)
+    again = write_split(list(reversed(rows)), root, tmp_path / "b", "train", shard_size=3, seed=1)
     assert info["shards"] == 3 and info["samples"] == 7
+    other = write_split(rows[:-1], root, tmp_path / "c", "train", shard_size=3, seed=1)
+    assert info["sha256"] == again["sha256"] != other["sha256"]  # the split's content, as pretrain fingerprints it
     sizes = json.loads((tmp_path / "a/train/sizes.json").read_text())
     assert sizes == {"train-000000.tar": 3, "train-000001.tar": 3, "train-000002.tar": 1}
     for name in sizes:

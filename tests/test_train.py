@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.model.build import (WEIGHTS_NAME, ModelSpec, create_model, init_from_model_dir,
                                             init_model_dir)
 from biomedclip_factory.model.tokenizer import copy_tokenizer
 from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import deepspeed_config
-from biomedclip_factory.train.loop import contrastive_loss, segments
+from biomedclip_factory.train.loop import checkpoint_step, contrastive_loss, segments
 
 from .conftest import CAPTIONS, tiny_model_dir
 from .train_child import config, global_batches
@@ -224,3 +225,51 @@ def test_tokenizer_from_a_given_hf_dir_is_copied_as_it_is(model_dir, tmp_path):
     a, b = AutoTokenizer.from_pretrained(model_dir), AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert size == len(a) == len(b) and b.model_max_length == 16
     assert a(CAPTIONS[0])["input_ids"] == b(CAPTIONS[0])["input_ids"]
+
+
+def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(monkeypatch, tmp_path):
+    import stages.pretrain as stage
+
+    monkeypatch.setattr(stage, "CHECKPOINTS", tmp_path / "ckpt")
+    monkeypatch.setattr(stage, "LOSS_LOG", tmp_path / "ckpt" / "loss.jsonl")
+
+    def checkpointed(fingerprint: str, step: int) -> None:
+        (tmp_path / "ckpt").mkdir(exist_ok=True)
+        (tmp_path / "ckpt" / "fingerprint").write_text(fingerprint)
+        (tmp_path / "ckpt" / "latest").write_text(f"step{step}")
+        (tmp_path / "ckpt" / "loss.jsonl").write_text("".join(f'{{"step": {s}, "loss": {9 - s}}}\n' for s in (2, 4, 6)))
+
+    checkpointed("recipe+data", 4)
+    stage._prepare_checkpoints("recipe+data", steps=8)  # killed at step 6, checkpoint at 4: resume there
+    assert checkpoint_step(tmp_path / "ckpt") == 4
+    stage._restart_loss_log(4)  # steps logged after the checkpoint are trained (and logged) again
+    assert read_jsonl(tmp_path / "ckpt" / "loss.jsonl") == [{"step": 2, "loss": 7}, {"step": 4, "loss": 5}]
+    for fingerprint, step in (("recipe+new data", 4), ("recipe+data", 8)):  # other shards; a finished run
+        checkpointed("recipe+data", step)
+        stage._prepare_checkpoints(fingerprint, steps=8)
+        assert checkpoint_step(tmp_path / "ckpt") == 0
+        assert (tmp_path / "ckpt" / "fingerprint").read_text() == fingerprint
+        stage._restart_loss_log(0)
+        assert read_jsonl(tmp_path / "ckpt" / "loss.jsonl") == []
+
+
+def test_fingerprint_covers_the_train_shards(monkeypatch, tmp_path):
+    import stages.pretrain as stage
+    from stages.pretrain import model_spec, train_config
+
+    from biomedclip_factory.params import load_section
+
+    from .conftest import REPO
+
+    for name in ("tokenizer", "shards"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(stage, "TOKENIZER", tmp_path / "tokenizer")
+    monkeypatch.setattr(stage, "SHARDS", tmp_path / "shards")
+    params = REPO / "params.yaml"
+    spec, cfg = model_spec(load_section("model", params)), train_config(load_section("pretrain", params))
+    prints = []
+    for digest in ("aaa", "bbb", "aaa"):
+        (tmp_path / "shards" / "manifest.json").write_text(json.dumps({"train": {"sha256": digest}}))
+        prints.append(stage._fingerprint(spec, cfg, (None, None)))
+    assert prints[0] == prints[2] != prints[1]

@@ -6,6 +6,7 @@ shards unchanged.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -50,7 +51,11 @@ def sample_key(pair_id: str) -> str:
 
 def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, split: str,
                 shard_size: int, seed: int) -> dict[str, Any]:
-    """Write one split's shards; returns its manifest entry (shards, samples, bytes)."""
+    """Write one split's shards; returns its manifest entry (shards, samples, bytes, sha256).
+
+    ``sha256`` covers every shard's name and bytes in order: what the split holds, for pretrain to
+    tell whether its checkpoints were trained on these very shards.
+    """
     ordered = sorted(pairs, key=lambda p: p["pair_id"])
     random.Random(f"{seed}:{split}").shuffle(ordered)
     split_dir = out_dir / split
@@ -59,6 +64,7 @@ def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, spl
         stale.unlink()
     sizes: dict[str, int] = {}
     total_bytes = 0
+    digest = hashlib.sha256()
     for index in range(0, len(ordered), shard_size):
         chunk = ordered[index:index + shard_size]
         name = f"{split}-{index // shard_size:06d}.tar"
@@ -67,7 +73,8 @@ def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, spl
             for p in chunk
         )
         write_bytes_atomic(split_dir / name, data)
+        digest.update(name.encode() + b"\0" + data)
         sizes[name] = len(chunk)
         total_bytes += len(data)
     write_json_atomic(split_dir / "sizes.json", sizes)
-    return {"shards": len(sizes), "samples": len(ordered), "bytes": total_bytes}
+    return {"shards": len(sizes), "samples": len(ordered), "bytes": total_bytes, "sha256": digest.hexdigest()}

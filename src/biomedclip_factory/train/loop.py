@@ -172,6 +172,15 @@ def segments(start: int, steps: int, every: int) -> Iterator[tuple[int, int]]:
         begin = end
 
 
+_TAG = "step"  # DeepSpeed checkpoint tags: step<N>; its ``latest`` file names the newest
+
+
+def checkpoint_step(checkpoint_dir: Path) -> int:
+    """The step the newest checkpoint in ``checkpoint_dir`` holds (0: none), i.e. where a run resumes."""
+    latest = checkpoint_dir / "latest"
+    return int(latest.read_text().strip().removeprefix(_TAG)) if latest.is_file() else 0
+
+
 def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainConfig,
              log: LogFn | None = None) -> TrainSummary:
     """Train the model in ``model_dir`` on the train shards; writes its weights back to ``model_dir``.
@@ -215,7 +224,8 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
                            "tokens_per_s": tokens / elapsed})
         loss_value = result.loss  # one wait for the GPU per segment, not per step
         if cfg.checkpoint_every:
-            engine.save_checkpoint(str(checkpoint_dir), tag=f"step{end}", client_state={"step": end, "loss": loss_value})
+            engine.save_checkpoint(str(checkpoint_dir), tag=f"{_TAG}{end}",
+                                   client_state={"step": end, "loss": loss_value})
     seconds = time.perf_counter() - t0
     save_consolidated(engine, model_dir)
     return TrainSummary(steps=cfg.steps, resumed_from=start, samples=samples, tokens=tokens, seconds=seconds,
