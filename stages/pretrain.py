@@ -141,7 +141,8 @@ def main() -> None:
                        "train_samples": train_samples,
                        "skipped_samples": result.skipped_samples}
             write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
-            write_csv_atomic(ROOT / "plots" / "pretrain_loss.csv", read_jsonl(LOSS_LOG))
+            write_csv_atomic(ROOT / "plots" / "pretrain_loss.csv",
+                             [{"step": r["step"], "loss": r["loss"]} for r in read_jsonl(LOSS_LOG)])
             mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
     if rank == 0:
         summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")

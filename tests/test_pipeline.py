@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from .conftest import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +182,27 @@ def test_trained_sample_model_retrieves_its_train_pairs_above_chance(built_proje
     # (a collapsed, untrained model scores exactly chance here because ties count against it).
     lift = [train[d][k] - train["chance"][k] for d in ("image_to_text", "text_to_image") for k in ("R@1", "R@5")]
     assert sum(lift) / len(lift) > 0.05, train
+
+
+def test_pretrain_stage_killed_then_rerun_keeps_the_whole_loss_curve(built_project: Path, tmp_path: Path):
+    """kill -9 past the step-50 checkpoint, rerun: resumes there, same curve and model as unbroken."""
+    project = tmp_path / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    shutil.rmtree(project / "models" / "checkpoints")
+    env = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = project / "models" / "checkpoints" / "loss.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 7:  # step 70 logged, checkpoint at 50
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (project / "models" / "checkpoints" / "latest").read_text() in ("step50", "step100"), "killed too late"
+    run_module(project, "stages.pretrain")
+    metrics = json.loads((project / "metrics" / "pretrain.json").read_text())
+    assert metrics["resumed_from"] in (50, 100)
+    for output in ("plots/pretrain_loss.csv", "models/clip/open_clip_model.safetensors"):
+        assert (project / output).read_bytes() == (built_project / output).read_bytes(), output
