@@ -76,8 +76,9 @@ def _train_shards_digest() -> str:
 
 
 def _fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None]) -> str:
-    blob = json.dumps([spec.__dict__, cfg.__dict__, (TOKENIZER / "tokenizer.json").read_text(), [str(i) for i in init],
-                       _train_shards_digest()], sort_keys=True, default=str)
+    vocabulary = (TOKENIZER / "tokenizer.json").read_text()
+    blob = json.dumps([spec.__dict__, cfg.__dict__, vocabulary, [str(i) for i in init], _train_shards_digest()],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
