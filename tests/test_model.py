@@ -50,6 +50,7 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     """params/biomedclip.yaml validates in every stage reader and builds BiomedCLIP's shape (~196M params)."""
     from stages.evaluate import zeroshot_tasks
     from stages.pretrain import model_spec, train_config
+    from stages.task_runner import mapper_from_params
 
     from biomedclip_factory.params import load_section
 
@@ -61,6 +62,8 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     assert (cfg.precision, cfg.warmup_steps, cfg.betas, cfg.eps) == ("bf16", 2000, (0.9, 0.98), 1e-6)
     assert {t.name for t in zeroshot_tasks(load_section("evaluate", profile))} == {
         "pcam", "lc25000_lung", "lc25000_colon", "tcga_til", "rsna_pneumonia"}
+    align_on_processes = mapper_from_params(load_section("align", profile), "align")
+    assert list(align_on_processes(abs, [-1, -2])) == [1, 2]
     train_wordpiece(CAPTIONS, tmp_path / "tok", 30522, 1, True, 256)
     init_model_dir(spec, tmp_path / "tok", tmp_path / "clip")
     config = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
