@@ -99,12 +99,10 @@ def learn_vocab(word_counts: Counter[str], vocab_size: int, min_frequency: int, 
             new = _merge(old, a, b, merged)
             if len(new) == len(old):
                 continue  # an earlier merge in this word already consumed the pair
-            old_pairs, new_pairs = set(_pairs(old)), set(_pairs(new))
             for pair in _pairs(old):
                 delta[pair] -= freqs[i]
             for pair in _pairs(new):
                 delta[pair] += freqs[i]
-            for pair in new_pairs - old_pairs:
                 pair_words[pair].add(i)
             words[i] = new
         del pair_count[(a, b)]
