@@ -15,8 +15,8 @@ import mlflow
 import torch
 
 from biomedclip_factory.errors import DataError, ParamsError
-from biomedclip_factory.io import (read_jsonl, write_bytes_atomic, write_csv_atomic, write_json_atomic,
-                                   write_jsonl_atomic)
+from biomedclip_factory.io import (append_log_row, read_append_log, read_jsonl, write_bytes_atomic,
+                                   write_csv_atomic, write_json_atomic, write_jsonl_atomic)
 from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, resolve_pretrained_dir
 from biomedclip_factory.params import Section, load_section
 from biomedclip_factory.shards.loader import split_size
@@ -101,8 +101,7 @@ def _restart_loss_log(resume_step: int) -> None:
 
     The loss curve (a DVC plot) then covers the whole run, not just what came after a resume.
     """
-    kept = [r for r in read_jsonl(LOSS_LOG) if r["step"] <= resume_step] if LOSS_LOG.is_file() else []
-    write_jsonl_atomic(LOSS_LOG, kept)
+    write_jsonl_atomic(LOSS_LOG, [r for r in read_append_log(LOSS_LOG) if r["step"] <= resume_step])
 
 
 def main() -> None:
@@ -128,7 +127,7 @@ def main() -> None:
 
     def log(step: int, values: dict[str, float]) -> None:
         with LOSS_LOG.open("a") as f:
-            f.write(json.dumps({"step": step, "loss": values["loss"]}) + "\n")
+            append_log_row(f, {"step": step, "loss": values["loss"]})
         mlflow.log_metrics(values, step=step)
         print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
 

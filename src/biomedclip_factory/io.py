@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
 
 _UMASK = os.umask(0)
@@ -63,3 +63,24 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_append_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log that is appended to line by line, after cutting off what a killed
+    writer left half-written at its end, so the next append starts on a fresh line.
+
+    Rows are only ever half-written at the end; a bad line anywhere else is real corruption and raises.
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        os.truncate(path, complete)
+    return [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
+
+
+def append_log_row(fh: IO[str], row: dict[str, Any]) -> None:
+    """One row of an append log, flushed: a kill -9 after this returns cannot lose it."""
+    fh.write(json.dumps(row, sort_keys=True) + "\n")
+    fh.flush()
