@@ -10,6 +10,7 @@ import pandas as pd
 
 from biomedclip_factory.corpus.align import AlignConfig, align_corpus
 from biomedclip_factory.corpus.dedup import MAX_DISTANCE
+from biomedclip_factory.corpus.journal import AlignJournal, article_digest
 from biomedclip_factory.corpus.stats import caption_length_histogram, pairs_per_article_histogram
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.io import read_jsonl, write_csv_atomic, write_json_atomic, write_jsonl_atomic
@@ -21,6 +22,7 @@ from .task_runner import mapper_from_params
 
 RAW = ROOT / "data" / "raw"
 PAIRS = ROOT / "data" / "pairs"
+JOURNAL = ROOT / "data" / "align_journal"  # per-article results kept across runs (resume, incremental)
 
 
 def main() -> None:
@@ -40,14 +42,17 @@ def main() -> None:
     manifest = RAW / "manifest.jsonl"
     if not manifest.is_file():
         raise DataError(f"align: {manifest} is missing (run the scrape stage)")
-    prefixes = [r["prefix"] for r in read_jsonl(manifest) if r["status"] == "ok"]
+    digests = {r["prefix"]: article_digest(r) for r in read_jsonl(manifest) if r["status"] == "ok"}
+    prefixes = list(digests)
     mapper = mapper_from_params(p, "align")
     with stage_run("align", ROOT, p.raw()):
         t0 = time.perf_counter()
         staging = PAIRS.with_name("pairs.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)  # also when no figure survives: an empty table is still a table
-        pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, mapper=mapper)
+        journal = AlignJournal(JOURNAL, cfg, digests)
+        reused = sum(map(journal.holds, prefixes))
+        pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, mapper=mapper, journal=journal)
         pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_parquet(staging / "pairs.parquet", index=False)
         write_jsonl_atomic(staging / "rejects.jsonl", rejects)
         shutil.rmtree(PAIRS, ignore_errors=True)
@@ -55,7 +60,9 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         by_reason = Counter(r["reason"] for r in rejects)
         by_split = Counter(pr["split"] for pr in pairs)
-        metrics = {"articles": len(prefixes), "figures": figures, "pairs": len(pairs), "rejects": len(rejects),
+        metrics = {"articles": len(prefixes), "articles_reused": reused,
+                   "articles_aligned_per_s": (len(prefixes) - reused) / max(seconds, 1e-9),
+                   "figures": figures, "pairs": len(pairs), "rejects": len(rejects),
                    "pairs_per_s": len(pairs) / max(seconds, 1e-9),
                    "rejects_by_reason": dict(by_reason), "pairs_by_split": dict(by_split)}
         write_json_atomic(ROOT / "metrics" / "align.json", metrics)

@@ -43,6 +43,18 @@ def test_dvc_repro_again_is_a_no_op(built_project: Path):
     assert "up to date" in proc.stdout
 
 
+def test_run_state_absent_as_after_dvc_pull_changes_nothing(built_project: Path, tmp_path: Path):
+    """A teammate's clone has the outs (`dvc pull`) but not the resume state; nothing must rerun."""
+    project = tmp_path / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    shutil.rmtree(project / "data" / "align_journal")
+    shutil.rmtree(project / "models" / "checkpoints")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env,
+                          capture_output=True, text=True, check=True)
+    assert "up to date" in proc.stdout, proc.stdout
+
+
 LOAD_MODEL_DIR = """
 import sys, open_clip, torch
 from PIL import Image
@@ -206,3 +218,31 @@ def test_pretrain_stage_killed_then_rerun_keeps_the_whole_loss_curve(built_proje
     assert metrics["resumed_from"] in (50, 100)
     for output in ("plots/pretrain_loss.csv", "models/clip/open_clip_model.safetensors"):
         assert (project / output).read_bytes() == (built_project / output).read_bytes(), output
+
+
+def test_align_stage_rerun_reuses_its_journal_and_resumes_a_cut_one(built_project: Path, tmp_path: Path):
+    """`dvc repro -f` keeps the align journal (a persisted out): nothing is decoded again; with the
+    journal cut as a kill -9 leaves it (half a line), the rerun aligns only the rest. Same pairs."""
+    project = tmp_path / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    built = (built_project / "data/pairs/pairs.parquet").read_bytes()
+    articles = json.loads((built_project / "metrics/align.json").read_text())["articles"]
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", "align"], cwd=project, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"{articles} of {articles} article versions reused" in proc.stdout
+    assert json.loads((project / "metrics/align.json").read_text())["articles_reused"] == articles
+    assert (project / "data/pairs/pairs.parquet").read_bytes() == built
+    (journal,) = (project / "data/align_journal").glob("*/journal.jsonl")
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:5]) + lines[5][:40])
+    proc = subprocess.run([sys.executable, "-m", "stages.align"], cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((project / "metrics/align.json").read_text())["articles_reused"] == 5
+    assert (project / "data/pairs/pairs.parquet").read_bytes() == built
+    images = sorted(p.name for p in (project / "data/pairs/images").iterdir())
+    assert images == sorted(p.name for p in (built_project / "data/pairs/images").iterdir())
+    for name in images:
+        assert (project / "data/pairs/images" / name).read_bytes() == (built_project / "data/pairs/images" / name).read_bytes()

@@ -7,10 +7,11 @@ dropped figure or article lands in the rejects with its reason; nothing raises p
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArticleError
 from ..io import write_bytes_atomic
@@ -19,6 +20,9 @@ from ..pmc.jats import Figure, parse_article
 from .dedup import deduplicate
 from .images import normalise_image
 from .split import split_of
+
+if TYPE_CHECKING:
+    from .journal import AlignJournal
 
 # Full-size figure formats first; PMC's small GIF thumbnails come last.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif")
@@ -118,24 +122,43 @@ def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure,
             "sha256": img.sha256, "phash": img.phash}
 
 
-def _align_one(raw_dir: Path, out_dir: Path, cfg: AlignConfig, prefix: str) -> ArticleResult:
-    return align_article(raw_dir / prefix, out_dir, cfg)
+def _align_one(raw_dir: Path, images_out: Path, cfg: AlignConfig, prefix: str) -> ArticleResult:
+    return align_article(raw_dir / prefix, images_out, cfg)
 
 
 def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignConfig, workers: int = 2,
-                 progress: bool = True, mapper: Mapper | None = None) -> tuple[list[dict], list[dict], int]:
+                 progress: bool = True, mapper: Mapper | None = None,
+                 journal: AlignJournal | None = None) -> tuple[list[dict], list[dict], int]:
     """Align every article in ``prefixes``; returns (pairs, rejects, figures seen).
 
     Per-article work runs through ``mapper`` (default: ``workers`` threads here); duplicates are
-    removed afterwards across the whole corpus.
+    removed afterwards across the whole corpus. With a ``journal``, articles it holds unchanged
+    are not aligned again, each new result is recorded as it arrives (a killed run resumes from
+    there), and images are made in the journal and linked into ``out_dir``.
     """
+    todo = [p for p in prefixes if journal is None or not journal.holds(p)]
+    if journal is not None and len(todo) < len(prefixes):
+        print(f"align: {len(prefixes) - len(todo):,} of {len(prefixes):,} article versions reused from "
+              f"{journal.dir}", flush=True)
+    work = partial(_align_one, raw_dir, journal.dir if journal else out_dir, cfg)
+    fresh: dict[str, ArticleResult] = {}
+    with journal or nullcontext():
+        for prefix, res in zip(todo, progress_map(mapper or thread_map(workers), work, todo, "align", "article",
+                                                  progress)):
+            if journal is not None:
+                journal.record(prefix, res)
+            else:
+                fresh[prefix] = res
     pairs: list[dict] = []
     rejects: list[dict] = []
     figures = 0
-    for res in progress_map(mapper or thread_map(workers), partial(_align_one, raw_dir, out_dir, cfg), prefixes,
-                            "align", "article", progress):
+    for prefix in prefixes:
+        res = journal.result(prefix) if journal is not None else fresh[prefix]
         pairs.extend(res.pairs)
         rejects.extend(res.rejects)
         figures += res.figures
     kept, dup_rejects = deduplicate(pairs, cfg.near_duplicate_max_distance)
+    if journal is not None:
+        journal.compact()
+        journal.export_images(kept, out_dir)
     return kept, rejects + dup_rejects, figures
