@@ -1,19 +1,25 @@
 """DVC stage: scraped articles → data/pairs (pairs.parquet, images/, rejects.jsonl)."""
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from biomedclip_factory.corpus.align import AlignConfig, align_corpus
+from biomedclip_factory.corpus.align import AlignConfig, article_of
+from biomedclip_factory.corpus.assemble import AlignedCorpus, align_articles
 from biomedclip_factory.corpus.dedup import MAX_DISTANCE
 from biomedclip_factory.corpus.journal import AlignJournal, article_digest
-from biomedclip_factory.corpus.stats import caption_length_histogram, pairs_per_article_histogram
+from biomedclip_factory.corpus.stats import caption_length_rows, caption_tokens, pairs_per_article_rows
 from biomedclip_factory.errors import DataError, ParamsError
-from biomedclip_factory.io import read_jsonl, write_csv_atomic, write_json_atomic, write_jsonl_atomic
+from biomedclip_factory.io import (atomic_writer, iter_jsonl, write_csv_atomic, write_json_atomic,
+                                   write_jsonl_atomic)
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
 
@@ -42,7 +48,7 @@ def main() -> None:
     manifest = RAW / "manifest.jsonl"
     if not manifest.is_file():
         raise DataError(f"align: {manifest} is missing (run the scrape stage)")
-    digests = {r["prefix"]: article_digest(r) for r in read_jsonl(manifest) if r["status"] == "ok"}
+    digests = {r["prefix"]: article_digest(r) for r in iter_jsonl(manifest) if r["status"] == "ok"}
     prefixes = list(digests)
     mapper = mapper_from_params(p, "align")
     with stage_run("align", ROOT, p.raw()):
@@ -51,29 +57,57 @@ def main() -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)  # also when no figure survives: an empty table is still a table
         journal = AlignJournal(JOURNAL, cfg, digests)
-        reused = sum(map(journal.holds, prefixes))
-        pairs, rejects, figures = align_corpus(RAW, prefixes, staging, cfg, mapper=mapper, journal=journal)
-        pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_parquet(staging / "pairs.parquet", index=False)
-        write_jsonl_atomic(staging / "rejects.jsonl", rejects)
+        corpus = align_articles(RAW, prefixes, cfg, journal, mapper)
+        stats = write_pairs(corpus, staging)
+        write_jsonl_atomic(staging / "rejects.jsonl", corpus.rejects())
+        journal.close()
         shutil.rmtree(PAIRS, ignore_errors=True)
         staging.rename(PAIRS)
         seconds = time.perf_counter() - t0
-        by_reason = Counter(r["reason"] for r in rejects)
-        by_split = Counter(pr["split"] for pr in pairs)
-        metrics = {"articles": len(prefixes), "articles_reused": reused,
-                   "articles_aligned_per_s": (len(prefixes) - reused) / max(seconds, 1e-9),
-                   "figures": figures, "pairs": len(pairs), "rejects": len(rejects),
-                   "pairs_per_s": len(pairs) / max(seconds, 1e-9),
-                   "rejects_by_reason": dict(by_reason), "pairs_by_split": dict(by_split)}
+        metrics = {"articles": len(prefixes), "articles_reused": corpus.reused,
+                   "articles_aligned_per_s": (len(prefixes) - corpus.reused) / max(seconds, 1e-9),
+                   "figures": corpus.figures, "pairs": stats.pairs, "rejects": sum(corpus.reject_reasons.values()),
+                   "pairs_per_s": stats.pairs / max(seconds, 1e-9),
+                   "rejects_by_reason": dict(corpus.reject_reasons), "pairs_by_split": dict(stats.by_split)}
         write_json_atomic(ROOT / "metrics" / "align.json", metrics)
-        write_csv_atomic(ROOT / "plots" / "align_caption_length.csv", caption_length_histogram(pr["caption"] for pr in pairs))
-        write_csv_atomic(ROOT / "plots" / "align_pairs_per_article.csv", pairs_per_article_histogram(pairs))
+        write_csv_atomic(ROOT / "plots" / "align_caption_length.csv", caption_length_rows(stats.caption_tokens))
+        write_csv_atomic(ROOT / "plots" / "align_pairs_per_article.csv", pairs_per_article_rows(stats.per_article))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    summary("align", figures, len(pairs), len(rejects), seconds, "figures")
+    summary("align", corpus.figures, stats.pairs, metrics["rejects"], seconds, "figures")
 
 
-PAIR_COLUMNS = ["pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "mentions", "image", "width", "height",
-                "sha256", "phash", "license_code", "split"]
+PAIR_SCHEMA = pa.schema([("pair_id", pa.string()), ("pmcid", pa.string()), ("pmid", pa.string()),
+                         ("fig_id", pa.string()), ("label", pa.string()), ("caption", pa.string()),
+                         ("mentions", pa.list_(pa.string())), ("image", pa.string()), ("width", pa.int64()),
+                         ("height", pa.int64()), ("sha256", pa.string()), ("phash", pa.string()),
+                         ("license_code", pa.string()), ("split", pa.string())])
+ROW_GROUP = 50_000  # pairs per Parquet row group: bounded memory, and the unit later stages stream by
+
+
+@dataclass
+class PairStats:
+    """What the metrics and plots need, counted while the pairs stream past."""
+    pairs: int = 0
+    by_split: Counter[str] = field(default_factory=Counter)
+    caption_tokens: Counter[int] = field(default_factory=Counter)
+    per_article: Counter[str] = field(default_factory=Counter)
+
+
+def write_pairs(corpus: AlignedCorpus, staging: Path) -> PairStats:
+    """pairs.parquet and the kept pairs' images (linked from the journal), one row group at a time."""
+    stats = PairStats()
+    with atomic_writer(staging / "pairs.parquet") as fh, pq.ParquetWriter(fh, PAIR_SCHEMA) as writer:
+        pairs = corpus.pairs()
+        while batch := list(itertools.islice(pairs, ROW_GROUP)):
+            writer.write_table(pa.Table.from_pylist(batch, schema=PAIR_SCHEMA))
+            corpus.journal.export_images(batch, staging)
+            for pair in batch:
+                stats.pairs += 1
+                stats.by_split[pair["split"]] += 1
+                stats.caption_tokens[caption_tokens(pair["caption"])] += 1
+                stats.per_article[article_of(pair)] += 1
+    return stats
+
 
 if __name__ == "__main__":
     run_stage("align", main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from biomedclip_factory.corpus.align import align_corpus
+from biomedclip_factory.corpus.assemble import align_articles, align_corpus
 from biomedclip_factory.corpus.journal import JOURNAL, AlignJournal, article_digest, settings_key
 from biomedclip_factory.parallel import thread_map
 from biomedclip_factory.pmc.bucket import LocalBucket
@@ -149,6 +149,25 @@ def test_a_damaged_journal_or_a_lost_image_costs_time_not_the_result(raw, cold, 
     seen.clear()
     assert run(raw, tmp_path / "c", tmp_path / "journal", seen=seen) == cold
     assert seen == list(raw[1]) and "is damaged" in capsys.readouterr().out
+
+
+def test_the_stage_streams_pairs_in_row_groups_into_the_same_table(raw, cold, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import stages.align as stage
+
+    raw_dir, digests = raw
+    monkeypatch.setattr(stage, "ROW_GROUP", 4)
+    corpus = align_articles(raw_dir, list(digests), CFG, AlignJournal(tmp_path / "journal", CFG, digests),
+                            progress=False)
+    stats = stage.write_pairs(corpus, tmp_path / "out")
+    table = pq.ParquetFile(tmp_path / "out" / "pairs.parquet")
+    assert table.metadata.num_row_groups == 3 and stats.pairs == 10
+    pairs = table.read().to_pylist()
+    assert pairs == cold[0][0] and [p["pair_id"] for p in pairs] == sorted(p["pair_id"] for p in pairs)
+    assert {p["image"]: (tmp_path / "out" / p["image"]).read_bytes() for p in pairs} == cold[1]
+    assert stats.by_split == {"train": 8, "test": 2} and sum(stats.per_article.values()) == 10
+    assert list(corpus.rejects()) == cold[0][1]
 
 
 def test_record_outside_the_with_block_is_refused(raw, tmp_path):

@@ -8,25 +8,33 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file that appears under ``path`` only once the block finishes without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; final files get the usual mode
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as fh:
+        fh.write(data)
 
 
 def sweep_partial_writes(folder: Path, name: str = "") -> int:
@@ -47,8 +55,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    write_bytes_atomic(path, text.encode())
+    """Streamed: ``rows`` may be a generator over more rows than fit in memory."""
+    with atomic_writer(path) as fh:
+        for row in rows:
+            fh.write((json.dumps(row, sort_keys=True) + "\n").encode())
 
 
 def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -61,26 +71,48 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows one at a time, for files with more rows than should sit in memory."""
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        yield from (json.loads(line) for line in fh if line.strip())
+
+
+def cut_partial_last_line(path: Path) -> None:
+    """Cut off what a killed writer left half-written at the end of a line-by-line append log, so
+    the next append starts on a fresh line. Rows are only ever half-written at the end."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        chunk = 1 << 16
+        end = size
+        while end > 0:  # back from the end to the last newline, reading only the tail
+            start = max(0, end - chunk)
+            fh.seek(start)
+            newline = fh.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                fh.truncate(start + newline + 1)
+                return
+            end = start
+        fh.truncate(0)
 
 
 def read_append_log(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL log that is appended to line by line, after cutting off what a killed
-    writer left half-written at its end, so the next append starts on a fresh line.
-
-    Rows are only ever half-written at the end; a bad line anywhere else is real corruption and raises.
-    """
+    """The rows of a JSONL append log, after ``cut_partial_last_line``; a bad line anywhere else is
+    real corruption and raises."""
     if not path.is_file():
         return []
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        os.truncate(path, complete)
-    return [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
+    cut_partial_last_line(path)
+    return read_jsonl(path)
 
 
-def append_log_row(fh: IO[str], row: dict[str, Any]) -> None:
-    """One row of an append log, flushed: a kill -9 after this returns cannot lose it."""
-    fh.write(json.dumps(row, sort_keys=True) + "\n")
+def append_log_row(fh: IO[Any], row: dict[str, Any]) -> None:
+    """One row of an append log (text or binary handle), flushed: a kill -9 after this returns cannot lose it."""
+    line = json.dumps(row, sort_keys=True) + "\n"
+    fh.write(line.encode() if "b" in fh.mode else line)
     fh.flush()

@@ -7,22 +7,15 @@ dropped figure or article lands in the rejects with its reason; nothing raises p
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ArticleError
 from ..io import write_bytes_atomic
-from ..parallel import Mapper, progress_map, thread_map
 from ..pmc.jats import Figure, parse_article
-from .dedup import deduplicate
 from .images import normalise_image
 from .split import split_of
-
-if TYPE_CHECKING:
-    from .journal import AlignJournal
 
 # Full-size figure formats first; PMC's small GIF thumbnails come last.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif")
@@ -91,6 +84,11 @@ def align_article(article_dir: Path, images_out: Path, cfg: AlignConfig) -> Arti
     return result
 
 
+def article_of(pair: dict[str, Any]) -> str:
+    """The article version a pair came from: its ``pair_id`` is ``<article>_<fig_id>``."""
+    return pair["pair_id"][: -len(pair["fig_id"]) - 1]
+
+
 def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure, cfg: AlignConfig,
                   result: ArticleResult) -> dict[str, Any] | None:
     if not fig.href:
@@ -120,45 +118,3 @@ def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure,
     return {"pair_id": pair_id, "fig_id": fig.fig_id, "label": fig.label, "caption": fig.caption,
             "mentions": list(fig.mentions), "image": str(rel), "width": img.width, "height": img.height,
             "sha256": img.sha256, "phash": img.phash}
-
-
-def _align_one(raw_dir: Path, images_out: Path, cfg: AlignConfig, prefix: str) -> ArticleResult:
-    return align_article(raw_dir / prefix, images_out, cfg)
-
-
-def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignConfig, workers: int = 2,
-                 progress: bool = True, mapper: Mapper | None = None,
-                 journal: AlignJournal | None = None) -> tuple[list[dict], list[dict], int]:
-    """Align every article in ``prefixes``; returns (pairs, rejects, figures seen).
-
-    Per-article work runs through ``mapper`` (default: ``workers`` threads here); duplicates are
-    removed afterwards across the whole corpus. With a ``journal``, articles it holds unchanged
-    are not aligned again, each new result is recorded as it arrives (a killed run resumes from
-    there), and images are made in the journal and linked into ``out_dir``.
-    """
-    todo = [p for p in prefixes if journal is None or not journal.holds(p)]
-    if journal is not None and len(todo) < len(prefixes):
-        print(f"align: {len(prefixes) - len(todo):,} of {len(prefixes):,} article versions reused from "
-              f"{journal.dir}", flush=True)
-    work = partial(_align_one, raw_dir, journal.dir if journal else out_dir, cfg)
-    fresh: dict[str, ArticleResult] = {}
-    with journal or nullcontext():
-        for prefix, res in zip(todo, progress_map(mapper or thread_map(workers), work, todo, "align", "article",
-                                                  progress)):
-            if journal is not None:
-                journal.record(prefix, res)
-            else:
-                fresh[prefix] = res
-    pairs: list[dict] = []
-    rejects: list[dict] = []
-    figures = 0
-    for prefix in prefixes:
-        res = journal.result(prefix) if journal is not None else fresh[prefix]
-        pairs.extend(res.pairs)
-        rejects.extend(res.rejects)
-        figures += res.figures
-    kept, dup_rejects = deduplicate(pairs, cfg.near_duplicate_max_distance)
-    if journal is not None:
-        journal.compact()
-        journal.export_images(kept, out_dir)
-    return kept, rejects + dup_rejects, figures

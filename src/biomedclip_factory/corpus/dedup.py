@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from .align import article_of
+
 HASH_BITS = 64
 MAX_DISTANCE = HASH_BITS // 2 - 1  # beyond it "near" means unrelated (random hashes differ in ~32 bits)
 
@@ -65,7 +67,6 @@ def deduplicate(pairs: list[dict[str, Any]], near_max_distance: int | None) -> t
         if reason is None:
             kept.append(pair)
         else:
-            article = pair["pair_id"][: -len(pair["fig_id"]) - 1]  # pair_id is "<article>_<fig_id>"
-            rejects.append({"article": article, "fig_id": pair["fig_id"],
+            rejects.append({"article": article_of(pair), "fig_id": pair["fig_id"],
                             "reason": reason, "detail": first})
     return kept, rejects

@@ -19,9 +19,9 @@ import os
 import shutil
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Mapping
+from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 
-from ..io import append_log_row, read_append_log, sweep_partial_writes, write_jsonl_atomic
+from ..io import append_log_row, cut_partial_last_line, sweep_partial_writes
 from ..pmc import jats
 from . import align, images, split
 from .align import AlignConfig, ArticleResult
@@ -53,10 +53,18 @@ def article_digest(manifest_row: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest_row, sort_keys=True).encode()).hexdigest()
 
 
+class _Entry(NamedTuple):
+    digest: str
+    offset: int  # of its line in the journal file
+    images: tuple[str, ...]
+
+
 class AlignJournal:
     """The journal of ``cfg``'s settings under ``root``, for the article versions in ``digests``.
 
-    Use it as a context manager: entries are appended while it is open.
+    Only an index (digest, line offset, image names) stays in memory; an entry is read back from
+    disk when asked for, so a corpus of millions of articles is never held whole. Use it as a
+    context manager: entries are appended while it is open.
     """
 
     def __init__(self, root: Path, cfg: AlignConfig, digests: Mapping[str, str]):
@@ -69,62 +77,83 @@ class AlignJournal:
         sweep_partial_writes(self.dir / "images")  # an image a killed run was writing
         self._path = self.dir / JOURNAL
         self._digests = digests
+        self._index: dict[str, _Entry] = {}  # a re-aligned article: its last line wins
+        self._lines = 0
         try:
-            rows = read_append_log(self._path)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # damaged mid-file: only costs time
+            cut_partial_last_line(self._path)
+            with self._path.open("ab+") as fh:
+                fh.seek(0)
+                for offset, row in _rows_with_offsets(fh):
+                    self._index[row["prefix"]] = _entry(row, offset)
+                    self._lines += 1
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:  # damaged: only costs time
             print(f"align: {self._path} is damaged ({exc}); aligning every article again", flush=True)
             self._path.unlink()
-            rows = []
-        self._lines = len(rows)
-        self._entries = {row["prefix"]: row for row in rows}  # a re-aligned article: its last line wins
-        self._fh: IO[str] | None = None
+            self._index, self._lines = {}, 0
+        self._writer: IO[bytes] | None = None
+        self._reader: IO[bytes] | None = None
 
     def __enter__(self) -> AlignJournal:
-        self._fh = self._path.open("a")
+        self._writer = self._path.open("ab")
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        assert self._fh is not None
-        self._fh.close()
-        self._fh = None
+        self.close()
+
+    def close(self) -> None:
+        for fh in (self._writer, self._reader):
+            if fh is not None:
+                fh.close()
+        self._writer = self._reader = None
 
     def holds(self, prefix: str) -> bool:
         """Whether ``prefix`` was aligned from the same files it has now, and its images are still there."""
-        entry = self._entries.get(prefix)
-        return (entry is not None and entry["digest"] == self._digests[prefix]
-                and all((self.dir / pair["image"]).is_file() for pair in entry["pairs"]))
+        entry = self._index.get(prefix)
+        return (entry is not None and entry.digest == self._digests[prefix]
+                and all((self.dir / image).is_file() for image in entry.images))
 
     def result(self, prefix: str) -> ArticleResult:
-        entry = self._entries[prefix]
-        return ArticleResult(pairs=entry["pairs"], rejects=entry["rejects"], figures=entry["figures"])
+        if self._reader is None:
+            self._reader = self._path.open("rb")
+        self._reader.seek(self._index[prefix].offset)
+        row = json.loads(self._reader.readline())
+        return ArticleResult(pairs=row["pairs"], rejects=row["rejects"], figures=row["figures"])
 
     def record(self, prefix: str, result: ArticleResult) -> None:
-        if self._fh is None:
+        if self._writer is None:
             raise RuntimeError("AlignJournal.record outside its `with` block")
         row = {"prefix": prefix, "digest": self._digests[prefix], "figures": result.figures,
                "pairs": result.pairs, "rejects": result.rejects}
-        append_log_row(self._fh, row)
-        self._entries[prefix] = row
+        offset = self._writer.tell()
+        append_log_row(self._writer, row)
+        self._index[prefix] = _entry(row, offset)
         self._lines += 1
 
     def compact(self) -> int:
         """Drop entries of article versions no longer scraped (and their images) once they make up
         ``COMPACT_AT`` of the journal; returns how many lines went. Call it once the journal is closed."""
-        if self._fh is not None:
+        if self._writer is not None:
             raise RuntimeError("AlignJournal.compact inside its `with` block")
-        stale = [p for p in self._entries if p not in self._digests]
-        dropped = self._lines - len(self._entries) + len(stale)
+        stale = [p for p in self._index if p not in self._digests]
+        dropped = self._lines - len(self._index) + len(stale)
         if dropped <= COMPACT_AT * self._lines:
             return 0
         for prefix in stale:
-            for pair in self._entries.pop(prefix)["pairs"]:
-                (self.dir / pair["image"]).unlink(missing_ok=True)
-        write_jsonl_atomic(self._path, self._entries.values())
-        self._lines = len(self._entries)
+            for image in self._index.pop(prefix).images:
+                (self.dir / image).unlink(missing_ok=True)
+        compacted = self._path.with_name(f".{JOURNAL}.tmp")
+        with self._path.open("rb") as old, compacted.open("wb") as new:
+            for prefix, entry in self._index.items():
+                old.seek(entry.offset)
+                self._index[prefix] = entry._replace(offset=new.tell())
+                new.write(old.readline())
+        os.replace(compacted, self._path)
+        self._lines = len(self._index)
+        self.close()  # a reader of the old file would read the wrong lines
         return dropped
 
-    def export_images(self, pairs: list[dict[str, Any]], out_dir: Path) -> None:
+    def export_images(self, pairs: Iterable[Mapping[str, Any]], out_dir: Path) -> None:
         """Put the kept pairs' images under ``out_dir``: hard links, a copy where links cannot go."""
         for pair in pairs:
             target = out_dir / pair["image"]
@@ -133,3 +162,14 @@ class AlignJournal:
                 os.link(self.dir / pair["image"], target)
             except OSError:
                 shutil.copyfile(self.dir / pair["image"], target)
+
+
+def _entry(row: Mapping[str, Any], offset: int) -> _Entry:
+    return _Entry(row["digest"], offset, tuple(pair["image"] for pair in row["pairs"]))
+
+
+def _rows_with_offsets(fh: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    offset = fh.tell()
+    for line in fh:
+        yield offset, json.loads(line)
+        offset += len(line)
