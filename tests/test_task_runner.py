@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from functools import partial
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.params import Section
-from stages.task_runner import mapper_from_params
+from stages.task_runner import dask_map, mapper_from_params
 
 from .conftest import make_project, run_module
 
@@ -51,6 +53,21 @@ def test_process_mapper_keeps_order_and_runs_one_numeric_thread_per_worker():
     mapper = mapper_from_params(Section({"runner": "processes", "workers": 2}, "align"), "align")
     assert list(mapper(abs, [-3, 1, -2, 0, -5])) == [3, 1, 2, 0, 5]
     assert set(mapper(_threads_in_worker, range(4))) == {("1", 1)}
+
+
+def _mark(folder: Path, item: int) -> int:
+    (folder / str(item)).touch()
+    return item * 10
+
+
+@pytest.mark.slow
+def test_dask_mapper_yields_each_batch_as_it_finishes_in_order(prefect_api, tmp_path):
+    """A killed multi-hour Dask run keeps what finished: results arrive per batch, not at the end."""
+    results = dask_map("batches", None, 2, batch=3)(partial(_mark, tmp_path), list(range(8)))
+    first = [next(results) for _ in range(3)]
+    assert first == [0, 10, 20] and sorted(int(p.name) for p in tmp_path.iterdir()) == [0, 1, 2]
+    assert list(results) == [30, 40, 50, 60, 70]
+    assert len(list(tmp_path.iterdir())) == 8
 
 
 def test_a_bad_runner_is_a_params_error():
