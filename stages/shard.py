@@ -1,13 +1,16 @@
 """DVC stage: data/pairs → data/shards/<split>/<split>-%06d.tar + sizes.json per split."""
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from biomedclip_factory.errors import DataError
-from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.io import sweep_partial_writes, write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.tracking import stage_run
@@ -25,20 +28,32 @@ def main() -> None:
     table = PAIRS / "pairs.parquet"
     if not table.is_file():
         raise DataError(f"shard: {table} is missing (run the align stage)")
-    pairs = pd.read_parquet(table).to_dict("records")
-    with stage_run("shard", ROOT, p.raw()):
+    sweep_partial_writes(ROOT / "data", "shard")  # the table copy of a killed run
+    with stage_run("shard", ROOT, p.raw()), tempfile.TemporaryDirectory(dir=ROOT / "data", prefix=".shard.",
+                                                                        suffix=".tmp") as tmp:
         t0 = time.perf_counter()
-        manifest = {split: write_split([r for r in pairs if r["split"] == split], PAIRS, SHARDS, split,
-                                       shard_size, seed) for split in splits}
+        pairs = memory_mapped(table, Path(tmp) / "pairs.arrow")
+        manifest = {split: write_split(pairs, PAIRS, SHARDS, split, shard_size, seed) for split in splits}
         write_json_atomic(SHARDS / "manifest.json", manifest)
         seconds = time.perf_counter() - t0
         metrics = {f"{split}_samples": m["samples"] for split, m in manifest.items()}
         metrics.update(shards=sum(m["shards"] for m in manifest.values()),
                        bytes=sum(m["bytes"] for m in manifest.values()),
-                       samples_per_s=len(pairs) / max(seconds, 1e-9))
+                       samples_per_s=pairs.num_rows / max(seconds, 1e-9))
         write_json_atomic(ROOT / "metrics" / "shard.json", metrics)
         mlflow.log_metrics(metrics)
-    summary("shard", len(pairs), sum(m["samples"] for m in manifest.values()), 0, seconds, "samples")
+    summary("shard", pairs.num_rows, sum(m["samples"] for m in manifest.values()), 0, seconds, "samples")
+
+
+def memory_mapped(parquet: Path, arrow: Path) -> pa.Table:
+    """``parquet``'s rows as an Arrow table backed by a memory-mapped file: the corpus stays on disk
+    (the page cache holds what is being read), however many pairs it has. Copied one row group at a
+    time."""
+    with pq.ParquetFile(parquet) as source, pa.OSFile(str(arrow), "wb") as sink, \
+            pa.ipc.new_file(sink, source.schema_arrow) as writer:
+        for group in range(source.num_row_groups):
+            writer.write_table(source.read_row_group(group))
+    return pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
 
 
 if __name__ == "__main__":

@@ -156,3 +156,26 @@ def test_shards_stream_over_http(pairs, tmp_path):
     finally:
         server.shutdown()
     assert sorted(seen) == sorted(r["pair_id"] for r in rows)
+
+
+def test_stage_reads_the_table_memory_mapped_and_writes_the_same_shards(pairs, tmp_path):
+    """PMC-15M's table must not be loaded into memory: the stage maps it and takes each shard's rows."""
+    import gc
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stages.shard import memory_mapped
+
+    root, rows = pairs
+    rows = [{**r, "caption": r["caption"] * 20_000, "split": ("train", "test")[i % 2]} for i, r in enumerate(rows)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet", row_group_size=2)
+    before = pa.total_allocated_bytes()
+    table = memory_mapped(tmp_path / "pairs.parquet", tmp_path / "pairs.arrow")
+    gc.collect()  # what copying it row group by row group allocated is garbage by now
+    assert table.num_rows == 7 and table.nbytes > 500_000
+    assert pa.total_allocated_bytes() - before < table.nbytes / 10  # its buffers are the mapped file
+    for split in ("train", "test"):
+        mapped = write_split(table, root, tmp_path / "mapped", split, shard_size=2, seed=3)
+        listed = write_split(rows, root, tmp_path / "listed", split, shard_size=2, seed=3)
+        assert mapped == listed and mapped["samples"] == (4 if split == "train" else 3)

@@ -12,17 +12,16 @@ import json
 import random
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..io import write_bytes_atomic, write_json_atomic
 
 SAMPLE_FIELDS = ("pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "mentions", "width", "height",
                  "sha256", "phash", "license_code", "split")
-
-
-def _json_value(value: Any) -> Any:
-    """Parquet list columns come back as numpy arrays; JSON wants lists."""
-    return [str(v) for v in value] if hasattr(value, "tolist") and not isinstance(value, str) else value
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -49,15 +48,22 @@ def sample_key(pair_id: str) -> str:
     return pair_id.replace(".", "v", 1)
 
 
-def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, split: str,
+def write_split(pairs: pa.Table | Sequence[Mapping[str, Any]], pairs_dir: Path, out_dir: Path, split: str,
                 shard_size: int, seed: int) -> dict[str, Any]:
-    """Write one split's shards; returns its manifest entry (shards, samples, bytes, sha256).
+    """Write the shards of the rows of ``pairs`` in ``split``; returns its manifest entry (shards,
+    samples, bytes, sha256).
 
-    ``sha256`` covers every shard's name and bytes in order: what the split holds, for pretrain to
-    tell whether its checkpoints were trained on these very shards.
+    Only the split's pair ids are held in Python; each shard's rows are taken from ``pairs`` as it is
+    written, so a memory-mapped Arrow table of PMC-15M's pairs stays on disk. ``sha256`` covers every
+    shard's name and bytes in order: what the split holds, for pretrain to tell whether its
+    checkpoints were trained on these very shards.
     """
-    ordered = sorted(pairs, key=lambda p: p["pair_id"])
-    random.Random(f"{seed}:{split}").shuffle(ordered)
+    table = pairs if isinstance(pairs, pa.Table) else pa.Table.from_pylist(list(pairs))
+    rows = (pc.indices_nonzero(pc.equal(table["split"], split)).to_numpy() if table.num_rows
+            else np.array([], dtype=np.int64))
+    pair_ids = table["pair_id"].take(rows).to_pylist()
+    order = sorted(range(len(rows)), key=pair_ids.__getitem__)
+    random.Random(f"{seed}:{split}").shuffle(order)
     split_dir = out_dir / split
     split_dir.mkdir(parents=True, exist_ok=True)
     for stale in split_dir.glob(f"{split}-*.tar"):
@@ -65,11 +71,11 @@ def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, spl
     sizes: dict[str, int] = {}
     total_bytes = 0
     digest = hashlib.sha256()
-    for index in range(0, len(ordered), shard_size):
-        chunk = ordered[index:index + shard_size]
+    for index in range(0, len(order), shard_size):
+        chunk = table.take(rows[order[index:index + shard_size]]).to_pylist()
         name = f"{split}-{index // shard_size:06d}.tar"
         data = _tar_bytes(
-            (sample_key(p["pair_id"]), {k: _json_value(p.get(k)) for k in SAMPLE_FIELDS}, (pairs_dir / p["image"]).read_bytes())
+            (sample_key(p["pair_id"]), {k: p.get(k) for k in SAMPLE_FIELDS}, (pairs_dir / p["image"]).read_bytes())
             for p in chunk
         )
         write_bytes_atomic(split_dir / name, data)
@@ -77,4 +83,4 @@ def write_split(pairs: list[dict[str, Any]], pairs_dir: Path, out_dir: Path, spl
         sizes[name] = len(chunk)
         total_bytes += len(data)
     write_json_atomic(split_dir / "sizes.json", sizes)
-    return {"shards": len(sizes), "samples": len(ordered), "bytes": total_bytes, "sha256": digest.hexdigest()}
+    return {"shards": len(sizes), "samples": len(order), "bytes": total_bytes, "sha256": digest.hexdigest()}
