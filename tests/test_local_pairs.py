@@ -40,7 +40,7 @@ def test_pairs_become_articles_grouped_by_a_field(tmp_path):
     source = LocalPairsSource(pairs_file(tmp_path / "data", missing=True), "CC BY", group_by="case")
     result = scrape(source, tmp_path / "raw", SelectionPolicy.named("commercial"), progress=False)
     rows = {r["group"]: r for r in result.rows}
-    assert rows["A"]["status"] == "ok" and len(rows["A"]["files"]) == 3
+    assert rows["A"]["status"] == "ok" and len(rows["A"]["files"]) == 4  # 3 images and the JATS of their captions
     assert rows["B"]["status"] == "failed" and "img/none.png" in rows["B"]["error"] and "pairs.jsonl:5" in rows["B"]["error"]
     excluded = scrape(source, tmp_path / "raw2", SelectionPolicy.named(["CC0"]), progress=False)
     assert {r["status"] for r in excluded.rows} == {"skipped:licence_excluded:CC BY"}
@@ -64,3 +64,11 @@ def test_the_stages_turn_a_pairs_file_into_pairs(tmp_path):
     assert sorted(pairs["caption"]) == sorted(CAPTIONS)  # markup-like characters survive the JATS round trip
     assert set(pairs["license_code"]) == {"CC BY"} and set(pairs["split"]) <= {"train", "test"}
     assert all((project / "data/pairs" / image).is_file() for image in pairs["image"])
+    edited = data.read_text().replace("multiple shadowing stones", "a single large stone")
+    data.write_text(edited)  # the user fixes a caption: align's journal must not hand back the old one
+    run_module(project, "stages.scrape")
+    run_module(project, "stages.align")
+    pairs = pd.read_parquet(project / "data/pairs/pairs.parquet")
+    assert sorted(pairs["caption"]) == sorted(c.replace("multiple shadowing stones", "a single large stone")
+                                              for c in CAPTIONS)
+    assert json.loads((project / "metrics/align.json").read_text())["articles_reused"] == len(CAPTIONS) - 1

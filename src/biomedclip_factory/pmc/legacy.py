@@ -10,6 +10,7 @@ version unknown": the file list gives no version number. Rows carry the list's L
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -163,7 +164,8 @@ def _lay_out(blob: bytes, entry: LegacyEntry, target: Path) -> list[dict[str, An
         raise ArticleError(f"{entry.key}: expected one article XML (.nxml), found {len(xmls)}: {xmls}")
     (target / xmls[0]).rename(target / f"{entry.prefix}.xml")
     names = sorted(f"{entry.prefix}.xml" if w == xmls[0] else w for w in written)
-    files = [{"name": n, "bytes": (target / n).stat().st_size} for n in names]
+    files = [{"name": n, "md5": hashlib.md5(data).hexdigest(), "bytes": len(data)}
+             for n, data in ((n, (target / n).read_bytes()) for n in names)]
     meta = {"pmcid": entry.pmcid, "version": LEGACY_VERSION, "pmid": entry.pmid, "license_code": entry.license_code,
             "is_pmc_openaccess": True, "is_retracted": False, "is_historical_ocr": False,
             "legacy_package": entry.key, "legacy_last_updated": entry.last_updated, "files": files}

@@ -51,6 +51,10 @@ def read_pairs(path: Path, group_by: str | None) -> list[PairGroup]:
             for k, rows in sorted(groups.items())]
 
 
+def _file_row(name: str, data: bytes) -> dict[str, Any]:
+    return {"name": name, "md5": hashlib.md5(data).hexdigest(), "bytes": len(data)}
+
+
 def _jats(group: PairGroup, names: list[str]) -> bytes:
     figs = "".join(
         f'<fig id="p{row["_line"]}"><caption><p>{escape(row["caption"])}</p></caption>'
@@ -92,10 +96,12 @@ class LocalPairsSource:
                 write_bytes_atomic(target / name, data)
                 names.append(name)
                 copied += len(data)
-                row["files"].append({"name": name, "md5": hashlib.md5(data).hexdigest(), "bytes": len(data)})
+                row["files"].append(_file_row(name, data))
         except ArticleError as exc:
             return {**row, "status": "failed", "error": str(exc)}, copied
-        write_bytes_atomic(target / f"{item.prefix}.xml", _jats(item, names))
+        xml = _jats(item, names)
+        write_bytes_atomic(target / f"{item.prefix}.xml", xml)
+        row["files"].append(_file_row(f"{item.prefix}.xml", xml))  # the captions: an edit changes the row
         write_bytes_atomic(target / f"{item.prefix}.json", json.dumps(
             {"pmcid": row["pmcid"], "version": 1, "license_code": self.licence, "is_pmc_openaccess": True,
              "source": str(self.path), "group": item.key}, sort_keys=True).encode())
