@@ -129,7 +129,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "scrape", "baseline": "sequential, one request at a time",
                       "articles": args.articles, "latency_s": args.latency, "workers": args.workers,
                       "baseline_s": round(baseline_s, 2), "ours_s": round(ours_s, 2),
-                      "speedup": round(baseline_s / ours_s, 1), "target": 20,
+                      "ratio": round(baseline_s / ours_s, 1), "target": 20,
                       "requests": requests_made, "mean_rate_per_s": round(requests_made / ours_s, 1),
                       "busiest_second": peak, "rate_limit": args.rate_limit,
                       "within_limit": peak <= args.rate_limit + 1}))
