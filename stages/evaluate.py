@@ -43,8 +43,12 @@ def zeroshot_tasks(p: Section) -> list[ZeroShotTask]:
     return tasks
 
 
+EXAMPLES = 8  # images in the retrieval plot, each with its top text
+
+
 def split_retrieval(encoder: Encoder, split: str, batch_size: int) -> tuple[dict, list[dict], torch.Tensor]:
-    """Metrics, the samples' metadata and the image×text similarity of one split."""
+    """Metrics, the samples' metadata and the similarity of the first ``EXAMPLES`` images to every text
+    (all the retrieval plot shows; the whole matrix would not fit at PMC scale)."""
     collate = CaptionCollator(encoder.tokenizer, encoder.context_length)
     images, texts, meta = [], [], []
     for batch_images, tokens, batch_meta in eval_batches(SHARDS, split, encoder.preprocess, collate, batch_size):
@@ -55,7 +59,7 @@ def split_retrieval(encoder: Encoder, split: str, batch_size: int) -> tuple[dict
     if not images:
         return {"gallery_size": 0}, [], torch.empty(0)
     image_emb, text_emb = torch.cat(images), torch.cat(texts)
-    return retrieval_metrics(image_emb, text_emb), meta, image_emb @ text_emb.T
+    return retrieval_metrics(image_emb, text_emb), meta, image_emb[:EXAMPLES] @ text_emb.T
 
 
 def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask], batch_size: int,
@@ -82,7 +86,7 @@ def write_plots(ours: dict, kept: dict, split: str) -> None:
     if meta:
         top1 = sim.argmax(dim=1).tolist()
         examples = [(PAIR_IMAGES / f"{m['pair_id']}.jpg", m["caption"], meta[j]["caption"])
-                    for m, j in list(zip(meta, top1))[:8]]
+                    for m, j in zip(meta, top1)]
         PLOTS.mkdir(exist_ok=True)
         examples_grid(examples).save(PLOTS / "retrieval_examples.png")
 

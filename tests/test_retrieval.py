@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biomedclip_factory.evaluate.retrieval import ranks_of_truth, recall_at_k, retrieval_metrics
+from biomedclip_factory.evaluate.retrieval import ranks_in_blocks, ranks_of_truth, recall_at_k, retrieval_metrics
 from biomedclip_factory.evaluate.zeroshot import classification_metrics
 
 
@@ -28,6 +28,18 @@ def test_retrieval_reports_both_directions_gallery_and_chance():
     assert m["image_to_text"] == {"R@1": pytest.approx(1 / 3), "R@2": 1.0}
     # columns: t0 [3,1,0] first; t1 [0,1,2] second; t2 [1,0,2] first
     assert m["text_to_image"] == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+
+
+def test_block_ranks_equal_the_whole_matrix_ties_included():
+    torch.manual_seed(0)
+    images, texts = torch.randn(23, 8), torch.randn(23, 8)
+    texts[5] = texts[6] = texts[7]  # exact ties across block edges
+    images[:4] = images[4]
+    for block in (1, 4, 5, 23, 64):
+        assert torch.equal(ranks_in_blocks(images, texts, block), ranks_of_truth(images @ texts.T))
+        assert torch.equal(ranks_in_blocks(texts, images, block), ranks_of_truth(texts @ images.T))
+    tied = torch.ones(9, 4)
+    assert retrieval_metrics(tied, tied, ks=(1, 9), block=4)["image_to_text"] == {"R@1": 0.0, "R@9": 1.0}
 
 
 def test_classification_metrics_balanced_and_chance():
