@@ -1,9 +1,9 @@
 """The whole corpus from its articles: align what the journal lacks, dedup, stream the result.
 
-At PMC scale (15 M pairs, ~4 KB each as Python dicts on the sample) the corpus does not fit in memory whole.
-Results therefore stay in the align journal on disk: dedup reads only each pair's id and hashes,
-and pairs and rejects are streamed back from the journal in a fixed order (pair id), so a
-resumed, incremental or cold run writes the same table.
+At PMC scale (15 M pairs, ~4 KB each as Python dicts on the sample) the corpus does not fit in
+memory whole. Results therefore stay in the align journal on disk: dedup uses only each pair's
+id and hashes, held in the journal's index, and pairs and rejects are streamed back from the
+journal in a fixed order (pair id), so a resumed, incremental or cold run writes the same table.
 """
 from __future__ import annotations
 
@@ -66,13 +66,13 @@ def align_articles(raw_dir: Path, prefixes: list[str], cfg: AlignConfig, journal
                                                      progress)):
             journal.record(prefix, result)
     journal.compact()
-    hashes, figures, reasons = [], 0, Counter[str]()
-    for prefix in prefixes:
-        result = journal.result(prefix)
-        figures += result.figures
-        reasons.update(r["reason"] for r in result.rejects)
-        hashes += [{k: pair[k] for k in ("pair_id", "fig_id", "sha256", "phash")} for pair in result.pairs]
-    _, duplicate_rejects = deduplicate(hashes, cfg.near_duplicate_max_distance)
+    keys, figures, reasons = [], 0, Counter[str]()
+    for prefix in prefixes:  # from the journal's index: no entry is read back for this
+        article_figures, pair_keys, reject_reasons = journal.summary(prefix)
+        figures += article_figures
+        reasons.update(reject_reasons)
+        keys += [key._asdict() for key in pair_keys]
+    _, duplicate_rejects = deduplicate(keys, cfg.near_duplicate_max_distance)
     reasons.update(r["reason"] for r in duplicate_rejects)
     duplicates = {f"{r['article']}_{r['fig_id']}": r for r in duplicate_rejects}  # the pair id's own form
     return AlignedCorpus(journal, list(prefixes), duplicates, figures, reasons, len(prefixes) - len(todo))

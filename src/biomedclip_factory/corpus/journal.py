@@ -53,18 +53,31 @@ def article_digest(manifest_row: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest_row, sort_keys=True).encode()).hexdigest()
 
 
+class PairKey(NamedTuple):
+    """What corpus-wide dedup needs of a pair, kept in memory for the whole corpus (~0.5 KB)."""
+    pair_id: str
+    fig_id: str
+    sha256: str
+    phash: str
+    image: str
+
+
 class _Entry(NamedTuple):
     digest: str
     offset: int  # of its line in the journal file
-    images: tuple[str, ...]
+    figures: int
+    pairs: tuple[PairKey, ...]
+    reject_reasons: tuple[str, ...]
 
 
 class AlignJournal:
     """The journal of ``cfg``'s settings under ``root``, for the article versions in ``digests``.
 
-    Only an index (digest, line offset, image names) stays in memory; an entry is read back from
-    disk when asked for, so a corpus of millions of articles is never held whole. Use it as a
-    context manager: entries are appended while it is open.
+    Only an index stays in memory — per article its digest, line offset, figure count, reject
+    reasons and each pair's ``PairKey`` (what dedup needs, parsed once while the journal is read
+    or written) — and a whole entry is read back from disk when asked for, so a corpus of
+    millions of articles is never held whole. Use it as a context manager: entries are appended
+    while it is open.
     """
 
     def __init__(self, root: Path, cfg: AlignConfig, digests: Mapping[str, str]):
@@ -111,7 +124,12 @@ class AlignJournal:
         """Whether ``prefix`` was aligned from the same files it has now, and its images are still there."""
         entry = self._index.get(prefix)
         return (entry is not None and entry.digest == self._digests[prefix]
-                and all((self.dir / image).is_file() for image in entry.images))
+                and all((self.dir / pair.image).is_file() for pair in entry.pairs))
+
+    def summary(self, prefix: str) -> tuple[int, tuple[PairKey, ...], tuple[str, ...]]:
+        """(figures, pair keys, reject reasons) of ``prefix``'s entry, from memory."""
+        entry = self._index[prefix]
+        return entry.figures, entry.pairs, entry.reject_reasons
 
     def result(self, prefix: str) -> ArticleResult:
         if self._reader is None:
@@ -140,8 +158,8 @@ class AlignJournal:
         if dropped <= COMPACT_AT * self._lines:
             return 0
         for prefix in stale:
-            for image in self._index.pop(prefix).images:
-                (self.dir / image).unlink(missing_ok=True)
+            for pair in self._index.pop(prefix).pairs:
+                (self.dir / pair.image).unlink(missing_ok=True)
         compacted = self._path.with_name(f".{JOURNAL}.tmp")
         with self._path.open("rb") as old, compacted.open("wb") as new:
             for prefix, entry in self._index.items():
@@ -165,7 +183,8 @@ class AlignJournal:
 
 
 def _entry(row: Mapping[str, Any], offset: int) -> _Entry:
-    return _Entry(row["digest"], offset, tuple(pair["image"] for pair in row["pairs"]))
+    return _Entry(row["digest"], offset, row["figures"], tuple(PairKey(*(p[k] for k in PairKey._fields)) for p in row["pairs"]),
+                  tuple(r["reason"] for r in row["rejects"]))
 
 
 def _rows_with_offsets(fh: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
