@@ -126,7 +126,7 @@ def main() -> None:
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
 
     def log(step: int, values: dict[str, float]) -> None:
-        with LOSS_LOG.open("a") as f:
+        with LOSS_LOG.open("ab") as f:
             append_log_row(f, {"step": step, "loss": values["loss"]})
         mlflow.log_metrics(values, step=step)
         print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)

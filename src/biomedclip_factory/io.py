@@ -58,7 +58,12 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Streamed: ``rows`` may be a generator over more rows than fit in memory."""
     with atomic_writer(path) as fh:
         for row in rows:
-            fh.write((json.dumps(row, sort_keys=True) + "\n").encode())
+            fh.write(jsonl_line(row))
+
+
+def jsonl_line(row: dict[str, Any]) -> bytes:
+    """One JSONL row as every writer here writes it: sorted keys, one line."""
+    return (json.dumps(row, sort_keys=True) + "\n").encode()
 
 
 def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -111,8 +116,7 @@ def read_append_log(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
-def append_log_row(fh: IO[Any], row: dict[str, Any]) -> None:
-    """One row of an append log (text or binary handle), flushed: a kill -9 after this returns cannot lose it."""
-    line = json.dumps(row, sort_keys=True) + "\n"
-    fh.write(line.encode() if "b" in fh.mode else line)
+def append_log_row(fh: IO[bytes], row: dict[str, Any]) -> None:
+    """One row of an append log (a binary handle), flushed: a kill -9 after this returns cannot lose it."""
+    fh.write(jsonl_line(row))
     fh.flush()
