@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from biomedclip_factory.corpus.align import resolve_image  # noqa: E402
-from biomedclip_factory.corpus.images import normalise_image  # noqa: E402
+from biomedclip_factory.corpus.images import decode, normalise_image  # noqa: E402
 from biomedclip_factory.errors import ArticleError  # noqa: E402
 from biomedclip_factory.parallel import process_map, thread_map  # noqa: E402
 from biomedclip_factory.pmc.jats import parse_article  # noqa: E402
@@ -112,11 +112,7 @@ def decode_floor(images: dict[Path, list[Path]], max_side: int, path: Path) -> i
     ceiling of the whole-path ratio on these files."""
     etree.fromstring(path.read_bytes(), etree.XMLParser(recover=True, resolve_entities=False, no_network=True))
     for image in images[path]:
-        img = Image.open(io.BytesIO(image.read_bytes()))
-        if img.format == "JPEG" and max(img.size) > max_side:
-            scale = max_side / max(img.size)
-            img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-        img.load()
+        decode(image.read_bytes(), max_side)
     return len(images[path])
 
 

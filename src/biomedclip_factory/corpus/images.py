@@ -50,19 +50,25 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
     return Image.fromarray(small[0].permute(1, 2, 0).contiguous().numpy())
 
 
+def decode(data: bytes, max_side: int) -> Image.Image:
+    """The image in ``data``, JPEGs decoded at the smallest libjpeg scale that still covers ``max_side``."""
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG" and max(img.size) > max_side:
+        # Ask libjpeg for the target size itself (longer side = max_side), so it can decode at
+        # 1/2..1/8 scale whenever that still covers it; (max_side, max_side) would block any
+        # reduction for wide or tall figures.
+        scale = max_side / max(img.size)
+        img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+    img.load()
+    return img
+
+
 def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> NormalisedImage:
     """Decode ``data``, convert to RGB, shrink so the longer side is ≤ ``max_side``, re-encode."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format == "JPEG" and max(img.size) > max_side:
-                # Ask libjpeg for the target size itself (longer side = max_side), so it can decode at
-                # 1/2..1/8 scale whenever that still covers it; (max_side, max_side) would block any
-                # reduction for wide or tall figures.
-                scale = max_side / max(img.size)
-                img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-            img.load()
+            img = decode(data, max_side)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ArticleError(f"{where}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
