@@ -10,7 +10,6 @@ version unknown": the file list gives no version number. Rows carry the list's L
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
@@ -21,7 +20,7 @@ from typing import Any, Iterator
 from ..errors import ArticleError, SourceError
 from ..io import write_bytes_atomic
 from .bucket import Bucket
-from .metadata import ArticleMeta, RemoteFile, SelectionPolicy
+from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row
 from .package import extract_package
 
 LEGACY_VERSION = 0
@@ -164,8 +163,7 @@ def _lay_out(blob: bytes, entry: LegacyEntry, target: Path) -> list[dict[str, An
         raise ArticleError(f"{entry.key}: expected one article XML (.nxml), found {len(xmls)}: {xmls}")
     (target / xmls[0]).rename(target / f"{entry.prefix}.xml")
     names = sorted(f"{entry.prefix}.xml" if w == xmls[0] else w for w in written)
-    files = [{"name": n, "md5": hashlib.md5(data).hexdigest(), "bytes": len(data)}
-             for n, data in ((n, (target / n).read_bytes()) for n in names)]
+    files = [file_row(n, (target / n).read_bytes()) for n in names]
     meta = {"pmcid": entry.pmcid, "version": LEGACY_VERSION, "pmid": entry.pmid, "license_code": entry.license_code,
             "is_pmc_openaccess": True, "is_retracted": False, "is_historical_ocr": False,
             "legacy_package": entry.key, "legacy_last_updated": entry.last_updated, "files": files}

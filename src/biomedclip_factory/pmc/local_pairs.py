@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import ArticleError, SourceError
 from ..io import write_bytes_atomic
-from .metadata import ArticleMeta, RemoteFile, SelectionPolicy
+from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -49,10 +49,6 @@ def read_pairs(path: Path, group_by: str | None) -> list[PairGroup]:
         groups.setdefault(key, []).append({**row, "_line": lineno})
     return [PairGroup(f"LOCAL{int(hashlib.sha256(k.encode()).hexdigest()[:12], 16)}.1", k, tuple(rows))
             for k, rows in sorted(groups.items())]
-
-
-def _file_row(name: str, data: bytes) -> dict[str, Any]:
-    return {"name": name, "md5": hashlib.md5(data).hexdigest(), "bytes": len(data)}
 
 
 def _jats(group: PairGroup, names: list[str]) -> bytes:
@@ -96,12 +92,12 @@ class LocalPairsSource:
                 write_bytes_atomic(target / name, data)
                 names.append(name)
                 copied += len(data)
-                row["files"].append(_file_row(name, data))
+                row["files"].append(file_row(name, data))
         except ArticleError as exc:
             return {**row, "status": "failed", "error": str(exc)}, copied
         xml = _jats(item, names)
         write_bytes_atomic(target / f"{item.prefix}.xml", xml)
-        row["files"].append(_file_row(f"{item.prefix}.xml", xml))  # the captions: an edit changes the row
+        row["files"].append(file_row(f"{item.prefix}.xml", xml))  # the captions: an edit changes the row
         write_bytes_atomic(target / f"{item.prefix}.json", json.dumps(
             {"pmcid": row["pmcid"], "version": 1, "license_code": self.licence, "is_pmc_openaccess": True,
              "source": str(self.path), "group": item.key}, sort_keys=True).encode())

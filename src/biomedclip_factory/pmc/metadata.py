@@ -1,6 +1,7 @@
 """Article-version metadata JSON from the PMC Cloud bucket, and the licence/selection policy."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,6 +40,12 @@ class ArticleMeta:
     @property
     def prefix(self) -> str:
         return f"{self.pmcid}.{self.version}"
+
+
+def file_row(name: str, data: bytes) -> dict[str, Any]:
+    """A manifest row's entry for one file of an article version (DESIGN: name, md5, bytes): what
+    the next stages key their reuse on, so every source writes it the same way."""
+    return {"name": name, "md5": hashlib.md5(data).hexdigest(), "bytes": len(data)}
 
 
 def parse_s3_url(url: str, where: str) -> RemoteFile:

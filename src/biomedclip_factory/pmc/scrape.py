@@ -18,7 +18,7 @@ from ..errors import ArticleError, SourceError
 from ..io import sweep_partial_writes, write_bytes_atomic
 from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
-from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, parse_metadata
+from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row, parse_metadata
 from .versions import item_prefix, newest_versions, prune
 
 
@@ -48,11 +48,11 @@ def _fetch_file(bucket: Bucket, remote: RemoteFile, dest: Path) -> tuple[dict[st
     if remote.md5 and _md5_of(dest) == remote.md5:
         return {"name": remote.name, "md5": remote.md5, "bytes": dest.stat().st_size}, 0
     data = bucket.read(remote.key)
-    actual = hashlib.md5(data).hexdigest()
-    if remote.md5 and actual != remote.md5:
-        raise ArticleError(f"{remote.key}: md5 mismatch (expected {remote.md5}, got {actual})")
+    row = file_row(remote.name, data)
+    if remote.md5 and row["md5"] != remote.md5:
+        raise ArticleError(f"{remote.key}: md5 mismatch (expected {remote.md5}, got {row['md5']})")
     write_bytes_atomic(dest, data)
-    return {"name": remote.name, "md5": actual, "bytes": len(data)}, len(data)
+    return row, len(data)
 
 
 def scrape_article(bucket: Bucket, prefix: str, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
