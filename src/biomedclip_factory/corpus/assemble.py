@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -84,9 +85,9 @@ def align_corpus(raw_dir: Path, prefixes: list[str], out_dir: Path, cfg: AlignCo
     """Align every article in ``prefixes`` into lists (pairs, rejects, figures seen), the kept
     pairs' images under ``out_dir`` — for corpora that fit in memory; the align stage streams
     ``align_articles`` instead. Without a ``journal`` a throw-away one is used."""
-    with tempfile.TemporaryDirectory(dir=out_dir.parent if out_dir.parent.is_dir() else None) as tmp:
-        if journal is None:
-            journal = AlignJournal(Path(tmp), cfg, {p: "" for p in prefixes})
+    parent = out_dir.parent if out_dir.parent.is_dir() else None  # same filesystem: images hard-link
+    with tempfile.TemporaryDirectory(dir=parent) if journal is None else nullcontext() as tmp:
+        journal = journal or AlignJournal(Path(tmp), cfg, {p: "" for p in prefixes})
         corpus = align_articles(raw_dir, prefixes, cfg, journal, mapper or thread_map(workers), progress)
         pairs = list(corpus.pairs())
         journal.export_images(pairs, out_dir)
