@@ -1,0 +1,157 @@
+"""dvc.yaml cannot go stale: each stage's deps cover the project code it runs, its params the keys that matter.
+
+A stage whose imported module is missing from its deps keeps an old result after that module is
+edited (``dvc status``: nothing to do); a stage that depends on a whole params section reruns
+hours of training when only its logging period changes. Both are computed here, not remembered.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = {"biomedclip_factory": REPO / "src", "stages": REPO}
+
+# Inputs a stage uses that no import shows: register packages the whole library into the
+# registered model (``code_paths``), so an edit anywhere in it must make a new version.
+PACKAGED = {"register": ["src/biomedclip_factory"]}
+
+# Keys of a stage's own params section that change how fast or how visibly it runs, never what it
+# produces: listing them would rerun the stage (hours of pretraining) for nothing.
+OPERATIONAL = {
+    "scrape": {"workers", "runner", "timeout_s", "retries", "rate_limit"},
+    "align": {"workers", "runner"},
+    "pretrain": {"log_every", "prefetch_factor", "grad_checkpointing", "offload_optimizer", "zero_stage"},
+    "evaluate": {"batch_size"},
+}
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a project module (``None`` for third-party and standard-library modules)."""
+    top = module.split(".")[0]
+    if top not in PROJECT_PACKAGES:
+        return None
+    base = PROJECT_PACKAGES[top].joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Modules named by every import in ``path`` (function-local ones too), relative ones resolved."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # ``from pkg import submodule``
+    return names
+
+
+def is_inert(path: Path) -> bool:
+    """A file of docstrings and constant assignments only: nothing in it can change a result."""
+    return all(isinstance(node, (ast.Expr, ast.Assign)) and isinstance(node.value, ast.Constant)
+               for node in ast.parse(path.read_text()).body)
+
+
+def project_files(entry: str) -> set[Path]:
+    """Every project source file that importing ``entry`` may execute, parent packages' ``__init__`` too
+    unless inert (a docstring and ``__version__``: a version bump need not retrain)."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        module = todo.pop()
+        for i in range(1, module.count(".") + 2):  # importing a.b.c runs a, a.b, a.b.c
+            prefix = ".".join(module.split(".")[:i])
+            path = module_file(prefix)
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(_imports(path, prefix))
+    return {p for p in seen if not (p.name == "__init__.py" and is_inert(p))}
+
+
+def uncovered(stage: str, spec: dict) -> list[str]:
+    """Files ``stage`` runs or packages that none of its deps (a file, or a folder above it) covers."""
+    deps = [REPO / d for d in spec["deps"]]
+    needed = {p.relative_to(REPO).as_posix() for p in project_files(f"stages.{stage}")} | set(PACKAGED.get(stage, []))
+    return sorted(f for f in needed if not any((REPO / f) == d or d in (REPO / f).parents for d in deps))
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+STAGES = sorted(dvc_stages())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_deps_cover_every_module_the_stage_imports(stage: str) -> None:
+    assert uncovered(stage, dvc_stages()[stage]) == [], f"add these to dvc.yaml's {stage} deps"
+
+
+def test_a_removed_dep_is_caught() -> None:
+    spec = dvc_stages()["pretrain"]
+    spec["deps"] = [d for d in spec["deps"] if d != "src/biomedclip_factory/io.py"]
+    assert "src/biomedclip_factory/io.py" in uncovered("pretrain", spec)
+    register = dvc_stages()["register"]
+    register["deps"] = [d for d in register["deps"] if d != "src/biomedclip_factory"]
+    assert "src/biomedclip_factory" in uncovered("register", register)
+
+
+def test_import_walk_follows_relative_and_lazy_imports() -> None:
+    files = {p.relative_to(REPO).as_posix() for p in project_files("stages.pretrain")}
+    assert {"stages/common.py", "src/biomedclip_factory/io.py", "src/biomedclip_factory/train/loop.py",
+            "src/biomedclip_factory/shards/loader.py"} <= files
+    assert not any("pmc/" in f for f in files)  # pretrain never runs the scraper: it must not rerun on its edits
+
+
+def test_package_inits_are_inert_or_listed() -> None:
+    """An ``__init__`` that gained code is no longer skipped: the deps test then asks for it."""
+    inert = REPO / "src/biomedclip_factory/__init__.py"
+    assert is_inert(inert) and inert not in project_files("stages.pretrain")
+    assert not is_inert(REPO / "stages/common.py")
+
+
+def _sections_loaded(stage: str) -> set[str]:
+    tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_params_listed_key_by_key(stage: str) -> None:
+    """Own section: every key that changes results listed (alone), no operational key listed.
+    Another section read: the keys read listed (so some key of it must appear)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    listed = [p for p in dvc_stages()[stage].get("params", []) if isinstance(p, str)]
+    assert stage not in listed, f"{stage}: list its params key by key, not the whole section"
+    keys = {p.split(".")[1] for p in listed if p.startswith(f"{stage}.")}
+    operational = OPERATIONAL.get(stage, set())
+    assert keys & operational == set(), f"{stage}: operational keys listed as deps"
+    assert set(params[stage]) - operational - keys == set(), f"{stage}: result keys missing from dvc.yaml params"
+    for section in _sections_loaded(stage) - {stage}:
+        assert any(p == section or p.startswith(f"{section}.") for p in listed), f"{stage} reads '{section}'"
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", *sorted(p.relative_to(REPO).as_posix()
+                                                              for p in (REPO / "params").glob("*.yaml"))])
+def test_every_profile_has_every_listed_param(profile: str) -> None:
+    """DVC refuses to run a stage whose listed param is missing: a profile copied over params.yaml
+    must hold every key dvc.yaml names, defaults included."""
+    params = yaml.safe_load((REPO / profile).read_text())
+    for stage, spec in dvc_stages().items():
+        for path in spec.get("params", []):
+            node = params
+            for part in path.split("."):
+                assert isinstance(node, dict) and part in node, f"{profile} lacks '{path}' ({stage} lists it)"
+                node = node[part]
