@@ -72,7 +72,7 @@ def held_out_tasks(pairs: Path, dest: Path) -> dict:
     return tasks
 
 
-def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int) -> dict:
+def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, vision: str) -> dict:
     """The embedded default, pointed at MedPix and sized to learn on 2 CPU cores in minutes."""
     params = json.loads(json.dumps(base))
     params["scrape"].update(source=str(medpix / "pairs.jsonl"), layout="pairs", pairs_group_by="case",
@@ -80,6 +80,7 @@ def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int) -> di
     params["align"]["split"]["ratios"] = RATIOS
     params["shard"]["shard_size"] = 256
     params["model"].update(embed_dim=128)
+    params["model"]["vision"]["timm_model_name"] = vision
     params["model"]["text"].update(context_length=64, layers=4, width=256, heads=4)
     params["pretrain"].update(steps=steps, micro_batch_size=64, lr=1e-3, warmup_steps=max(1, steps // 10),
                               log_every=50, checkpoint_every=0, num_workers=1)
@@ -128,6 +129,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--towers", nargs="+", choices=list(TOWERS), default=list(TOWERS))
     ap.add_argument("--medpix", type=Path, default=MEDPIX)
+    ap.add_argument("--vision", default="test_vit", help="timm image tower (its default input size is used)")
     args = ap.parse_args()
     if not (args.medpix / "pairs.jsonl").is_file():
         sys.exit(f"learning: no MedPix pairs at {args.medpix} (pass --medpix DIR)")
@@ -140,7 +142,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
         zeroshot = held_out_tasks(args.medpix / "pairs.jsonl", project / "sample" / "labelled")
         params = benchmark_params(yaml.safe_load((ROOT / "params.yaml").read_text()), args.medpix, zeroshot,
-                                  args.steps)
+                                  args.steps, args.vision)
         for tower in args.towers:
             rows.append(run_dag(project, params, tower))
             print(json.dumps(rows[-1]), flush=True)
@@ -152,7 +154,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "learning", "baseline": "chance (held-out R@10 = 10 / gallery size)",
                       "ratio": round(r10_over_chance(best), 2), "target": 2.0, "best_tower": best["tower"],
                       "measure": "held-out mean R@10 (image→text, text→image) over chance", "steps": args.steps,
-                      "runs": rows}))
+                      "vision": args.vision, "runs": rows}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ FlopCounterMode, measures the matmul peak of the device in the same run (bf16 on
 a CPU) and reports pairs/s and MFU; on an H200 with ``--profile params/biomedclip.yaml`` the goal
 is ≥ 45% MFU, ≈ 1,500 pairs/s.
 
+With ``--accumulation K`` a step is K micro-batches of ``--batch`` contrasted as one batch: the
+baseline then runs open_clip's ``--accum-freq`` (cached features, one recompute per micro-batch),
+and ours is also timed at accumulation 1 on the same micro-batches, to report what the recompute
+costs per pair (``recompute_cost``: extra time per pair over not accumulating).
+
     .venv/bin/python benchmarks/train.py [--profile params.yaml] [--steps 10] [--rounds 3] [--batch 32]
+                                         [--accumulation 1]
 """
 from __future__ import annotations
 
@@ -30,13 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from biomedclip_factory.model.build import create_model, init_model_dir  # noqa: E402
+from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir  # noqa: E402
 from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, build_engine,  # noqa: E402
                                            contrastive_loss, init_distributed, train_step)
-from biomedclip_factory.train.ds_config import effective_zero_stage  # noqa: E402
-from stages.pretrain import model_spec, train_config  # noqa: E402
+from biomedclip_factory.train.ds_config import TrainConfig, effective_zero_stage  # noqa: E402
 
 CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
             "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm."]
@@ -48,8 +53,8 @@ def batches(n: int, batch: int, image_size: int, vocab: int, context: int) -> li
              torch.randint(5, vocab, (batch, context), generator=g)) for _ in range(n)]
 
 
-def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device) -> callable:
-    """open_clip's train_one_epoch, reduced to one process: the baseline."""
+def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device, accumulation: int = 1) -> callable:
+    """open_clip's train_one_epoch, reduced to one process (its ``--accum-freq`` too): the baseline."""
     if cfg.grad_checkpointing:  # open_clip's --grad-checkpointing, as the profile asks of ours
         model.set_grad_checkpointing(True)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
@@ -58,11 +63,22 @@ def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device) -> calla
     state = {"i": 0}
 
     def step() -> None:
-        images, texts = data[state["i"] % len(data)]
-        state["i"] += 1
-        with autocast:
-            loss = loss_fn(*model(images.to(device), texts.to(device)))
-        loss.backward()
+        micro = [tuple(t.to(device) for t in data[(state["i"] + k) % len(data)]) for k in range(accumulation)]
+        state["i"] += accumulation
+        if accumulation == 1:
+            with autocast:
+                loss = loss_fn(*model(*micro[0]))
+            loss.backward()
+        else:
+            with torch.no_grad(), autocast:
+                cached = [model(images, texts)[:2] for images, texts in micro]
+            for j, (images, texts) in enumerate(micro):
+                with autocast:
+                    image_f, text_f, scale = model(images, texts)
+                    image_f = torch.cat([image_f if k == j else c[0] for k, c in enumerate(cached)])
+                    text_f = torch.cat([text_f if k == j else c[1] for k, c in enumerate(cached)])
+                    loss = loss_fn(image_f, text_f, scale)
+                loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -71,11 +87,12 @@ def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device) -> calla
     return step
 
 
-def ours_loop(model: torch.nn.Module, cfg, data) -> callable:
+def ours_loop(model: torch.nn.Module, cfg, data, accumulation: int = 1) -> callable:
+    cfg = type(cfg)(**{**cfg.__dict__, "gradient_accumulation_steps": accumulation})
     engine, _ = build_engine(model, cfg, world_size=1)
     loss_fn = contrastive_loss(1)
     stream = iter(data[i % len(data)] for i in range(10**9))
-    return lambda: train_step(engine, loss_fn, stream, 1, pad_token_id=0)
+    return lambda: train_step(engine, loss_fn, stream, accumulation, pad_token_id=0)
 
 
 def steps_per_s(step, n: int, device: torch.device) -> float:
@@ -120,10 +137,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--zero-stage", type=int, default=None, help="override the profile's pretrain.zero_stage")
+    ap.add_argument("--accumulation", type=int, default=1, help="micro-batches per step, contrasted as one batch")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = model_spec(load_section("model", args.profile))
-    cfg = train_config(load_section("pretrain", args.profile))
+    spec = ModelSpec.from_params(load_section("model", args.profile))
+    cfg = TrainConfig.from_params(load_section("pretrain", args.profile), train_samples=10**6)
     if device.type == "cpu":  # CPUs here have no fast bf16; the loop, not the precision, is under test
         cfg = type(cfg)(**{**cfg.__dict__, "precision": "fp32"})
     cfg = type(cfg)(**{**cfg.__dict__, "micro_batch_size": args.batch, "gradient_accumulation_steps": 1,
@@ -142,19 +160,26 @@ def main() -> None:
     def fresh() -> torch.nn.Module:  # the same seeded init for both loops
         return copy.deepcopy(template).to(device)
 
-    plain = plain_loop(fresh(), cfg, data, device)
-    ours = ours_loop(fresh(), cfg, data)
-    ratios, ours_rates, plain_rates = [], [], []
+    k = args.accumulation
+    plain = plain_loop(fresh(), cfg, data, device, k)
+    ours = ours_loop(fresh(), cfg, data, k)
+    single = ours_loop(fresh(), cfg, data) if k > 1 else None
+    ratios, ours_rates, plain_rates, single_rates = [], [], [], []
     for _ in range(args.rounds):
         plain_rates.append(steps_per_s(plain, args.steps, device))
         ours_rates.append(steps_per_s(ours, args.steps, device))
         ratios.append(ours_rates[-1] / plain_rates[-1])
+        if single:
+            single_rates.append(steps_per_s(single, args.steps * k, device))
     result = {"benchmark": "train", "device": str(device), "profile": str(args.profile.name), "batch": args.batch,
-              "precision": cfg.precision, "zero_stage": cfg.zero_stage,
-              "zero_stage_run": effective_zero_stage(cfg, 1), "baseline": "plain torch loop (open_clip style)",
+              "accumulation": k, "precision": cfg.precision, "zero_stage": cfg.zero_stage,
+              "zero_stage_run": effective_zero_stage(cfg, 1),
+              "baseline": "plain torch loop (open_clip style" + (", --accum-freq)" if k > 1 else ")"),
               "ours_steps_per_s": statistics.median(ours_rates), "baseline_steps_per_s": statistics.median(plain_rates),
               "ratio": round(statistics.median(ratios), 3), "target": 0.95,
-              "pairs_per_s": statistics.median(ours_rates) * args.batch}
+              "pairs_per_s": statistics.median(ours_rates) * args.batch * k}
+    if single_rates:  # time per pair, accumulating vs one micro-batch per step: the recompute's price
+        result["recompute_cost"] = round(statistics.median(single_rates) / (statistics.median(ours_rates) * k) - 1, 3)
     # MFU against the matmul peak measured now: bf16 on a GPU (the paper's setting), fp32 on a CPU.
     bf16 = cfg.precision == "bf16"
     flops = step_flops(fresh(), data, device, bf16)

@@ -14,11 +14,11 @@ from pathlib import Path
 import mlflow
 import torch
 
-from biomedclip_factory.errors import DataError, ParamsError
+from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import (append_log_row, read_append_log, read_jsonl, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic, write_jsonl_atomic)
-from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, resolve_pretrained_dir
-from biomedclip_factory.params import Section, load_section
+from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, init_sources
+from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
 from biomedclip_factory.train.ds_config import TrainConfig
@@ -31,42 +31,6 @@ TOKENIZER = ROOT / "models" / "tokenizer"
 MODEL = ROOT / "models" / "clip"
 CHECKPOINTS = ROOT / "models" / "checkpoints"
 LOSS_LOG = CHECKPOINTS / "loss.jsonl"
-
-
-def model_spec(m: Section) -> ModelSpec:
-    vision, text = m.section("vision"), m.section("text")
-    return ModelSpec(embed_dim=m.positive("embed_dim"), timm_model_name=vision.get("timm_model_name", str),
-                     context_length=text.positive("context_length"), text_layers=text.positive("layers"),
-                     text_width=text.positive("width"), text_heads=text.positive("heads"),
-                     text_mlp_ratio=text.positive("mlp_ratio"))
-
-
-def train_config(p: Section) -> TrainConfig:
-    betas = p.get("betas", list)
-    if len(betas) != 2:
-        raise ParamsError(f"params: 'pretrain.betas' must be two numbers, got {betas!r}")
-    return TrainConfig(
-        seed=p.get("seed", int), steps=p.positive("steps"), micro_batch_size=p.positive("micro_batch_size"),
-        gradient_accumulation_steps=p.positive("gradient_accumulation_steps"), lr=p.positive("lr", float),
-        warmup_steps=p.get("warmup_steps", int), weight_decay=p.get("weight_decay", float),
-        betas=(float(betas[0]), float(betas[1])), eps=p.positive("eps", float), grad_clip=p.positive("grad_clip", float),
-        precision=p.choice("precision", ("fp32", "bf16", "fp16")), zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int),
-        log_every=p.positive("log_every"), checkpoint_every=p.get("checkpoint_every", int),
-        num_workers=p.get("num_workers", int), prefetch_factor=p.positive("prefetch_factor"),
-        grad_checkpointing=p.get("grad_checkpointing", bool, False),
-        offload_optimizer=p.get("offload_optimizer", bool, False))
-
-
-def init_sources(m: Section) -> tuple[Path | None, Path | None]:
-    """Where training starts: (open_clip model dir, pretrained HF text encoder dir); None = scratch."""
-    model_ref = m.get("init_from", str, "scratch")
-    text_ref = m.section("text").get("init_from", str, "scratch")
-    if model_ref != "scratch" and text_ref != "scratch":
-        raise ParamsError("params: set 'model.init_from' or 'model.text.init_from', not both")
-    model_dir = None if model_ref == "scratch" else resolve_pretrained_dir(
-        model_ref.removeprefix("local-dir:"), "model.init_from", ROOT)
-    text_dir = None if text_ref == "scratch" else resolve_pretrained_dir(text_ref, "model.text.init_from", ROOT)
-    return model_dir, text_dir
 
 
 def _train_shards_digest() -> str:
@@ -106,13 +70,14 @@ def _restart_loss_log(resume_step: int) -> None:
 
 def main() -> None:
     p, m = load_section("pretrain", ROOT / "params.yaml"), load_section("model", ROOT / "params.yaml")
-    spec, cfg, (init_dir, text_init) = model_spec(m), train_config(p), init_sources(m)
     if not (TOKENIZER / "tokenizer.json").is_file():
         raise DataError(f"pretrain: {TOKENIZER} has no vocabulary (run the tokenizer stage)")
     train_samples = split_size(SHARDS, "train")
     if train_samples == 0:
         raise DataError(f"pretrain: the train split in {SHARDS} is empty")
     init_distributed()
+    spec, (init_dir, text_init) = ModelSpec.from_params(m), init_sources(m, ROOT)
+    cfg = TrainConfig.from_params(p, train_samples, torch.distributed.get_world_size())
     rank = torch.distributed.get_rank()
     if rank == 0:
         _prepare_checkpoints(_fingerprint(spec, cfg, (init_dir, text_init)), cfg.steps)

@@ -17,6 +17,7 @@ from biomedclip_factory.evaluate.report import flat_metrics
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
+from biomedclip_factory.registry.pyfunc import ServeLimits
 from biomedclip_factory.registry.register import lineage_tags, register_model
 from biomedclip_factory.tracking import stage_run
 
@@ -71,7 +72,8 @@ def main() -> None:
     )
     with stage_run("register", ROOT, p.raw()):
         t0 = time.perf_counter()
-        result = register_model(MODEL, name, alias, example, tags, _requirements(), ROOT / "src" / "biomedclip_factory")
+        result = register_model(MODEL, name, alias, example, tags, _requirements(), ROOT / "src" / "biomedclip_factory",
+                                ServeLimits.from_params(p))
         mlflow.log_metrics(flat_metrics(report))
         client = mlflow.MlflowClient()
         decision = promote.decide(client, name, result.version, gate_metric, margin)

@@ -42,14 +42,15 @@ def main() -> None:
     if not PAIRS.is_file():
         raise DataError(f"tokenizer: {PAIRS} is missing (run the align stage)")
     captions = int((pd.read_parquet(PAIRS, columns=["split"])["split"] == "train").sum())
+    pretrained = None if source == "train" else resolve_pretrained_dir(source, "tokenizer.source", ROOT)
     with stage_run("tokenizer", ROOT, p.raw()):
         t0 = time.perf_counter()
         shutil.rmtree(OUT, ignore_errors=True)
-        if source == "train":
+        if pretrained is None:
             vocab = train_wordpiece(train_captions(PAIRS), OUT, p.positive("vocab_size"), p.positive("min_frequency"),
                                     p.get("lowercase", bool), context_length, progress=True)
         else:
-            vocab = copy_tokenizer(resolve_pretrained_dir(source, "tokenizer.source", ROOT), OUT, context_length)
+            vocab = copy_tokenizer(pretrained, OUT, context_length)
         seconds = time.perf_counter() - t0
         metrics = {"captions": captions, "vocab_size": vocab, "captions_per_s": captions / max(seconds, 1e-9)}
         write_json_atomic(ROOT / "metrics" / "tokenizer.json", metrics)

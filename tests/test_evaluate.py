@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -93,3 +94,32 @@ def test_a_broken_model_dir_is_a_clear_error(tmp_path):
                                                                                     "text_cfg": {"hf_model_name": "x"}}}))
     with pytest.raises(DataError, match="model local-dir:m: cannot load"):
         load_encoder("local-dir:m", tmp_path)
+
+
+def test_multiclass_auroc_ranks_the_models_logit_scaled_probabilities(tmp_path):
+    """Three classes: softmax over raw cosines and over scale × cosines order the images differently per
+    class, so one-vs-rest AUROC must use the model's own scale (as its zero-shot probabilities do)."""
+    from biomedclip_factory.evaluate.embed import Encoder
+    from biomedclip_factory.evaluate.zeroshot import evaluate_zeroshot
+
+    from .conftest import tiny_model_dir
+
+    encoder = Encoder.load(tiny_model_dir(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    for label, name in enumerate(("a", "b", "c")):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        for i in range(6):
+            array = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(array).save(tmp_path / "set" / name / f"{i}.png")
+    task = ZeroShotTask("set", tmp_path / "set", {"a": "nodule", "b": "fracture", "c": "effusion"}, ("{}", "a {}"),
+                        metric="auroc")
+    images, labels, _ = load_dataset(task)
+    cosines = encoder.embed_images(images) @ class_embeddings(encoder, ["nodule", "fracture", "effusion"],
+                                                              task.templates).T
+    for scale in (1.0, 100.0):
+        with torch.no_grad():
+            encoder.model.logit_scale.fill_(math.log(scale))
+        expected = classification_metrics(scale * cosines, torch.tensor(labels), 3)["auroc"]
+        assert evaluate_zeroshot(encoder, task, 8)["auroc"] == pytest.approx(expected, abs=1e-9)
+    unscaled, scaled = (classification_metrics(s * cosines, torch.tensor(labels), 3)["auroc"] for s in (1.0, 100.0))
+    assert unscaled != pytest.approx(scaled, abs=1e-6)  # the scale matters for this metric

@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from biomedclip_factory.model.build import create_model, init_model_dir, relocate
+from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir, relocate
 from biomedclip_factory.model.tokenizer import train_wordpiece
+from biomedclip_factory.train.ds_config import TrainConfig
 
 from .conftest import CAPTIONS, tiny_model_dir
 
@@ -49,7 +50,6 @@ def test_copied_model_dir_loads_the_same_without_being_written(model_dir, tmp_pa
 def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     """params/biomedclip.yaml validates in every stage reader and builds BiomedCLIP's shape (~196M params)."""
     from stages.evaluate import zeroshot_tasks
-    from stages.pretrain import model_spec, train_config
     from stages.task_runner import mapper_from_params
 
     from biomedclip_factory.params import load_section
@@ -57,15 +57,16 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     from .conftest import REPO
 
     profile = REPO / "params" / "biomedclip.yaml"
-    spec = model_spec(load_section("model", profile))
-    cfg = train_config(load_section("pretrain", profile))
+    spec = ModelSpec.from_params(load_section("model", profile))
+    cfg = TrainConfig.from_params(load_section("pretrain", profile), train_samples=15_000_000, world_size=8)
     assert (cfg.precision, cfg.warmup_steps, cfg.betas, cfg.eps) == ("bf16", 2000, (0.9, 0.98), 1e-6)
+    assert cfg.steps == 117_188  # the paper's 32 epochs of 15M pairs at 4096 a step (512 x 8 ranks)
     assert {t.name for t in zeroshot_tasks(load_section("evaluate", profile))} == {
         "pcam", "lc25000_lung", "lc25000_colon", "tcga_til", "rsna_pneumonia"}
     align_on_processes = mapper_from_params(load_section("align", profile), "align")
     assert list(align_on_processes(abs, [-1, -2])) == [1, 2]
     train_wordpiece(CAPTIONS, tmp_path / "tok", 30522, 1, True, 256)
-    init_model_dir(spec, tmp_path / "tok", tmp_path / "clip")
+    init_model_dir(spec, tmp_path / "tok", tmp_path / "clip")  # the text sizes a BERT-base dir would give
     config = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
     assert config["vision_cfg"]["image_size"] == 224 and config["text_cfg"]["context_length"] == 256
     assert config["text_cfg"]["hf_pooler_type"] == "cls_last_hidden_state_pooler" and config["embed_dim"] == 512
@@ -73,3 +74,59 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     n_params = sum(p.numel() for p in model.parameters())
     # ViT-B/16 (86M) + BERT-base (110M with a 30522 vocab; ours is smaller, trained on 9 captions) + heads
     assert 85e6 + 85e6 < n_params < 200e6
+
+
+def _profile_pointing_at(tmp_path: Path, bert_dir: Path) -> Path:
+    """params/biomedclip.yaml with its BiomedBERT dir replaced by ``bert_dir`` (nothing else changed)."""
+    from .conftest import REPO
+
+    text = (REPO / "params" / "biomedclip.yaml").read_text()
+    assert text.count(BIOMEDBERT) == 2  # tokenizer.source and model.text.init_from: one dir for both
+    (tmp_path / "params.yaml").write_text(text.replace(BIOMEDBERT, str(bert_dir)))
+    return tmp_path / "params.yaml"
+
+
+BIOMEDBERT = "/models/BiomedBERT-base-uncased-abstract"
+
+
+def test_biomedclip_profile_takes_tokenizer_and_text_tower_from_one_biomedbert_dir(model_dir, tmp_path):
+    """A BiomedBERT-layout dir (config.json, vocab.txt, weights, saved by transformers) is both the
+    vocabulary and the text tower's starting weights; a missing one is one line naming the key."""
+    from transformers import BertConfig, BertModel
+
+    from biomedclip_factory.errors import ParamsError
+    from biomedclip_factory.model.build import init_sources, resolve_pretrained_dir
+    from biomedclip_factory.model.tokenizer import copy_tokenizer
+    from biomedclip_factory.params import load_section
+
+    bert_dir = tmp_path / "BiomedBERT"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(3)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=96, max_position_embeddings=256))
+    bert.save_pretrained(bert_dir)  # the hub snapshot's layout: config.json, weights, vocab.txt and nothing else
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    (bert_dir / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab))
+    assert {f.name for f in bert_dir.iterdir()} == {"config.json", "vocab.txt", "model.safetensors"}
+
+    profile = _profile_pointing_at(tmp_path, bert_dir)
+    source = load_section("tokenizer", profile).get("source", str)
+    copy_tokenizer(resolve_pretrained_dir(source, "tokenizer.source", tmp_path), tmp_path / "tok", 256)
+    caption = "Axial CT of the chest shows a nodule"
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok")(caption)["input_ids"] == tokenizer(caption)["input_ids"]
+    model_section = load_section("model", profile)
+    init_dir, text_init = init_sources(model_section, tmp_path)
+    assert init_dir is None and text_init == bert_dir
+    init_model_dir(ModelSpec.from_params(model_section), tmp_path / "tok", tmp_path / "clip", text_init)
+    text = create_model(tmp_path / "clip", load_weights=True).text.transformer
+    assert (text.config.hidden_size, text.config.num_hidden_layers) == (48, 2)  # from the dir, not the profile
+    for name, value in bert.state_dict().items():
+        if not name.startswith("pooler."):
+            torch.testing.assert_close(text.state_dict()[name], value, msg=name)
+
+    missing = _profile_pointing_at(tmp_path, tmp_path / "nowhere")
+    with pytest.raises(ParamsError) as err:
+        resolve_pretrained_dir(load_section("tokenizer", missing).get("source", str), "tokenizer.source", tmp_path)
+    assert "'tokenizer.source'" in str(err.value) and "nowhere" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ParamsError, match="'model.text.init_from'.*nowhere"):
+        init_sources(load_section("model", missing), tmp_path)

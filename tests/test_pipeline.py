@@ -1,6 +1,7 @@
 """The users' doors, for real: `dvc repro` end to end, the model dir, the registry, the Prefect flow."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from .conftest import run_module
 
@@ -151,10 +153,23 @@ def test_mlflow_models_serve_answers_a_real_request(built_project: Path, tmp_pat
         body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image.read_bytes()).decode()]]},
                 "params": {"candidate_labels": ["a genome variant workflow", "a chest x-ray", "a bar chart"]}}
         resp = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        buf = io.BytesIO()
+        Image.new("1", (13_000, 13_000)).save(buf, format="PNG")  # 20 KB, 169 megapixels
+        attacks = {name: requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60, json={
+            "dataframe_split": {"columns": ["image"], "data": [[value]] * 5}}) for name, value in
+            (("bomb", base64.b64encode(buf.getvalue()).decode()), ("path", str(image)), ("missing", "/nowhere.png"))}
+        again = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        alive = server.poll() is None
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]
-    assert resp.status_code == 200, output[-3000:]
+    assert resp.status_code == 200 and again.status_code == 200 and alive, output[-3000:]
+    for name, answer in attacks.items():
+        assert answer.status_code == 400, (name, answer.text[-500:])
+        assert "stack_trace" not in answer.json() and "Traceback" not in answer.text, name
+    assert "exceeds the limit" in attacks["bomb"].json()["message"]
+    assert attacks["path"].json()["message"].split("Error: ")[-1] == \
+        attacks["missing"].json()["message"].split("Error: ")[-1]  # no oracle for which server files exist
     prediction = resp.json()["predictions"][0]
     assert len(prediction["probabilities"]) == 3 and abs(sum(prediction["probabilities"]) - 1) < 1e-5
     assert prediction["label"] in body["params"]["candidate_labels"]
@@ -172,13 +187,13 @@ def test_dvc_experiment_and_plots(built_project: Path, tmp_path: Path):
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "built"],
                    cwd=project, check=True)
-    exp = subprocess.run([*dvc, "exp", "run", "-S", "evaluate.batch_size=16", "--name", "small-batch"], cwd=project,
-                         env=env, capture_output=True, text=True)
+    exp = subprocess.run([*dvc, "exp", "run", "-S", "evaluate.retrieval_splits=[test]", "--name", "test-only"],
+                         cwd=project, env=env, capture_output=True, text=True)
     assert exp.returncode == 0, exp.stdout[-2000:] + exp.stderr[-3000:]
     assert "Running stage 'evaluate'" in exp.stdout and "Running stage 'pretrain'" not in exp.stdout
     shown = subprocess.run([*dvc, "exp", "show", "--json"], cwd=project, env=env, capture_output=True, text=True,
                            check=True)
-    assert "small-batch" in shown.stdout
+    assert "test-only" in shown.stdout
     plots = subprocess.run([*dvc, "plots", "show", "-o", str(tmp_path / "plots")], cwd=project, env=env,
                            capture_output=True, text=True)
     assert plots.returncode == 0, plots.stderr[-3000:]

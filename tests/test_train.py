@@ -13,6 +13,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
@@ -23,8 +24,10 @@ from biomedclip_factory.model.build import (WEIGHTS_NAME, ModelSpec, create_mode
                                             init_model_dir)
 from biomedclip_factory.model.tokenizer import copy_tokenizer
 from biomedclip_factory.shards.writer import write_split
-from biomedclip_factory.train.ds_config import deepspeed_config
-from biomedclip_factory.train.loop import checkpoint_step, contrastive_loss, segments
+from biomedclip_factory.train.ds_config import TrainConfig, deepspeed_config
+from biomedclip_factory.params import load_section
+from biomedclip_factory.train.loop import MAX_LOGIT_SCALE, checkpoint_step, contrastive_loss, segments
+from biomedclip_factory.train.schedule import cosine_schedule
 
 from .conftest import CAPTIONS, tiny_model_dir
 from .train_child import config, global_batches
@@ -158,6 +161,82 @@ def test_zero_stages_on_gpus_in_bf16_match_stage_0(model_dir, tmp_path):
                                    rtol=2e-2, atol=2e-2, msg=variant)
 
 
+def _weights(model_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(Path(model_dir) / WEIGHTS_NAME)
+
+
+@pytest.mark.parametrize("ranks,stage", [(1, 0), pytest.param(2, 2, marks=pytest.mark.slow),
+                                         pytest.param(2, 3, marks=pytest.mark.slow)])
+def test_accumulated_micro_batches_train_like_one_batch(model_dir, tmp_path, ranks, stage):
+    """4 micro-batches of 4 (or 2 per rank) take the same steps as one batch of 16: every pair is
+    contrasted with the whole global batch, not with its micro-batch."""
+    _launch(["accum", str(model_dir), str(tmp_path / "out.json"), str(stage)], ranks=ranks)
+    runs = json.loads((tmp_path / "out.json").read_text())
+    one, four = runs["1"], runs["4"]
+    assert one["losses"][0] != one["losses"][-1]
+    torch.testing.assert_close(torch.tensor(four["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(four["grad_norms"]), torch.tensor(one["grad_norms"]), rtol=1e-5, atol=0)
+    a, b = _weights(one["model_dir"]), _weights(four["model_dir"])
+    for name in a:  # fp32 summation order; Adam turns ~1e-7 gradient noise into ~1e-6 on a 1e-3 step
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("ranks,stage", [(1, 0), pytest.param(2, 2, marks=pytest.mark.slow),
+                                         pytest.param(2, 3, marks=pytest.mark.slow)])
+def test_bf16_clamps_and_saves_the_fp32_masters(model_dir, tmp_path, ranks, stage):
+    """From a logit scale past log(100), bf16 steps leave the fp32 master clamped, and the saved model is
+    the masters bit for bit, not a bf16 copy cast back."""
+    _launch(["clamp", str(model_dir), str(tmp_path / "out.json"), str(stage)], ranks=ranks)
+    result = json.loads((tmp_path / "out.json").read_text())
+    masters, saved = result["masters"], _weights(result["model_dir"])
+    assert masters["logit_scale"][0] <= MAX_LOGIT_SCALE + 1e-6
+    assert masters.keys() == saved.keys()
+    for name, values in masters.items():
+        assert saved[name].reshape(-1).tolist() == values, name
+
+
+def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(tmp_path):
+    """open_clip's local × global logits (the paper's --local-loss) against the global × global matrix."""
+    _launch(["loss", str(tmp_path / "out.json")], ranks=2)
+    grads = json.loads((tmp_path / "out.json").read_text())
+    assert grads["ours_is_local"]
+    assert grads["local"]["loss_mean"] == pytest.approx(grads["full"]["loss_mean"], rel=1e-6)
+    for key in ("image", "text", "scale"):
+        torch.testing.assert_close(torch.tensor(grads["local"][key]), torch.tensor(grads["full"][key]),
+                                   rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_learning_rate_follows_open_clips_cosine_schedule():
+    """First step at lr/warmup (DeepSpeed's WarmupCosineLR starts at 0), then cosine to 0."""
+    from open_clip_train.scheduler import cosine_lr
+
+    for warmup, steps in ((5, 20), (0, 7), (2000, 117_188)):
+        model = torch.nn.Linear(2, 2)
+        ours = cosine_schedule(torch.optim.SGD(model.parameters(), lr=5e-4), warmup, steps)
+        reference = cosine_lr(torch.optim.SGD(model.parameters(), lr=5e-4), 5e-4, warmup, steps)
+        for step in sorted({0, 1, warmup - 1, warmup, warmup + 1, steps // 2, steps - 1} - {-1}):
+            while ours.last_epoch < step:
+                ours.optimizer.step()
+                ours.step()
+            assert ours.get_last_lr()[0] == pytest.approx(reference(step), rel=1e-9, abs=1e-15), (warmup, step)
+    assert cosine_schedule(torch.optim.SGD(model.parameters(), lr=1.0), 10, 100).get_last_lr()[0] == 0.1
+
+
+def test_epochs_resolve_to_steps_from_the_train_split(tmp_path):
+    params = tmp_path / "params.yaml"
+    base = {"seed": 0, "steps": None, "epochs": 2, "micro_batch_size": 8, "gradient_accumulation_steps": 2,
+            "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.2, "betas": [0.9, 0.98], "eps": 1e-6, "grad_clip": 1.0,
+            "precision": "fp32", "zero_stage": 0, "log_every": 1, "checkpoint_every": 0, "num_workers": 0,
+            "prefetch_factor": 2}
+    params.write_text(yaml.safe_dump({"pretrain": base}))
+    assert TrainConfig.from_params(load_section("pretrain", params), train_samples=100, world_size=2).steps == 7  # ceil(2 x 100 / 32)
+    for bad, match in (({"steps": 10}, "one of"), ({"epochs": None}, "one of"), ({"epochs": 0}, "epochs"),
+                       ({"betas": [0.9, "x"]}, "betas")):
+        params.write_text(yaml.safe_dump({"pretrain": {**base, **bad}}))
+        with pytest.raises(ParamsError, match=match):
+            TrainConfig.from_params(load_section("pretrain", params), train_samples=100)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shards")
@@ -255,9 +334,6 @@ def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(m
 
 def test_fingerprint_covers_the_train_shards(monkeypatch, tmp_path):
     import stages.pretrain as stage
-    from stages.pretrain import model_spec, train_config
-
-    from biomedclip_factory.params import load_section
 
     from .conftest import REPO
 
@@ -267,7 +343,7 @@ def test_fingerprint_covers_the_train_shards(monkeypatch, tmp_path):
     monkeypatch.setattr(stage, "TOKENIZER", tmp_path / "tokenizer")
     monkeypatch.setattr(stage, "SHARDS", tmp_path / "shards")
     params = REPO / "params.yaml"
-    spec, cfg = model_spec(load_section("model", params)), train_config(load_section("pretrain", params))
+    spec, cfg = ModelSpec.from_params(load_section("model", params)), TrainConfig.from_params(load_section("pretrain", params), 100)
     prints = []
     for digest in ("aaa", "bbb", "aaa"):
         (tmp_path / "shards" / "manifest.json").write_text(json.dumps({"train": {"sha256": digest}}))

@@ -3,6 +3,9 @@
 ``zero``: a few steps of a tiny CLIP on fixed global batches, each rank taking its slice, for every
 ZeRO variant asked for; rank 0 writes the losses and, per variant, probe embeddings and a
 consolidated model dir — so world sizes and ZeRO stages can be compared exactly.
+``accum``: the same steps as one micro-batch per rank and as 4 accumulated ones, same global batch.
+``clamp``: bf16 steps from a logit scale past log(100); the fp32 masters against the saved weights.
+``loss``: our contrastive loss (local × global logits) against the full matrix, gradients gathered.
 ``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file
 (the kill -9 / resume test reads it while the run is going).
 """
@@ -13,12 +16,17 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import Iterator
+
+import deepspeed
 import torch
+from deepspeed.utils import safe_get_full_fp32_param
+from open_clip.loss import ClipLoss
 
 from biomedclip_factory.model.build import create_model
 from biomedclip_factory.train.ds_config import TrainConfig
-from biomedclip_factory.train.loop import (build_engine, contrastive_loss, init_distributed, pretrain,
-                                           save_consolidated, train_step)
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, MicroBatch, build_engine, contrastive_loss,
+                                           init_distributed, pretrain, save_consolidated, train_step)
 
 GLOBAL_BATCH, STEPS, TEXT_LEN = 8, 3, 12
 
@@ -30,14 +38,14 @@ def config(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def global_batches(vocab_size: int, image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def global_batches(vocab_size: int, image_size: int, size: int = GLOBAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1234)
     batches = []
     for _ in range(STEPS):
-        images = torch.randn(GLOBAL_BATCH, 3, image_size, image_size, generator=g)
-        tokens = torch.randint(5, vocab_size, (GLOBAL_BATCH, TEXT_LEN), generator=g)
-        lengths = torch.randint(3, TEXT_LEN + 1, (GLOBAL_BATCH, 1), generator=g)
-        tokens[torch.arange(TEXT_LEN).expand(GLOBAL_BATCH, -1) >= lengths] = 0  # [PAD]
+        images = torch.randn(size, 3, image_size, image_size, generator=g)
+        tokens = torch.randint(5, vocab_size, (size, TEXT_LEN), generator=g)
+        lengths = torch.randint(3, TEXT_LEN + 1, (size, 1), generator=g)
+        tokens[torch.arange(TEXT_LEN).expand(size, -1) >= lengths] = 0  # [PAD]
         tokens[:, 0] = 2  # [CLS]
         batches.append((images, tokens))
     return batches
@@ -56,14 +64,12 @@ def run_zero(model_dir: Path, variants: list[str], out: Path) -> None:
                      precision="bf16" if "bf16" in extras else "fp32")
         engine, _ = build_engine(model, cfg, world)
         batches = global_batches(model.text.vocab_size, model.visual.image_size[0])
-        mine = iter((i[rank * per_rank:(rank + 1) * per_rank], t[rank * per_rank:(rank + 1) * per_rank])
-                    for i, t in batches)
+        mine = _micro_batches(batches, rank, world, 1)
         losses = [train_step(engine, contrastive_loss(world), mine, 1, pad_token_id=0).loss for _ in range(STEPS)]
         engine.eval()
         with torch.no_grad():
             probe_images, probe_texts = batches[0]
-            dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-            image_emb = engine.module.encode_image(probe_images.to(engine.device, dtype)).float().tolist()
+            image_emb = engine.module.encode_image(probe_images.to(engine.device)).float().tolist()
             text_emb = engine.module.encode_text(probe_texts.to(engine.device)).float().tolist()
         saved = out.parent / f"zero{variant}"
         if rank == 0:
@@ -73,6 +79,99 @@ def run_zero(model_dir: Path, variants: list[str], out: Path) -> None:
         results[variant] = {"losses": losses, "image_emb": image_emb, "text_emb": text_emb, "model_dir": str(saved)}
     if rank == 0:
         out.write_text(json.dumps({"world_size": world, "results": results}))
+
+
+def _micro_batches(batches: list, rank: int, world: int, accumulation: int) -> Iterator[MicroBatch]:
+    """This rank's slice of each global batch, cut into ``accumulation`` micro-batches."""
+    for images, texts in batches:
+        per_rank = images.shape[0] // world
+        mine = images[rank * per_rank:(rank + 1) * per_rank], texts[rank * per_rank:(rank + 1) * per_rank]
+        yield from zip(*(t.chunk(accumulation) for t in mine))
+
+
+def run_accum(model_dir: Path, out: Path, stage: int) -> None:
+    """Losses and consolidated weights after STEPS steps of a 16-pair global batch, at 1 and 4 micro-batches."""
+    init_distributed()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    results = {}
+    for accumulation in (1, 4):
+        torch.manual_seed(0)
+        model = create_model(model_dir, load_weights=True)
+        cfg = config(zero_stage=stage, micro_batch_size=16 // world // accumulation,
+                     gradient_accumulation_steps=accumulation, grad_clip=1e9)  # unclipped: the norm shows
+        engine, _ = build_engine(model, cfg, world)
+        grad_norms: list[float] = []  # Adam would hide a gradient's scale; the norm the optimizer sees does not
+        getattr(engine.optimizer, "optimizer", engine.optimizer).register_step_pre_hook(
+            lambda opt, *_: grad_norms.append(float(sum(p.grad.double().pow(2).sum() for g in opt.param_groups
+                                                        for p in g["params"] if p.grad is not None) ** 0.5)))
+        batches = global_batches(model.text.vocab_size, model.visual.image_size[0], size=16)
+        stream = _micro_batches(batches, rank, world, accumulation)
+        losses = [train_step(engine, contrastive_loss(world), stream, accumulation, pad_token_id=0).loss
+                  for _ in range(STEPS)]
+        saved = out.parent / f"accum{accumulation}-world{world}"
+        if rank == 0:
+            shutil.copytree(model_dir, saved, dirs_exist_ok=True)
+        torch.distributed.barrier()
+        save_consolidated(engine, saved)
+        results[accumulation] = {"losses": losses, "grad_norms": grad_norms, "model_dir": str(saved)}
+    if rank == 0:
+        out.write_text(json.dumps(results))
+
+
+def run_clamp(model_dir: Path, out: Path, stage: int) -> None:
+    """bf16 steps starting past the clamp: where the fp32 masters end, and what was saved."""
+    init_distributed()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    torch.manual_seed(0)
+    model = create_model(model_dir, load_weights=True)
+    with torch.no_grad():
+        model.logit_scale.fill_(MAX_LOGIT_SCALE + 0.5)
+    cfg = config(zero_stage=stage, micro_batch_size=GLOBAL_BATCH // world, precision="bf16", lr=1e-2)
+    engine, _ = build_engine(model, cfg, world)
+    stream = _micro_batches(global_batches(model.text.vocab_size, model.visual.image_size[0]), rank, world, 1)
+    for _ in range(STEPS):
+        train_step(engine, contrastive_loss(world), stream, 1, pad_token_id=0)
+    masters = {}
+    for name, param in engine.module.named_parameters():  # collective under ZeRO: every rank asks
+        master = safe_get_full_fp32_param(param)
+        if master is None:  # no ZeRO: the module's parameter is what the optimizer steps
+            with deepspeed.zero.GatheredParameters([param]):
+                master = param.detach().clone()
+        masters[name] = master.float().cpu().reshape(-1).tolist()
+    saved = out.parent / f"clamp{stage}-world{world}"
+    if rank == 0:
+        shutil.copytree(model_dir, saved, dirs_exist_ok=True)
+    torch.distributed.barrier()
+    save_consolidated(engine, saved)
+    if rank == 0:
+        out.write_text(json.dumps({"masters": masters, "model_dir": str(saved)}))
+
+
+def run_loss(out: Path) -> None:
+    init_distributed()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    g = torch.Generator().manual_seed(0)
+    images, texts = (torch.nn.functional.normalize(torch.randn(4 * world, 16, generator=g), dim=1) for _ in range(2))
+    ours = contrastive_loss(world)
+    reference = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
+    results: dict = {"ours_is_local": ours.local_loss}
+    for name, loss_fn in (("local", ours), ("full", reference)):
+        image = images[rank * 4:(rank + 1) * 4].clone().requires_grad_()
+        text = texts[rank * 4:(rank + 1) * 4].clone().requires_grad_()
+        scale = torch.tensor(10.0, requires_grad=True)
+        loss = loss_fn(image, text, scale)
+        loss.backward()
+        mean_loss, scale_grad = loss.detach().clone(), scale.grad.clone()
+        for value in (mean_loss, scale_grad):  # what DDP / DeepSpeed average across ranks
+            torch.distributed.all_reduce(value)
+            value /= world
+        image_grads, text_grads = [torch.empty_like(image) for _ in range(world)], [torch.empty_like(text) for _ in range(world)]
+        torch.distributed.all_gather(image_grads, image.grad)
+        torch.distributed.all_gather(text_grads, text.grad)
+        results[name] = {"loss_mean": float(mean_loss), "scale": float(scale_grad),
+                         "image": torch.cat(image_grads).tolist(), "text": torch.cat(text_grads).tolist()}
+    if rank == 0:
+        out.write_text(json.dumps(results))
 
 
 def run_pretrain(model_dir: Path, shards: Path, checkpoints: Path, steps: int, every: int, log_file: Path) -> None:
@@ -92,6 +191,12 @@ if __name__ == "__main__":
     z.add_argument("model_dir", type=Path)
     z.add_argument("out", type=Path)
     z.add_argument("variants", nargs="+")
+    for mode in ("accum", "clamp"):
+        a = sub.add_parser(mode)
+        a.add_argument("model_dir", type=Path)
+        a.add_argument("out", type=Path)
+        a.add_argument("stage", type=int)
+    sub.add_parser("loss").add_argument("out", type=Path)
     p = sub.add_parser("pretrain")
     for name in ("model_dir", "shards", "checkpoints"):
         p.add_argument(name, type=Path)
@@ -101,5 +206,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.mode == "zero":
         run_zero(args.model_dir, args.variants, args.out)
+    elif args.mode == "loss":
+        run_loss(args.out)
+    elif args.mode in ("accum", "clamp"):
+        (run_accum if args.mode == "accum" else run_clamp)(args.model_dir, args.out, args.stage)
     else:
         run_pretrain(args.model_dir, args.shards, args.checkpoints, args.steps, args.every, args.log_file)

@@ -28,6 +28,11 @@ class Encoder:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return cls(model, preprocess, tokenizer, tokenizer.model_max_length)
 
+    @property
+    def logit_scale(self) -> float:
+        """The learnt temperature (exp of the stored log): probabilities are softmax(scale × cosine)."""
+        return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
                               return_tensors="pt")["input_ids"]

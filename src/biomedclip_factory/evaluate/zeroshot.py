@@ -107,6 +107,9 @@ def evaluate_zeroshot(encoder: Encoder, task: ZeroShotTask, batch_size: int) -> 
         raise DataError(f"zero-shot '{task.name}': no readable images in {task.path}")
     image_emb = encoder.embed_images(images, batch_size)
     text_emb = class_embeddings(encoder, list(task.classnames.values()), task.templates)
-    metrics = classification_metrics(image_emb @ text_emb.T, torch.tensor(labels), len(task.classnames))
+    # The model's own scaled logits, as CLIP scores zero-shot: softmax over raw cosines would flatten the
+    # class probabilities that multi-class AUROC ranks by (argmax metrics are unchanged by the scale).
+    logits = encoder.logit_scale * image_emb @ text_emb.T
+    metrics = classification_metrics(logits, torch.tensor(labels), len(task.classnames))
     return {**metrics, "metric": task.metric, "score": metrics[task.metric], "images": len(images),
             "classes": list(task.classnames.values()), "unreadable": problems}

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig, PretrainedConfig
 
 from ..errors import ParamsError
 from ..io import write_json_atomic
+from ..params import Section
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -38,6 +39,15 @@ class ModelSpec:
     text_width: int
     text_heads: int
     text_mlp_ratio: int
+
+    @classmethod
+    def from_params(cls, m: Section) -> "ModelSpec":
+        """The ``model:`` section's sizes (a pretrained text tower's own config overrides the text ones)."""
+        vision, text = m.section("vision"), m.section("text")
+        return cls(embed_dim=m.positive("embed_dim"), timm_model_name=vision.get("timm_model_name", str),
+                   context_length=text.positive("context_length"), text_layers=text.positive("layers"),
+                   text_width=text.positive("width"), text_heads=text.positive("heads"),
+                   text_mlp_ratio=text.positive("mlp_ratio"))
 
 
 def timm_image_size(name: str) -> int:
@@ -93,6 +103,18 @@ def resolve_pretrained_dir(ref: str, key: str, root: Path) -> Path:
             and not (path / "tokenizer_config.json").is_file():
         raise ParamsError(f"params: '{key}': {path} is not a model or tokenizer dir (no config.json)")
     return path
+
+
+def init_sources(m: Section, root: Path) -> tuple[Path | None, Path | None]:
+    """Where training starts: (open_clip model dir, pretrained HF text encoder dir); None = scratch."""
+    model_ref = m.get("init_from", str, "scratch")
+    text_ref = m.section("text").get("init_from", str, "scratch")
+    if model_ref != "scratch" and text_ref != "scratch":
+        raise ParamsError("params: set 'model.init_from' or 'model.text.init_from', not both")
+    model_dir = None if model_ref == "scratch" else resolve_pretrained_dir(
+        model_ref.removeprefix("local-dir:"), "model.init_from", root)
+    text_dir = None if text_ref == "scratch" else resolve_pretrained_dir(text_ref, "model.text.init_from", root)
+    return model_dir, text_dir
 
 
 def _check_vocabulary(text_config: PretrainedConfig, tokenizer: Any, source: Path) -> None:

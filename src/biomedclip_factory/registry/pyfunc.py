@@ -1,44 +1,115 @@
 """An MLflow pyfunc that embeds images and texts and does zero-shot classification.
 
-Input: a DataFrame with an ``image`` column (base64 JPEG/PNG bytes, or a file path) and/or a
-``text`` column. Without params it returns the embeddings (and, per row holding both, their cosine
-similarity). With ``params={"candidate_labels": [...]}`` it returns, for each image, the softmax
-probabilities over the labels and the best label.
+Input: a DataFrame with an ``image`` column (base64 JPEG/PNG bytes) and/or a ``text`` column.
+Without params it returns the embeddings (and, per row holding both, their cosine similarity).
+With ``params={"candidate_labels": [...]}`` it returns, for each image, the softmax probabilities
+over the labels and the best label.
+
+It is served to whoever reaches ``mlflow models serve``, so it trusts no input: images are base64
+only (a path would read the server's files), each is checked against byte and pixel limits from
+its header before any pixel is decoded, rows and bytes per request are capped, and images are
+decoded and embedded a batch at a time. A bad input is a 400 that names the row and the problem,
+never a traceback or anything about the server.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import math
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow.pyfunc
 import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from ..errors import DataError
+from ..params import Section
 
 ARTIFACT_KEY = "model_dir"
 
 
-def decode_image(value: str) -> Image.Image:
-    """A base64-encoded image, or a path to an image file."""
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask of the served model (``register.serve`` in params, logged with it)."""
+
+    max_rows: int = 256
+    max_request_bytes: int = 64 * 2**20  # images and texts together, as sent
+    max_image_bytes: int = 16 * 2**20  # one decoded base64 image file
+    max_image_pixels: int = 40_000_000  # width × height from the header, checked before decoding
+    batch_size: int = 32  # images decoded and embedded at a time
+
+    @classmethod
+    def from_params(cls, register: Section) -> "ServeLimits":
+        """``register.serve``: any of the fields, each > 0; the rest keep their defaults."""
+        serve = register.section("serve")
+        return cls(**{key: serve.positive(key) for key in cls.__dataclass_fields__ if key in serve.raw()})
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> "ServeLimits":
+        return cls(**{k: int(v) for k, v in (config or {}).items() if k in cls.__dataclass_fields__})
+
+    def as_config(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def bad_input(message: str) -> MlflowException:
+    """A 400 for the client; no stack trace travels with it."""
+    return MlflowException.invalid_parameter_value(message)
+
+
+def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Image.Image:
+    """Row ``row``'s base64 image, checked against ``limits`` from its header, decoded at the smallest
+    JPEG scale whose shorter side still covers ``min_side`` (the model's input size). Non-strings never
+    get here: the model's signature makes MLflow refuse them with a 400."""
+    if len(value) * 3 // 4 > limits.max_image_bytes:
+        raise bad_input(f"row {row}: image is larger than {limits.max_image_bytes} bytes")
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        data = None
+        raise bad_input(f"row {row}: 'image' is not valid base64 (file paths are not accepted)") from None
+    too_big = f"row {row}: image exceeds the limit of {limits.max_image_pixels} pixels"
     try:
-        if data is not None:
-            return Image.open(io.BytesIO(data)).convert("RGB")
-        with Image.open(value) as img:
-            return img.convert("RGB")
-    except OSError as exc:
-        raise DataError(f"input image is neither decodable base64 nor a readable file: {str(value)[:60]!r}") from exc
+        with warnings.catch_warnings():  # Pillow's own bomb warning: ours below is the stricter check
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError:
+        raise bad_input(too_big) from None
+    except (OSError, ValueError, SyntaxError):
+        raise bad_input(f"row {row}: 'image' is not a decodable image") from None
+    width, height = img.size
+    if width * height > limits.max_image_pixels:
+        raise bad_input(f"row {row}: image of {width}x{height} pixels exceeds the limit of "
+                        f"{limits.max_image_pixels} pixels")
+    try:
+        if img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError):
+        raise bad_input(f"row {row}: 'image' is not a decodable image") from None
 
 
 def encode_image_file(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
+
+
+def _given(value: Any) -> bool:
+    """A cell the client filled (pandas pads the missing ones with None or NaN)."""
+    return not (value is None or value == "" or isinstance(value, float) and math.isnan(value))
+
+
+def _check_request(model_input: pd.DataFrame, limits: ServeLimits) -> None:
+    if len(model_input) > limits.max_rows:
+        raise bad_input(f"{len(model_input)} rows in one request; the limit is {limits.max_rows}")
+    size = sum(len(v) for column in ("image", "text") if column in model_input
+               for v in model_input[column].tolist() if isinstance(v, str))
+    if size > limits.max_request_bytes:
+        raise bad_input(f"the request carries {size} bytes of images and texts; the limit is "
+                        f"{limits.max_request_bytes}")
 
 
 class ClipPyfunc(mlflow.pyfunc.PythonModel):
@@ -46,13 +117,28 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         from ..evaluate.embed import Encoder
 
         self.encoder = Encoder.load(Path(context.artifacts[ARTIFACT_KEY]))
+        self.limits = ServeLimits.from_config(context.model_config)
+
+    def _embed_images(self, images: list[Any], rows: list[int]) -> torch.Tensor | None:
+        """Embeddings of ``rows``' images, ``batch_size`` decoded at a time: memory stays bounded."""
+        size = self.encoder.model.visual.image_size
+        min_side = size[0] if isinstance(size, tuple) else size
+
+        def batches() -> Iterator[list[Image.Image]]:
+            for start in range(0, len(rows), self.limits.batch_size):
+                yield [decode_image(images[i], i, self.limits, min_side)
+                       for i in rows[start:start + self.limits.batch_size]]
+
+        chunks = [self.encoder.embed_images(batch, self.limits.batch_size) for batch in batches()]
+        return torch.cat(chunks) if chunks else None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        _check_request(model_input, self.limits)
         labels = [str(x) for x in (params or {}).get("candidate_labels") or [] if str(x)]
         images = model_input["image"].tolist() if "image" in model_input else [None] * len(model_input)
         texts = model_input["text"].tolist() if "text" in model_input else [None] * len(model_input)
-        rows = [i for i, v in enumerate(images) if isinstance(v, str) and v]
-        image_emb = self.encoder.embed_images([decode_image(images[i]) for i in rows]) if rows else None
+        rows = [i for i, v in enumerate(images) if _given(v)]
+        image_emb = self._embed_images(images, rows)
         out = pd.DataFrame(index=model_input.index)
         if labels:
             return self._zero_shot(out, rows, image_emb, labels)
@@ -71,10 +157,9 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
 
     def _zero_shot(self, out: pd.DataFrame, rows: list[int], image_emb: Any, labels: list[str]) -> pd.DataFrame:
         if image_emb is None:
-            raise DataError("zero-shot classification needs at least one row with an image")
+            raise bad_input("zero-shot classification needs at least one row with an image")
         text_emb = self.encoder.embed_texts(labels)
-        scale = self.encoder.model.logit_scale.exp()
-        probs = (scale * image_emb @ text_emb.T).softmax(dim=1)
+        probs = (self.encoder.logit_scale * image_emb @ text_emb.T).softmax(dim=1)
         prob_col: list[Any] = [None] * len(out)
         label_col: list[Any] = [None] * len(out)
         for j, i in enumerate(rows):

@@ -10,7 +10,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from .pyfunc import ARTIFACT_KEY, ClipPyfunc, encode_image_file
+from .pyfunc import ARTIFACT_KEY, ClipPyfunc, ServeLimits, encode_image_file
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False)]),
@@ -27,13 +27,15 @@ class Registered:
 
 
 def register_model(model_dir: Path, name: str, alias: str, example_image: Path, tags: dict[str, str],
-                   pip_requirements: list[str], code_path: Path) -> Registered:
-    """Log ``model_dir`` in the active run, register it under ``name`` and point ``alias`` at it."""
+                   pip_requirements: list[str], code_path: Path, limits: ServeLimits = ServeLimits()) -> Registered:
+    """Log ``model_dir`` in the active run, register it under ``name`` and point ``alias`` at it.
+
+    ``limits`` travel with the model (its ``model_config``): every server of it enforces them."""
     example = pd.DataFrame({"image": [encode_image_file(example_image)], "text": ["a figure of a cell"]})
     info = mlflow.pyfunc.log_model(
         name="model", python_model=ClipPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)},
         signature=SIGNATURE, input_example=example, pip_requirements=pip_requirements,
-        code_paths=[str(code_path)], registered_model_name=name,
+        code_paths=[str(code_path)], registered_model_name=name, model_config=limits.as_config(),
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

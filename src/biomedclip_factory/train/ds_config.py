@@ -1,12 +1,14 @@
 """Generate the DeepSpeed config from the pretrain params (one source of truth: params.yaml)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import ParamsError
+from ..params import Section
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,32 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the host (stage >= 1)
 
+    @classmethod
+    def from_params(cls, p: Section, train_samples: int, world_size: int = 1) -> "TrainConfig":
+        """The ``pretrain:`` section; ``epochs`` (the paper counts 32) becomes steps over ``train_samples``."""
+        betas = p.get("betas", list)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
+            raise ParamsError(f"params: 'pretrain.betas' must be two numbers, got {betas!r}")
+        micro, accumulation = p.positive("micro_batch_size"), p.positive("gradient_accumulation_steps")
+        steps, epochs = p.get("steps", int, None), p.get("epochs", (int, float), None)
+        if (steps is None) == (epochs is None):
+            raise ParamsError("params: set one of 'pretrain.steps' and 'pretrain.epochs', the other null")
+        if steps is None:
+            if epochs <= 0:
+                raise ParamsError(f"params: 'pretrain.epochs' must be > 0, got {epochs!r}")
+            steps = max(1, math.ceil(epochs * train_samples / (micro * accumulation * world_size)))
+        elif steps <= 0:
+            raise ParamsError(f"params: 'pretrain.steps' must be > 0, got {steps!r}")
+        return cls(
+            seed=p.get("seed", int), steps=steps, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
+            lr=p.positive("lr", float), warmup_steps=p.get("warmup_steps", int), weight_decay=p.get("weight_decay", float),
+            betas=(float(betas[0]), float(betas[1])), eps=p.positive("eps", float),
+            grad_clip=p.positive("grad_clip", float), precision=p.choice("precision", ("fp32", "bf16", "fp16")),
+            zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int), log_every=p.positive("log_every"),
+            checkpoint_every=p.get("checkpoint_every", int), num_workers=p.get("num_workers", int),
+            prefetch_factor=p.positive("prefetch_factor"), grad_checkpointing=p.get("grad_checkpointing", bool, False),
+            offload_optimizer=p.get("offload_optimizer", bool, False))
+
 
 def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:
     """``cfg.zero_stage``, except 0 for ZeRO-1/2 on one rank without offload.
@@ -44,7 +72,15 @@ def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config for ``cfg`` on ``world_size`` ranks."""
+    """The DeepSpeed JSON config for ``cfg`` on ``world_size`` ranks.
+
+    bf16/fp16 run as torch autocast over fp32 weights, as the paper's AMP did, not as DeepSpeed's
+    low-precision weights: there the logit-scale clamp and the saved model touch a bf16 copy that
+    the next step overwrites from a hidden fp32 master. Gradients are reduced in fp32 (no module is
+    declared safe for low-precision communication), as DDP reduces them. The learning-rate
+    schedule is open_clip's (``train.schedule``), handed to ``deepspeed.initialize`` as an object.
+    """
+    autocast = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.precision)
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -53,11 +89,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "zero_optimization": {"stage": effective_zero_stage(cfg, world_size), **_offload(cfg)},
         # Without a GPU the host *is* the device: torch's AdamW is the CPU optimizer, no compile needed.
         "zero_force_ds_cpu_optimizer": torch.cuda.is_available(),
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": cfg.steps, "warmup_num_steps": max(1, cfg.warmup_steps),
-            "warmup_min_ratio": 0.0, "cos_min_ratio": 0.0, "warmup_type": "linear"}},
+        "torch_autocast": {"enabled": autocast is not None, "dtype": autocast or "bfloat16",
+                           "lower_precision_safe_modules": []},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -21,12 +21,14 @@ from typing import Any, Callable, Iterator
 import deepspeed
 import open_clip
 import torch
+from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
 from ..model.build import WEIGHTS_NAME, create_model, save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, train_batches
 from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
+from .schedule import cosine_schedule
 
 MAX_LOGIT_SCALE = math.log(100.0)
 LogFn = Callable[[int, dict[str, float]], None]
@@ -116,38 +118,92 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
     if stage != cfg.zero_stage:
         print(f"pretrain: ZeRO-{cfg.zero_stage} partitions nothing on one rank; running stage {stage} "
               "(same maths, less copying)", flush=True)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=_optimizer(model, cfg),
-                                                   config=deepspeed_config(cfg, world_size))
+    optimizer = _optimizer(model, cfg)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps),
+        config=deepspeed_config(cfg, world_size))
     return engine, scheduler
 
 
 def contrastive_loss(world_size: int) -> ClipLoss:
-    """open_clip's loss over the whole global batch, gradients flowing back through the gather."""
+    """open_clip's loss over the global batch as the paper ran it (``--local-loss --gather-with-grad``).
+
+    Each rank scores its own rows against every rank's columns (local × global logits) instead of
+    building the whole global × global matrix on every rank; with the gather carrying gradients the
+    averaged gradient is the full matrix's. Logits per rank, fp32, both directions: at a 4k global
+    batch of 8 ranks × 512, 2 × 512 × 4096 × 4 B = 16 MB (full matrix: 2 × 67 MB); at 64k over 64
+    ranks × 1024, 2 × 1024 × 65536 × 4 B = 0.5 GB (full matrix: 2 × 17 GB, on every rank).
+    """
     rank = torch.distributed.get_rank() if world_size > 1 else 0
-    return ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
+    return ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatch], accumulation: int,
                pad_token_id: int) -> StepResult:
-    """One optimizer step over ``accumulation`` micro-batches, then the logit-scale clamp."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_precision(engine), torch.float32)
+    """One optimizer step on ``accumulation`` micro-batches contrasted as one batch, then the clamp.
+
+    Accumulating gradients of per-micro-batch losses would contrast each image with only a
+    micro-batch of captions. Instead (open_clip's ``--accum-freq``, GradCache's idea) the features of
+    every micro-batch are computed first without gradients; then each micro-batch runs again with
+    gradients and its fresh features replace its cached ones in the full-batch loss, whose
+    gradients summed over micro-batches are the full batch's. Each rerun restores the RNG its first
+    pass used, so dropout draws the same masks. The logit scale takes its gradient from one pass
+    only (open_clip's loop adds it from all ``accumulation`` passes). It costs one extra forward per
+    micro-batch.
+    """
     world = torch.distributed.get_world_size()
-    samples = tokens = 0
-    for _ in range(accumulation):
-        images, texts = next(micro_batches)
-        image_f, text_f, logit_scale = engine(images.to(engine.device, dtype), texts.to(engine.device))
+    batches = [tuple(t.to(engine.device) for t in next(micro_batches)) for _ in range(accumulation)]
+    cached: list[tuple[torch.Tensor, torch.Tensor]] = []
+    states = []
+    if accumulation > 1:
+        with torch.no_grad():
+            for images, texts in batches:
+                states.append(_rng_state())
+                image_f, text_f, _ = engine(images, texts)
+                cached.append((image_f, text_f))
+    for j, (images, texts) in enumerate(batches):
+        if cached:
+            _set_rng_state(states[j])
+        image_f, text_f, logit_scale = engine(images, texts)
+        if cached:
+            image_f = torch.cat([image_f if k == j else c[0] for k, c in enumerate(cached)])
+            text_f = torch.cat([text_f if k == j else c[1] for k, c in enumerate(cached)])
+            if j:  # the scale enters every pass's loss whole: let one pass carry its gradient, not k
+                logit_scale = logit_scale.detach()
         loss = loss_fn(image_f.float(), text_f.float(), logit_scale.float())
-        engine.backward(loss)
+        engine.backward(loss, scale_wrt_gas=False)  # each pass's loss is the whole batch's already
         engine.step()
-        samples += images.shape[0] * world
-        tokens += int((texts != pad_token_id).sum()) * world  # ranks' batches are alike in length on average
-    with deepspeed.zero.GatheredParameters([engine.module.logit_scale], modifier_rank=0), torch.no_grad():
-        engine.module.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    clamp_logit_scale(engine)
+    samples = sum(images.shape[0] for images, _ in batches) * world
+    tokens = sum(int((texts != pad_token_id).sum()) for _, texts in batches) * world  # ranks alike on average
     return StepResult(loss_tensor=loss.detach(), logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
 
 
-def _precision(engine: Any) -> str:
-    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+def clamp_logit_scale(engine: Any) -> None:
+    """Clamp the logit scale to [0, log 100] in the optimizer's fp32 master as well as in the module.
+
+    Under ZeRO the optimizer steps its own fp32 partition and copies it into the module, so a clamp
+    of the module's copy alone is undone at the next step and the master drifts past log(100). The
+    clamp is elementwise, so each rank clamps the fragment of the master it holds (DeepSpeed's
+    full-parameter setter cannot place a 1-element parameter split over several ranks).
+    """
+    param = engine.module.logit_scale
+    if hasattr(param, "ds_id"):  # ZeRO-3: this rank's partition of the master
+        safe_set_local_fp32_param(param, safe_get_local_fp32_param(param).clamp(0, MAX_LOGIT_SCALE))
+    elif getattr(param, "_hp_mapping", None) is not None:  # ZeRO-1/2: this rank's fragment, if any
+        param._hp_mapping.get_hp_fragment().data.clamp_(0, MAX_LOGIT_SCALE)
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+        param.clamp_(0, MAX_LOGIT_SCALE)
 
 
 def save_consolidated(engine: Any, model_dir: Path) -> None:

@@ -1,0 +1,109 @@
+"""The served model trusts no input: base64 only, limits checked from headers, bounded requests."""
+from __future__ import annotations
+
+import base64
+import io
+import resource
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.params import Section
+from biomedclip_factory.registry.pyfunc import ServeLimits
+from biomedclip_factory.registry.register import register_model
+
+from .conftest import REPO, tiny_model_dir
+
+LIMITS = ServeLimits(max_rows=40, max_request_bytes=2_000_000, max_image_bytes=500_000, max_image_pixels=4_000_000,
+                     batch_size=8)
+
+
+def _b64(img: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> mlflow.pyfunc.PyFuncModel:
+    """A tiny model registered in a real SQLite MLflow and loaded back as a client would."""
+    root = tmp_path_factory.mktemp("serving")
+    model_dir = tiny_model_dir(root)
+    example = root / "example.png"
+    Image.new("RGB", (64, 64), (90, 40, 20)).save(example)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            registered = register_model(model_dir, "served", "challenger", example, {}, ["torch"],
+                                        REPO / "src" / "biomedclip_factory", LIMITS)
+        yield mlflow.pyfunc.load_model(registered.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _refused(model, frame: pd.DataFrame, params: dict | None = None) -> str:
+    with pytest.raises(MlflowException) as err:
+        model.predict(frame, params=params)
+    assert err.value.get_http_status_code() == 400
+    return err.value.message
+
+
+def test_a_file_path_is_refused_alike_whether_it_exists_or_not(served, tmp_path):
+    real = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32)).save(real)
+    messages = {_refused(served, pd.DataFrame({"image": [path]})) for path in
+                (str(real), str(tmp_path / "missing.png"), str(tmp_path), "/etc/hostname")}
+    assert messages == {"row 0: 'image' is not valid base64 (file paths are not accepted)"}
+
+
+def test_a_pixel_bomb_is_refused_from_its_header_before_decoding(served):
+    bomb = _b64(Image.new("1", (13_000, 13_000)))  # ~20 KB of PNG, 169 megapixels
+    assert len(bomb) < 100_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    message = _refused(served, pd.DataFrame({"image": [_b64(Image.new("RGB", (40, 40))), bomb]}))
+    assert message == "row 1: image of 13000x13000 pixels exceeds the limit of 4000000 pixels"
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100  # decoded, the bomb alone would take ~500 MB as RGB
+
+
+def test_garbage_rows_and_oversized_requests_are_refused_by_name(served):
+    assert _refused(served, pd.DataFrame({"image": [base64.b64encode(b"not an image").decode()]})) == \
+        "row 0: 'image' is not a decodable image"
+    assert "Incompatible input types for column image" in _refused(served, pd.DataFrame({"image": [None, 5]}))
+    too_many = pd.DataFrame({"text": ["a chest x-ray"] * 41})
+    assert _refused(served, too_many) == "41 rows in one request; the limit is 40"
+    big = pd.DataFrame({"image": [base64.b64encode(bytes(600_000)).decode()]})
+    assert _refused(served, big) == "row 0: image is larger than 500000 bytes"
+    heavy = pd.DataFrame({"text": ["x" * 700_000] * 3})
+    assert "the limit is 2000000" in _refused(served, heavy)
+    assert _refused(served, pd.DataFrame({"text": ["a"]}), {"candidate_labels": ["a", "b"]}) == \
+        "zero-shot classification needs at least one row with an image"
+
+
+def test_images_embedded_in_batches_equal_one_at_a_time(served):
+    rng = np.random.default_rng(0)
+    images = [_b64(Image.fromarray(rng.integers(0, 255, (48, 56, 3), dtype=np.uint8)), "JPEG") for _ in range(19)]
+    together = served.predict(pd.DataFrame({"image": images, "text": ["a scan"] * 19}))
+    alone = [served.predict(pd.DataFrame({"image": [image]}))["image_embedding"][0] for image in images[:3]]
+    torch.testing.assert_close(torch.tensor(list(together["image_embedding"][:3])), torch.tensor(alone))
+    assert together["similarity"].notna().all()
+    labelled = served.predict(pd.DataFrame({"image": images[:2]}), params={"candidate_labels": ["ct", "mri"]})
+    assert list(labelled["label"]) == [["ct", "mri"][int(np.argmax(p))] for p in labelled["probabilities"]]
+
+
+def test_limits_come_from_params(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert ServeLimits.from_params(Section(params["register"], "register")) == ServeLimits()  # the defaults, spelt out
+    params["register"]["serve"]["max_rows"] = 8
+    assert ServeLimits.from_params(Section(params["register"], "register")).max_rows == 8
+    params["register"]["serve"]["max_rows"] = 0
+    with pytest.raises(ParamsError, match="'register.serve.max_rows' must be > 0"):
+        ServeLimits.from_params(Section(params["register"], "register"))
