@@ -1,7 +1,6 @@
 """Real servers on loopback: an MLflow tracking server for the registry, a Prefect server for schedules."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -77,11 +76,11 @@ def test_retrain_deployment_on_a_prefect_server(tmp_path: Path):
     server = _server(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path)
     try:
         _wait(f"http://127.0.0.1:{port}/api/health", server)
-        subprocess.run([sys.executable, "-m", "flows.retrain", "--deploy", "--name", "nightly", "--cron", "0 4 * * *"],
-                       cwd=REPO, env=env, check=True, capture_output=True, text=True)
+        subprocess.run([sys.executable, "-m", "flows.retrain", "--deploy", "--name", "nightly", "--cron", "0 4 * * *",
+                        "--profile", "biomedclip", "--push"], cwd=REPO, env=env, check=True, capture_output=True, text=True)
         found = requests.post(f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=10).json()
         assert [(d["name"], d["schedules"][0]["schedule"]["cron"]) for d in found] == [("nightly", "0 4 * * *")]
-        assert json.dumps(found[0]["parameters"])  # profile/source/push/notify_block travel with it
+        assert found[0]["parameters"] == {"profile": "biomedclip", "source": None, "push": True, "notify_block": None}
     finally:
         server.terminate()
         server.wait(timeout=30)

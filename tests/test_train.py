@@ -206,6 +206,19 @@ def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(tmp_path):
                                    rtol=1e-5, atol=1e-7, msg=key)
 
 
+def test_locked_towers_keep_their_weights(model_dir, tmp_path):
+    """open_clip's --lock-image and --lock-text --lock-text-unlocked-layers 1: frozen weights are
+    bit-identical after training, the last text layer and both projections train."""
+    _launch(["lock", str(model_dir), str(tmp_path / "out.json")], ranks=1)
+    unchanged = json.loads((tmp_path / "out.json").read_text())
+    trunk = [n for n in unchanged if n.startswith("visual.trunk.")]
+    assert trunk and all(unchanged[n] for n in trunk)
+    assert all(unchanged[n] for n in unchanged if n.startswith(("text.transformer.embeddings.",
+                                                                "text.transformer.encoder.layer.0.")))
+    assert not all(unchanged[n] for n in unchanged if n.startswith("text.transformer.encoder.layer.1."))
+    assert not any(unchanged[n] for n in unchanged if n.startswith(("visual.head.", "text.proj.")))
+
+
 def test_learning_rate_follows_open_clips_cosine_schedule():
     """First step at lr/warmup (DeepSpeed's WarmupCosineLR starts at 0), then cosine to 0."""
     from open_clip_train.scheduler import cosine_lr

@@ -5,6 +5,7 @@ ZeRO variant asked for; rank 0 writes the losses and, per variant, probe embeddi
 consolidated model dir — so world sizes and ZeRO stages can be compared exactly.
 ``accum``: the same steps as one micro-batch per rank and as 4 accumulated ones, same global batch.
 ``clamp``: bf16 steps from a logit scale past log(100); the fp32 masters against the saved weights.
+``lock``: steps with the image tower locked and the text tower locked but for its last layer.
 ``loss``: our contrastive loss (local × global logits) against the full matrix, gradients gathered.
 ``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file
 (the kill -9 / resume test reads it while the run is going).
@@ -147,6 +148,20 @@ def run_clamp(model_dir: Path, out: Path, stage: int) -> None:
         out.write_text(json.dumps({"masters": masters, "model_dir": str(saved)}))
 
 
+def run_lock(model_dir: Path, out: Path) -> None:
+    init_distributed()
+    torch.manual_seed(0)
+    model = create_model(model_dir, load_weights=True)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = config(lock_image=True, lock_text=True, lock_text_unlocked_layers=1)
+    engine, _ = build_engine(model, cfg, 1)
+    stream = _micro_batches(global_batches(model.text.vocab_size, model.visual.image_size[0]), 0, 1, 1)
+    for _ in range(STEPS):
+        train_step(engine, contrastive_loss(1), stream, 1, pad_token_id=0)
+    out.write_text(json.dumps({name: bool(torch.equal(before[name], p.detach()))
+                               for name, p in engine.module.named_parameters()}))
+
+
 def run_loss(out: Path) -> None:
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -197,6 +212,9 @@ if __name__ == "__main__":
         a.add_argument("out", type=Path)
         a.add_argument("stage", type=int)
     sub.add_parser("loss").add_argument("out", type=Path)
+    lock = sub.add_parser("lock")
+    lock.add_argument("model_dir", type=Path)
+    lock.add_argument("out", type=Path)
     p = sub.add_parser("pretrain")
     for name in ("model_dir", "shards", "checkpoints"):
         p.add_argument(name, type=Path)
@@ -208,6 +226,8 @@ if __name__ == "__main__":
         run_zero(args.model_dir, args.variants, args.out)
     elif args.mode == "loss":
         run_loss(args.out)
+    elif args.mode == "lock":
+        run_lock(args.model_dir, args.out)
     elif args.mode in ("accum", "clamp"):
         (run_accum if args.mode == "accum" else run_clamp)(args.model_dir, args.out, args.stage)
     else:

@@ -31,6 +31,10 @@ class TrainConfig:
     prefetch_factor: int = 2
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the host (stage >= 1)
+    lock_image: bool = False  # LiT: the image tower frozen (open_clip's --lock-image) ...
+    lock_image_unlocked_groups: int = 0  # ... except its last N layer groups
+    lock_text: bool = False  # the text tower's transformer frozen (--lock-text) ...
+    lock_text_unlocked_layers: int = 0  # ... except its last N layers
 
     @classmethod
     def from_params(cls, p: Section, train_samples: int, world_size: int = 1) -> "TrainConfig":
@@ -56,7 +60,9 @@ class TrainConfig:
             zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int), log_every=p.positive("log_every"),
             checkpoint_every=p.get("checkpoint_every", int), num_workers=p.get("num_workers", int),
             prefetch_factor=p.positive("prefetch_factor"), grad_checkpointing=p.get("grad_checkpointing", bool, False),
-            offload_optimizer=p.get("offload_optimizer", bool, False))
+            offload_optimizer=p.get("offload_optimizer", bool, False), lock_image=p.get("lock_image", bool, False),
+            lock_image_unlocked_groups=p.get("lock_image_unlocked_groups", int, 0),
+            lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0))
 
 
 def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:

@@ -108,8 +108,23 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
+def lock_towers(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """open_clip's tower locking (LiT): a frozen tower, optionally its last N groups/layers left to train.
+
+    The projections stay trainable, as in open_clip; frozen parameters get no optimizer state.
+    """
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups)
+    if cfg.lock_text:  # open_clip's HFTextEncoder.lock, whose partial unlock has no BERT entry in open_clip 3.3
+        bert = model.text.transformer
+        stack = [bert.embeddings, *bert.encoder.layer]
+        for module in stack[:-cfg.lock_text_unlocked_layers] if cfg.lock_text_unlocked_layers else [bert]:
+            module.requires_grad_(False)
+
+
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> tuple[Any, Any]:
     """Wrap ``model`` in a DeepSpeed engine configured from ``cfg``; returns (engine, lr scheduler)."""
+    lock_towers(model, cfg)
     # DeepSpeed cannot flatten 0-dim parameters; a 1-element logit scale behaves the same in the loss.
     model.logit_scale = torch.nn.Parameter(model.logit_scale.detach().reshape(1))
     if cfg.grad_checkpointing:
