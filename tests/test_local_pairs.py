@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -72,3 +73,27 @@ def test_the_stages_turn_a_pairs_file_into_pairs(tmp_path):
     assert sorted(pairs["caption"]) == sorted(c.replace("multiple shadowing stones", "a single large stone")
                                               for c in CAPTIONS)
     assert json.loads((project / "metrics/align.json").read_text())["articles_reused"] == len(CAPTIONS) - 1
+
+
+def test_pairs_may_only_name_regular_image_files_under_their_folder(tmp_path):
+    """No `../../etc/passwd`, absolute paths, links out of the folder, devices or giant files."""
+    root = tmp_path / "data"
+    pairs = pairs_file(root)
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (80, 80)).save(outside)
+    (root / "img" / "link.png").symlink_to(outside)
+    (root / "img" / "big.png").write_bytes(b"\0")
+    os.truncate(root / "img" / "big.png", 300 * 2**20)  # sparse: 300 MB on paper, nothing on disk
+    bad = {"../secret.png": "outside", str(outside): "outside", "img/link.png": "outside",
+           "/dev/zero": "outside", "img": "not a regular file", "img/big.png": "over the 268435456-byte limit"}
+    pairs.write_text(pairs.read_text() + "".join(json.dumps({"image": image, "caption": f"case {i}"}) + "\n"
+                                                 for i, image in enumerate(bad)))
+    result = scrape(LocalPairsSource(pairs, "CC BY"), tmp_path / "raw", SelectionPolicy.named("commercial"),
+                    progress=False)
+    errors = {row["error"].split("image ")[1].split(":")[0].strip("'"): row["error"] for row in result.rows
+              if row["status"] == "failed"}
+    assert errors.keys() == bad.keys()
+    for image, reason in bad.items():
+        assert reason in errors[image] and "pairs.jsonl:" in errors[image], errors[image]
+    assert sum(row["status"] == "ok" for row in result.rows) == len(CAPTIONS)  # the good pairs still come through
+    assert not any(f.read_bytes() == outside.read_bytes() for f in (tmp_path / "raw").rglob("*.png"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,7 @@ from ..io import write_bytes_atomic
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_IMAGE_BYTES = 256 * 2**20  # far above any real figure or scan; a bound on what one pair may copy
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,25 @@ class LocalPairsSource:
     def items(self) -> Iterator[PairGroup]:
         return iter(read_pairs(self.path, self.group_by))
 
+    def _image(self, pair: dict[str, Any]) -> Path:
+        """The pair's image file: inside the JSONL's folder (links resolved), a regular file, at most
+        ``MAX_IMAGE_BYTES``. Anything else would copy server files into ``data/raw`` (a DVC output that
+        ``dvc push`` uploads) or read ``/dev/zero`` until memory runs out."""
+        where = f"{self.path}:{pair['_line']}: image {pair['image']!r}"
+        root = self.path.parent.resolve()
+        source = (root / pair["image"]).resolve()
+        if root not in source.parents:
+            raise ArticleError(f"{where}: outside {root} (pairs may only name images under the JSONL's folder)")
+        try:
+            info = source.stat()
+        except OSError as exc:
+            raise ArticleError(f"{where}: {exc.strerror}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise ArticleError(f"{where}: not a regular file")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise ArticleError(f"{where}: {info.st_size} bytes, over the {MAX_IMAGE_BYTES}-byte limit")
+        return source
+
     def fetch(self, item: PairGroup, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
         row: dict[str, Any] = {"prefix": item.prefix, "pmcid": item.prefix.split(".")[0], "version": 1,
                                "group": item.key, "license_code": self.licence, "files": []}
@@ -83,12 +104,9 @@ class LocalPairsSource:
         target, copied, names = out_dir / item.prefix, 0, []
         try:
             for pair in item.rows:
-                source = self.path.parent / pair["image"]
+                source = self._image(pair)
                 name = f"p{pair['_line']}-{_SAFE.sub('_', source.name)}"
-                try:
-                    data = source.read_bytes()
-                except OSError as exc:
-                    raise ArticleError(f"{self.path}:{pair['_line']}: image {pair['image']}: {exc.strerror}") from exc
+                data = source.read_bytes()
                 write_bytes_atomic(target / name, data)
                 names.append(name)
                 copied += len(data)
