@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.params import load_section
@@ -36,3 +37,38 @@ def test_align_filters_are_checked_before_any_work(tmp_path):
     project = make_project(tmp_path / "p", {"align": {"near_duplicate_distance": 40}})
     proc = run_module(project, "stages.align", check=False)
     assert proc.returncode == 2 and "'align.near_duplicate_distance' must be 0..31 bits or null, got 40" in proc.stderr
+
+
+def test_every_key_of_every_profile_is_known():
+    """The table of known keys and the shipped params cannot drift apart (a new key must be added to both)."""
+    from biomedclip_factory.params import KNOWN_KEYS
+
+    from .conftest import REPO
+
+    for profile in (REPO / "params.yaml", *sorted((REPO / "params").glob("*.yaml"))):
+        for stage in KNOWN_KEYS:
+            load_section(stage, profile)  # raises on an unknown key
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for stage, known in KNOWN_KEYS.items():
+        assert set(params[stage]) == set(known), stage  # and params.yaml spells every key out
+
+
+@pytest.mark.parametrize("section,typo,hint", [
+    ("scrape", {"max_article": 2}, "unknown key 'scrape.max_article'; did you mean 'max_articles'?"),
+    ("scrape", {"layuot": "pairs"}, "unknown key 'scrape.layuot'; did you mean 'layout'?"),
+    ("model", {"text": {"layer": 3}}, "unknown key 'model.text.layer'; did you mean 'layers'?"),
+    ("evaluate", {"zeroshot": {"mine": {"path": "x", "templetes": []}}},
+     "unknown key 'evaluate.zeroshot.mine.templetes'; did you mean 'templates'?"),
+])
+def test_a_misspelt_key_fails_by_name_with_the_closest_known_one(tmp_path, section, typo, hint):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({section: typo}))
+    with pytest.raises(ParamsError) as err:
+        load_section(section, tmp_path / "params.yaml")
+    assert str(err.value) == f"params: {hint}"
+
+
+def test_a_typo_stops_the_stage_before_any_work(tmp_path):
+    project = make_project(tmp_path / "p", {"scrape": {"max_article": 2}})
+    proc = run_module(project, "stages.scrape", check=False)
+    assert proc.returncode == 2 and "did you mean 'max_articles'?" in proc.stderr
+    assert not (project / "data" / "raw").exists()

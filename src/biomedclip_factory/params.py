@@ -1,6 +1,7 @@
 """Read and validate one stage's section of params.yaml, so a bad key fails early and by name."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -9,6 +10,47 @@ import yaml
 from .errors import ParamsError
 
 T = TypeVar("T")
+
+# Every key a section may hold; a nested dict is a sub-section, None a mapping of the user's own names,
+# "*" any name whose value has the keys given. A key outside this is a typo (``max_article``) that a
+# default would otherwise hide: it fails by name with the closest known key.
+_ZEROSHOT_SET = {"path": None, "classnames": None, "templates": None, "metric": None, "npz_split": None}
+KNOWN_KEYS: dict[str, dict[str, Any]] = {
+    "scrape": dict.fromkeys(("source", "layout", "inventory", "file_list", "pairs_licence", "pairs_group_by",
+                             "licences", "max_articles", "since", "until", "workers", "runner", "timeout_s",
+                             "retries", "rate_limit")),
+    "align": {**dict.fromkeys(("max_side", "jpeg_quality", "min_caption_chars", "min_side", "max_aspect_ratio",
+                               "near_duplicate_distance", "mentions", "workers", "runner")),
+              "split": {"salt": None, "ratios": None}},
+    "shard": dict.fromkeys(("shard_size", "seed")),
+    "tokenizer": dict.fromkeys(("source", "vocab_size", "min_frequency", "lowercase")),
+    "model": {"init_from": None, "embed_dim": None, "vision": {"timm_model_name": None},
+              "text": dict.fromkeys(("init_from", "context_length", "layers", "width", "heads", "mlp_ratio"))},
+    "pretrain": dict.fromkeys(("seed", "steps", "epochs", "micro_batch_size", "gradient_accumulation_steps", "lr",
+                               "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "precision", "zero_stage",
+                               "log_every", "checkpoint_every", "num_workers", "prefetch_factor", "grad_checkpointing",
+                               "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
+                               "lock_text_unlocked_layers")),
+    "evaluate": {"batch_size": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET}},
+    "register": {**dict.fromkeys(("model_name", "alias", "gate_metric", "margin")),
+                 "serve": dict.fromkeys(("max_rows", "max_request_bytes", "max_image_bytes", "max_image_pixels",
+                                         "batch_size"))},
+}
+
+
+def check_keys(data: Any, known: dict[str, Any] | None, path: str) -> None:
+    """Raise on the first key of ``data`` (recursively) that ``known`` does not name."""
+    if known is None or not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        if "*" in known:
+            check_keys(value, known["*"], f"{path}.{key}")
+        elif key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise ParamsError(f"params: unknown key '{path}.{key}'{hint}")
+        else:
+            check_keys(value, known[key], f"{path}.{key}")
 
 
 class Section:
@@ -68,4 +110,6 @@ def load_section(stage: str, params_file: str | Path = "params.yaml") -> Section
         raise ParamsError(f"params: {path} is not valid YAML: {exc}") from exc
     if stage not in data:
         raise ParamsError(f"params: {path} has no section '{stage}'")
-    return Section(data[stage], stage)
+    section = Section(data[stage], stage)
+    check_keys(data[stage], KNOWN_KEYS.get(stage), stage)
+    return section
