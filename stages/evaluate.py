@@ -13,6 +13,7 @@ import torch
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.embed import Encoder
+from biomedclip_factory.evaluate.linear_probe import ProbeTask, evaluate_linear_probe
 from biomedclip_factory.evaluate.models import load_encoder
 from biomedclip_factory.evaluate.report import confusion_rows, examples_grid, flat_metrics, markdown_report
 from biomedclip_factory.evaluate.retrieval import retrieval_metrics
@@ -43,6 +44,28 @@ def zeroshot_tasks(p: Section) -> list[ZeroShotTask]:
     return tasks
 
 
+def probe_tasks(p: Section) -> list[ProbeTask]:
+    """``evaluate.linear_probe``: shared fractions and seeds, a train and a test set per dataset."""
+    if "linear_probe" not in p.raw():
+        return []
+    probe = p.section("linear_probe")
+    fractions = tuple(float(f) for f in probe.get("fractions", list))
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise DataError(f"params: 'evaluate.linear_probe.fractions' must be in (0, 1], got {list(fractions)}")
+    seeds = tuple(int(s) for s in probe.get("seeds", list)) or (0,)
+    sets = probe.section("sets")
+    tasks = []
+    for name in sets.raw():
+        t = sets.section(name)
+        classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
+        metric = t.choice("metric", METRICS, "accuracy")
+        splits = {role: ZeroShotTask(name=f"{name} ({role})", path=ROOT / Path(t.get(role, str)), classnames=classnames,
+                                     templates=(), metric=metric, npz_split=t.get(f"{role}_split", str, role))
+                  for role in ("train", "test")}
+        tasks.append(ProbeTask(name, splits["train"], splits["test"], fractions, seeds))
+    return tasks
+
+
 EXAMPLES = 8  # images in the retrieval plot, each with its top text
 
 
@@ -62,9 +85,9 @@ def split_retrieval(encoder: Encoder, split: str, batch_size: int) -> tuple[dict
     return retrieval_metrics(image_emb, text_emb), meta, image_emb[:EXAMPLES] @ text_emb.T
 
 
-def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask], batch_size: int,
-                   keep: dict | None = None) -> dict:
-    result: dict = {"retrieval": {}, "zeroshot": {}}
+def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask], probes: list[ProbeTask],
+                   batch_size: int, keep: dict | None = None) -> dict:
+    result: dict = {"retrieval": {}, "zeroshot": {}, "linear_probe": {}}
     for split in splits:
         result["retrieval"][split], meta, sim = split_retrieval(encoder, split, batch_size)
         if keep is not None:
@@ -74,6 +97,12 @@ def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask
             result["zeroshot"][task.name] = evaluate_zeroshot(encoder, task, batch_size)
         except DataError as exc:  # one bad dataset is reported; the others still run
             result["zeroshot"][task.name] = {"error": str(exc)}
+            print(f"evaluate: {exc}", flush=True)
+    for probe in probes:
+        try:
+            result["linear_probe"][probe.name] = evaluate_linear_probe(encoder, probe, batch_size)
+        except DataError as exc:
+            result["linear_probe"][probe.name] = {"error": str(exc)}
             print(f"evaluate: {exc}", flush=True)
     return result
 
@@ -95,7 +124,7 @@ def main() -> None:
     p = load_section("evaluate", ROOT / "params.yaml")
     batch_size = p.positive("batch_size")
     splits = [str(s) for s in p.get("retrieval_splits", list)]
-    tasks = zeroshot_tasks(p)
+    tasks, probes = zeroshot_tasks(p), probe_tasks(p)
     others = {str(k): str(v) for k, v in p.get("models", dict, {}).items()}
     if OURS in others:
         raise DataError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
@@ -113,7 +142,7 @@ def main() -> None:
                 report[name] = {"error": str(exc), "source": spec}
                 print(f"evaluate: {exc}", flush=True)
                 continue
-            report[name] = {"source": spec, **evaluate_model(encoder, splits, tasks, batch_size,
+            report[name] = {"source": spec, **evaluate_model(encoder, splits, tasks, probes, batch_size,
                                                              kept if name == OURS else None)}
         seconds = time.perf_counter() - t0
         write_json_atomic(ROOT / "metrics" / "eval.json", {"models": report})

@@ -82,6 +82,10 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     table = (project / "metrics/eval.md").read_text()
     assert "| metric | ours | copy | champion | chance |" in table and "- nope: model models:/" in table
     assert "evaluate: zero-shot 'missing': dataset not found" in proc.stdout
+    probe = ours["linear_probe"]["pneumoniamnist"]
+    assert [probe["fractions"][f]["train_images"] for f in ("0.01", "0.1", "1")] == [4, 40, 400]
+    assert probe["fractions"]["0.1"]["runs"] == 3 and probe["test_images"] == 200
+    assert "linear probe pneumoniamnist accuracy at 10% of train (40 images, 3 seeds)" in table
 
 
 def test_a_broken_model_dir_is_a_clear_error(tmp_path):
@@ -123,3 +127,23 @@ def test_multiclass_auroc_ranks_the_models_logit_scaled_probabilities(tmp_path):
         assert evaluate_zeroshot(encoder, task, 8)["auroc"] == pytest.approx(expected, abs=1e-9)
     unscaled, scaled = (classification_metrics(s * cosines, torch.tensor(labels), 3)["auroc"] for s in (1.0, 100.0))
     assert unscaled != pytest.approx(scaled, abs=1e-6)  # the scale matters for this metric
+
+
+def test_linear_probe_separates_what_is_separable_and_nothing_else():
+    """Well-separated class clusters: accuracy 1.0 at every fraction; labels drawn at random: chance."""
+    from biomedclip_factory.evaluate.linear_probe import probe_scores, subset
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 32)) * 6
+    y_train, y_test = rng.integers(0, 3, 600), rng.integers(0, 3, 300)
+    x_train, x_test = centres[y_train] + rng.normal(size=(600, 32)), centres[y_test] + rng.normal(size=(300, 32))
+    separable = probe_scores(x_train, y_train, x_test, y_test, 3, (0.01, 0.1, 1.0), (0, 1), "accuracy")
+    assert {f: r["score"] for f, r in separable.items()} == {"0.01": 1.0, "0.1": 1.0, "1": 1.0}
+    assert separable["0.01"]["train_images"] == 6 and separable["0.01"]["runs"] == 2 and separable["1"]["runs"] == 1
+    noise_train, noise_test = rng.normal(size=(600, 32)), rng.normal(size=(300, 32))
+    shuffled = probe_scores(noise_train, rng.integers(0, 3, 600), noise_test, rng.integers(0, 3, 300), 3, (1.0,),
+                            (0,), "balanced_accuracy")
+    assert abs(shuffled["1"]["score"] - 1 / 3) < 0.08
+    labels = np.array([0] * 50 + [1] * 150)
+    picked = subset(labels, 0.1, seed=4)
+    assert list(np.bincount(labels[picked])) == [5, 15] and list(subset(labels, 0.1, 4)) == list(picked)

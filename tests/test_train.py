@@ -50,6 +50,15 @@ def test_segments_cut_at_checkpoint_boundaries():
     assert list(segments(10, 10, 4)) == []
 
 
+def test_fp16_is_refused_where_deepspeed_zero_would_misscale_it():
+    deepspeed_config(config(precision="fp16", zero_stage=2), world_size=1)  # runs as stage 0: correct
+    for stage, world, offload in ((2, 2, False), (1, 1, True), (3, 1, False)):
+        with pytest.raises(ParamsError, match="fp16.*bf16"):
+            deepspeed_config(config(precision="fp16", zero_stage=stage, offload_optimizer=offload), world)
+    assert deepspeed_config(config(precision="bf16", zero_stage=3), 2)["torch_autocast"] == {
+        "enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+
+
 def test_offload_is_in_the_deepspeed_config_and_needs_a_zero_stage():
     ds = deepspeed_config(config(zero_stage=2, offload_optimizer=True), world_size=2)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
@@ -165,12 +174,13 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(Path(model_dir) / WEIGHTS_NAME)
 
 
-@pytest.mark.parametrize("ranks,stage", [(1, 0), pytest.param(2, 2, marks=pytest.mark.slow),
-                                         pytest.param(2, 3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("ranks,stage", [(1, "0"), pytest.param(2, "2", marks=pytest.mark.slow),
+                                         pytest.param(2, "3", marks=pytest.mark.slow),
+                                         pytest.param(2, "2+offload", marks=pytest.mark.slow)])
 def test_accumulated_micro_batches_train_like_one_batch(model_dir, tmp_path, ranks, stage):
     """4 micro-batches of 4 (or 2 per rank) take the same steps as one batch of 16: every pair is
     contrasted with the whole global batch, not with its micro-batch."""
-    _launch(["accum", str(model_dir), str(tmp_path / "out.json"), str(stage)], ranks=ranks)
+    _launch(["accum", str(model_dir), str(tmp_path / "out.json"), stage], ranks=ranks)
     runs = json.loads((tmp_path / "out.json").read_text())
     one, four = runs["1"], runs["4"]
     assert one["losses"][0] != one["losses"][-1]
@@ -244,7 +254,8 @@ def test_epochs_resolve_to_steps_from_the_train_split(tmp_path):
     params.write_text(yaml.safe_dump({"pretrain": base}))
     assert TrainConfig.from_params(load_section("pretrain", params), train_samples=100, world_size=2).steps == 7  # ceil(2 x 100 / 32)
     for bad, match in (({"steps": 10}, "one of"), ({"epochs": None}, "one of"), ({"epochs": 0}, "epochs"),
-                       ({"betas": [0.9, "x"]}, "betas")):
+                       ({"betas": [0.9, "x"]}, "betas"), ({"warmup_steps": -1}, "warmup_steps"),
+                       ({"lock_text_unlocked_layers": -2}, "lock_text_unlocked_layers")):
         params.write_text(yaml.safe_dump({"pretrain": {**base, **bad}}))
         with pytest.raises(ParamsError, match=match):
             TrainConfig.from_params(load_section("pretrain", params), train_samples=100)

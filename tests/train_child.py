@@ -90,16 +90,18 @@ def _micro_batches(batches: list, rank: int, world: int, accumulation: int) -> I
         yield from zip(*(t.chunk(accumulation) for t in mine))
 
 
-def run_accum(model_dir: Path, out: Path, stage: int) -> None:
+def run_accum(model_dir: Path, out: Path, variant: str) -> None:
     """Losses and consolidated weights after STEPS steps of a 16-pair global batch, at 1 and 4 micro-batches."""
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    stage, *extras = variant.split("+")
     results = {}
     for accumulation in (1, 4):
         torch.manual_seed(0)
         model = create_model(model_dir, load_weights=True)
-        cfg = config(zero_stage=stage, micro_batch_size=16 // world // accumulation,
-                     gradient_accumulation_steps=accumulation, grad_clip=1e9)  # unclipped: the norm shows
+        cfg = config(zero_stage=int(stage), micro_batch_size=16 // world // accumulation,
+                     gradient_accumulation_steps=accumulation, offload_optimizer="offload" in extras,
+                     grad_clip=1e9)  # unclipped: the norm shows
         engine, _ = build_engine(model, cfg, world)
         grad_norms: list[float] = []  # Adam would hide a gradient's scale; the norm the optimizer sees does not
         getattr(engine.optimizer, "optimizer", engine.optimizer).register_step_pre_hook(
@@ -119,8 +121,9 @@ def run_accum(model_dir: Path, out: Path, stage: int) -> None:
         out.write_text(json.dumps(results))
 
 
-def run_clamp(model_dir: Path, out: Path, stage: int) -> None:
+def run_clamp(model_dir: Path, out: Path, stage: str) -> None:
     """bf16 steps starting past the clamp: where the fp32 masters end, and what was saved."""
+    stage = int(stage)
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(0)
@@ -210,7 +213,7 @@ if __name__ == "__main__":
         a = sub.add_parser(mode)
         a.add_argument("model_dir", type=Path)
         a.add_argument("out", type=Path)
-        a.add_argument("stage", type=int)
+        a.add_argument("stage")  # a ZeRO stage, "+offload" for ZeRO-Offload
     sub.add_parser("loss").add_argument("out", type=Path)
     lock = sub.add_parser("lock")
     lock.add_argument("model_dir", type=Path)

@@ -31,7 +31,9 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
                                "log_every", "checkpoint_every", "num_workers", "prefetch_factor", "grad_checkpointing",
                                "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
                                "lock_text_unlocked_layers")),
-    "evaluate": {"batch_size": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET}},
+    "evaluate": {"batch_size": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET},
+                 "linear_probe": {"fractions": None, "seeds": None, "sets": {"*": dict.fromkeys(
+                     ("train", "test", "train_split", "test_split", "classnames", "metric"))}}},
     "register": {**dict.fromkeys(("model_name", "alias", "gate_metric", "margin")),
                  "serve": dict.fromkeys(("max_rows", "max_request_bytes", "max_image_bytes", "max_image_pixels",
                                          "batch_size"))},

@@ -15,6 +15,12 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _probe_cell(run: dict | None) -> str:
+    if not run:
+        return "–"
+    return _fmt(run["score"]) + (f" ± {run['std']:.3f}" if run["runs"] > 1 else "")
+
+
 def markdown_report(models: dict[str, dict]) -> str:
     """One table: a row per metric, a column per model, chance beside every score."""
     ok = {name: r for name, r in models.items() if "error" not in r}
@@ -35,12 +41,21 @@ def markdown_report(models: dict[str, dict]) -> str:
         metric = res["metric"]
         values = [_fmt(ok[n]["zeroshot"].get(task, {}).get("score", "–")) for n in names]
         rows.append((f"zero-shot {task} {metric} ({res['images']} images)", values, _fmt(res["chance"][metric])))
+    for task, res in first.get("linear_probe", {}).items():
+        if "error" in res:
+            continue
+        for fraction, run in res["fractions"].items():
+            values = [_probe_cell(ok[n].get("linear_probe", {}).get(task, {}).get("fractions", {}).get(fraction))
+                      for n in names]
+            label = (f"linear probe {task} {res['metric']} at {float(fraction):.0%} of train "
+                     f"({run['train_images']} images" + (f", {run['runs']} seeds)" if run["runs"] > 1 else ")"))
+            rows.append((label, values, _fmt(res["chance"][res["metric"]])))
     lines = ["# Evaluation", "", "| metric | " + " | ".join(names) + " | chance |",
              "|---|" + "---|" * (len(names) + 1)]
     lines += [f"| {label} | " + " | ".join(values) + f" | {chance} |" for label, values, chance in rows]
     problems = [f"- {name}: {r['error']}" for name, r in models.items() if "error" in r]
     problems += [f"- {name} / {task}: {res['error']}" for name, r in ok.items()
-                 for task, res in r.get("zeroshot", {}).items() if "error" in res]
+                 for kind in ("zeroshot", "linear_probe") for task, res in r.get(kind, {}).items() if "error" in res]
     if problems:
         lines += ["", "## Not evaluated", "", *problems]
     return "\n".join(lines) + "\n"

@@ -52,6 +52,9 @@ class TrainConfig:
             steps = max(1, math.ceil(epochs * train_samples / (micro * accumulation * world_size)))
         elif steps <= 0:
             raise ParamsError(f"params: 'pretrain.steps' must be > 0, got {steps!r}")
+        for key in ("warmup_steps", "lock_image_unlocked_groups", "lock_text_unlocked_layers"):
+            if p.get(key, int, 0) < 0:
+                raise ParamsError(f"params: 'pretrain.{key}' must be >= 0, got {p.get(key, int)!r}")
         return cls(
             seed=p.get("seed", int), steps=steps, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
             lr=p.positive("lr", float), warmup_steps=p.get("warmup_steps", int), weight_decay=p.get("weight_decay", float),
@@ -87,6 +90,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     schedule is open_clip's (``train.schedule``), handed to ``deepspeed.initialize`` as an object.
     """
     autocast = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.precision)
+    if cfg.precision == "fp16" and effective_zero_stage(cfg, world_size) > 0:
+        # DeepSpeed 0.19's ZeRO optimizers clip fp16-autocast gradients before unscaling them and
+        # never lower the scale after an overflow: the update would be ~grad_clip / scale.
+        raise ParamsError("params: 'pretrain.precision: fp16' trains correctly only without ZeRO partitioning "
+                          "(one rank, no offload); use bf16 (the paper's precision) with ZeRO")
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,

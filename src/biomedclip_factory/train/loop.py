@@ -193,8 +193,8 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
         if cached:
             image_f = torch.cat([image_f if k == j else c[0] for k, c in enumerate(cached)])
             text_f = torch.cat([text_f if k == j else c[1] for k, c in enumerate(cached)])
-            if j:  # the scale enters every pass's loss whole: let one pass carry its gradient, not k
-                logit_scale = logit_scale.detach()
+            if j < len(batches) - 1:  # the scale enters every pass's loss whole: one pass (the last,
+                logit_scale = logit_scale.detach()  # which ZeRO-Offload's gradient copy keeps) carries its gradient
         loss = loss_fn(image_f.float(), text_f.float(), logit_scale.float())
         engine.backward(loss, scale_wrt_gas=False)  # each pass's loss is the whole batch's already
         engine.step()
@@ -284,13 +284,13 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
                                 rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, skips=skips)
         micro_batches = ((images, texts) for images, texts, _ in batches)
         for done in range(begin + 1, end + 1):
-            t_step = time.perf_counter()
+            t_step, lr = time.perf_counter(), scheduler.get_last_lr()[0]  # the rate this step runs at
             result = train_step(engine, loss_fn, micro_batches, cfg.gradient_accumulation_steps,
                                 tokenizer.pad_token_id)
             samples, tokens = samples + result.samples, tokens + result.tokens
             if log and rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
                 elapsed = time.perf_counter() - t0
-                log(done, {"loss": result.loss, "lr": scheduler.get_last_lr()[0], "logit_scale": result.logit_scale,
+                log(done, {"loss": result.loss, "lr": lr, "logit_scale": result.logit_scale,
                            "step_time_s": time.perf_counter() - t_step, "samples_per_s": samples / elapsed,
                            "tokens_per_s": tokens / elapsed})
         loss_value = result.loss  # one wait for the GPU per segment, not per step
