@@ -18,7 +18,7 @@ from biomedclip_factory.corpus.dedup import MAX_DISTANCE
 from biomedclip_factory.corpus.journal import AlignJournal, article_digest
 from biomedclip_factory.corpus.stats import caption_length_rows, caption_tokens, pairs_per_article_rows
 from biomedclip_factory.errors import DataError, ParamsError
-from biomedclip_factory.io import (atomic_writer, iter_jsonl, write_csv_atomic, write_json_atomic,
+from biomedclip_factory.io import (atomic_writer, iter_jsonl, replace_dir, write_csv_atomic, write_json_atomic,
                                    write_jsonl_atomic)
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
@@ -34,7 +34,10 @@ JOURNAL = ROOT / "data" / "align_journal"  # per-article results kept across run
 def main() -> None:
     p = load_section("align", ROOT / "params.yaml")
     split = p.section("split")
-    ratios = {str(k): float(v) for k, v in split.get("ratios", dict).items()}
+    raw_ratios = split.get("ratios", dict)
+    if not raw_ratios or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in raw_ratios.values()):
+        raise ParamsError(f"params: 'align.split.ratios' must map split names to numbers >= 0, got {raw_ratios!r}")
+    ratios = {str(k): float(v) for k, v in raw_ratios.items()}
     near = p.get("near_duplicate_distance", int, None)
     if near is not None and not 0 <= near <= MAX_DISTANCE:
         raise ParamsError(f"params: 'align.near_duplicate_distance' must be 0..{MAX_DISTANCE} bits or null, got {near}")
@@ -61,8 +64,7 @@ def main() -> None:
         stats = write_pairs(corpus, staging)
         write_jsonl_atomic(staging / "rejects.jsonl", corpus.rejects())
         journal.close()
-        shutil.rmtree(PAIRS, ignore_errors=True)
-        staging.rename(PAIRS)
+        replace_dir(staging, PAIRS)
         seconds = time.perf_counter() - t0
         metrics = {"articles": len(prefixes), "articles_reused": corpus.reused,
                    "articles_aligned_per_s": (len(prefixes) - corpus.reused) / max(seconds, 1e-9),

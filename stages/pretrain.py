@@ -15,9 +15,9 @@ import mlflow
 import torch
 
 from biomedclip_factory.errors import DataError
-from biomedclip_factory.io import (append_log_row, read_append_log, read_jsonl, write_bytes_atomic,
+from biomedclip_factory.io import (append_log_row, read_append_log, read_jsonl, replace_dir, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic, write_jsonl_atomic)
-from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, init_sources
+from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, init_sources, relocate
 from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
@@ -29,6 +29,7 @@ from .common import ROOT, run_stage, summary
 SHARDS = ROOT / "data" / "shards"
 TOKENIZER = ROOT / "models" / "tokenizer"
 MODEL = ROOT / "models" / "clip"
+STAGING = MODEL.with_name("clip.tmp")  # built and trained here, then put in MODEL's place
 CHECKPOINTS = ROOT / "models" / "checkpoints"
 LOSS_LOG = CHECKPOINTS / "loss.jsonl"
 
@@ -82,12 +83,12 @@ def main() -> None:
     if rank == 0:
         _prepare_checkpoints(_fingerprint(spec, cfg, (init_dir, text_init)), cfg.steps)
         _restart_loss_log(checkpoint_step(CHECKPOINTS))
-        shutil.rmtree(MODEL, ignore_errors=True)
+        shutil.rmtree(STAGING, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
         if init_dir is not None:
-            init_from_model_dir(init_dir, TOKENIZER, MODEL)
+            init_from_model_dir(init_dir, TOKENIZER, STAGING)
         else:
-            init_model_dir(spec, TOKENIZER, MODEL, text_init)
+            init_model_dir(spec, TOKENIZER, STAGING, text_init)
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
 
     def log(step: int, values: dict[str, float]) -> None:
@@ -99,8 +100,10 @@ def main() -> None:
     tracking = stage_run("pretrain", ROOT, {**p.raw(), "model": spec.__dict__, "init_from": str(init_dir or "scratch"),
                                             "text_init_from": str(text_init or "scratch")}) if rank == 0 else nullcontext()
     with tracking as run:  # one MLflow run, owned by rank 0
-        result = pretrain(MODEL, SHARDS, CHECKPOINTS, cfg, log)
-        if rank == 0:
+        result = pretrain(STAGING, SHARDS, CHECKPOINTS, cfg, log)
+        if rank == 0:  # the trained model replaces the last one only now: a failed run leaves that intact
+            replace_dir(STAGING, MODEL)
+            relocate(MODEL)
             metrics = {"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
                        "samples_per_s": result.samples_per_s, "tokens_per_s": result.tokens_per_s,
                        "train_samples": train_samples,

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from biomedclip_factory.errors import DataError
-from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.io import replace_dir, write_json_atomic
 from biomedclip_factory.model.build import resolve_pretrained_dir
 from biomedclip_factory.model.tokenizer import copy_tokenizer, train_wordpiece
 from biomedclip_factory.params import load_section
@@ -45,12 +45,14 @@ def main() -> None:
     pretrained = None if source == "train" else resolve_pretrained_dir(source, "tokenizer.source", ROOT)
     with stage_run("tokenizer", ROOT, p.raw()):
         t0 = time.perf_counter()
-        shutil.rmtree(OUT, ignore_errors=True)
+        staging = OUT.with_name(f"{OUT.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
         if pretrained is None:
-            vocab = train_wordpiece(train_captions(PAIRS), OUT, p.positive("vocab_size"), p.positive("min_frequency"),
-                                    p.get("lowercase", bool), context_length, progress=True)
+            vocab = train_wordpiece(train_captions(PAIRS), staging, p.positive("vocab_size"),
+                                    p.positive("min_frequency"), p.get("lowercase", bool), context_length, progress=True)
         else:
-            vocab = copy_tokenizer(pretrained, OUT, context_length)
+            vocab = copy_tokenizer(pretrained, staging, context_length)
+        replace_dir(staging, OUT)
         seconds = time.perf_counter() - t0
         metrics = {"captions": captions, "vocab_size": vocab, "captions_per_s": captions / max(seconds, 1e-9)}
         write_json_atomic(ROOT / "metrics" / "tokenizer.json", metrics)

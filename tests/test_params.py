@@ -72,3 +72,11 @@ def test_a_typo_stops_the_stage_before_any_work(tmp_path):
     proc = run_module(project, "stages.scrape", check=False)
     assert proc.returncode == 2 and "did you mean 'max_articles'?" in proc.stderr
     assert not (project / "data" / "raw").exists()
+
+
+def test_a_non_numeric_split_ratio_is_one_line(tmp_path):
+    project = make_project(tmp_path / "p", {"align": {"split": {"ratios": {"train": "x", "test": 0.3}}}})
+    proc = run_module(project, "stages.align", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("'align.split.ratios' must map split names to numbers >= 0, "
+                                        "got {'train': 'x', 'val': 0.0, 'test': 0.3}")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from .conftest import run_module
@@ -265,3 +266,31 @@ def test_align_stage_rerun_reuses_its_journal_and_resumes_a_cut_one(built_projec
     assert images == sorted(p.name for p in (built_project / "data/pairs/images").iterdir())
     for name in images:
         assert (project / "data/pairs/images" / name).read_bytes() == (built_project / "data/pairs/images" / name).read_bytes()
+
+
+def _tree_digest(root: Path, names: tuple[str, ...]) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for name in names for f in sorted((root / name).rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("stage,bad", [
+    ("tokenizer", {"tokenizer": {"source": "no/such/bert"}}),
+    ("pretrain", {"model": {"vision": {"timm_model_name": "no_such_vit"}}}),
+    ("align", {"align": {"split": {"ratios": {"train": "x"}}}}),
+    ("evaluate", {"evaluate": {"zeroshot": {"chest_xray_pneumonia": {"metric": "f1"}}}}),
+])
+def test_a_failed_stage_leaves_the_last_good_outputs_as_they_were(built_project: Path, tmp_path: Path, stage, bad):
+    """DESIGN's contract: validate first, build beside the output, swap it in last."""
+    from .conftest import _merge
+
+    project = tmp_path / "p"
+    shutil.copytree(built_project, project, symlinks=True)
+    outputs = ("data/pairs", "data/shards", "models/tokenizer", "models/clip", "metrics")
+    before = _tree_digest(project, outputs)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(_merge(params, bad), sort_keys=False))
+    proc = run_module(project, f"stages.{stage}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _tree_digest(project, outputs) == before

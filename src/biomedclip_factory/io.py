@@ -32,6 +32,20 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put the fully written ``staging`` dir in ``target``'s place; the old ``target`` goes only after.
+
+    A stage builds its output dir beside it and calls this last, so a stage that fails (a bad param,
+    a crash, a kill) leaves the previous output exactly as it was.
+    """
+    old = target.with_name(f"{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_writer(path) as fh:
         fh.write(data)

@@ -44,6 +44,7 @@ class ModelSpec:
     def from_params(cls, m: Section) -> "ModelSpec":
         """The ``model:`` section's sizes (a pretrained text tower's own config overrides the text ones)."""
         vision, text = m.section("vision"), m.section("text")
+        timm_image_size(vision.get("timm_model_name", str))  # an unknown timm name fails here, before any output
         return cls(embed_dim=m.positive("embed_dim"), timm_model_name=vision.get("timm_model_name", str),
                    context_length=text.positive("context_length"), text_layers=text.positive("layers"),
                    text_width=text.positive("width"), text_heads=text.positive("heads"),
