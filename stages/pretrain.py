@@ -86,7 +86,7 @@ def main() -> None:
         shutil.rmtree(STAGING, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
         if init_dir is not None:
-            init_from_model_dir(init_dir, TOKENIZER, STAGING)
+            init_from_model_dir(init_dir, TOKENIZER, STAGING, spec.timm_model_name)
         else:
             init_model_dir(spec, TOKENIZER, STAGING, text_init)
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote

@@ -130,3 +130,49 @@ def test_biomedclip_profile_takes_tokenizer_and_text_tower_from_one_biomedbert_d
     assert "'tokenizer.source'" in str(err.value) and "nowhere" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ParamsError, match="'model.text.init_from'.*nowhere"):
         init_sources(load_section("model", missing), tmp_path)
+
+
+def test_continuing_at_384_px_resamples_the_position_embeddings(model_dir, tmp_path):
+    """The paper's second phase: the 224-px ViT continued at 384 px (timm's same ViT at another size)."""
+    import open_clip
+    from safetensors.torch import load_file
+    from timm.layers import resample_abs_pos_embed
+
+    from biomedclip_factory.errors import ParamsError
+    from biomedclip_factory.model.build import WEIGHTS_NAME, init_from_model_dir, save_weights
+
+    spec = ModelSpec(embed_dim=16, timm_model_name="vit_tiny_patch16_224", context_length=32, text_layers=1,
+                     text_width=32, text_heads=2, text_mlp_ratio=2)
+    init_model_dir(spec, model_dir, tmp_path / "224")
+    torch.manual_seed(0)
+    save_weights(create_model(tmp_path / "224", load_weights=False), tmp_path / "224")
+    init_from_model_dir(tmp_path / "224", model_dir, tmp_path / "384", "vit_tiny_patch16_384")
+    config = json.loads((tmp_path / "384" / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+    assert (config["timm_model_name"], config["image_size"]) == ("vit_tiny_patch16_384", 384)
+    old, new = load_file(tmp_path / "224" / WEIGHTS_NAME), load_file(tmp_path / "384" / WEIGHTS_NAME)
+    assert new["visual.trunk.pos_embed"].shape == (1, 1 + 24 * 24, 192)
+    torch.testing.assert_close(new["visual.trunk.pos_embed"],
+                               resample_abs_pos_embed(old["visual.trunk.pos_embed"], [24, 24], num_prefix_tokens=1))
+    assert all(torch.equal(old[k], new[k]) for k in old if k != "visual.trunk.pos_embed")
+    plain = open_clip.create_model(f"local-dir:{tmp_path / '384'}", pretrained_text=False).eval()  # plain open_clip
+    with torch.no_grad():
+        ours = create_model(tmp_path / "384", load_weights=True).eval().encode_image(torch.rand(1, 3, 384, 384))
+        assert ours.shape == (1, 16) and plain.visual.image_size == (384, 384)
+    with pytest.raises(ParamsError, match="must be 'vit_tiny_patch16_224'"):
+        init_from_model_dir(tmp_path / "224", model_dir, tmp_path / "bad", "test_vit")
+
+
+def test_the_384_profile_continues_the_224_model(tmp_path):
+    from biomedclip_factory.model.build import init_sources
+    from biomedclip_factory.params import load_section
+
+    from .conftest import REPO
+
+    profile = REPO / "params" / "biomedclip-384.yaml"
+    model = load_section("model", profile)
+    assert ModelSpec.from_params(model).timm_model_name == "vit_base_patch16_384"
+    assert model.get("init_from", str) == "local-dir:models/clip-224"
+    assert load_section("tokenizer", profile).get("source", str) == "models/clip-224"
+    (tmp_path / "models" / "clip-224").mkdir(parents=True)
+    (tmp_path / "models" / "clip-224" / "open_clip_config.json").write_text("{}")
+    assert init_sources(model, tmp_path) == (tmp_path / "models" / "clip-224", None)

@@ -20,6 +20,7 @@ from typing import Any
 import open_clip
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from transformers import AutoConfig, AutoTokenizer, BertConfig, PretrainedConfig
 
 from ..errors import ParamsError
@@ -150,10 +151,13 @@ def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path, text_i
         save_weights(create_model(model_dir, load_weights=False, text_weights=text_init), model_dir)
 
 
-def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path) -> None:
+def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path, timm_model_name: str | None = None) -> None:
     """Start a model dir from another open_clip ``local-dir:`` model (continued pretraining).
 
-    Architecture and weights come from ``source``; the vocabulary must be the source's own.
+    Architecture and weights come from ``source``; the vocabulary must be the source's own. With
+    ``timm_model_name`` naming the same ViT at another input size (``vit_base_patch16_224`` →
+    ``vit_base_patch16_384``, the paper's 384-px phase) the position embeddings are resampled to the
+    new patch grid (timm's ``resample_abs_pos_embed``, bicubic) and every other weight is kept.
     """
     if not (source / WEIGHTS_NAME).is_file():
         raise ParamsError(f"params: 'model.init_from': {source} has no {WEIGHTS_NAME}")
@@ -167,8 +171,37 @@ def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path) -> N
     text_config.save_pretrained(model_dir)
     here = str(model_dir.resolve())
     config["model_cfg"]["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+    vision = config["model_cfg"]["vision_cfg"]
+    if timm_model_name is None or timm_model_name == vision.get("timm_model_name"):
+        write_json_atomic(model_dir / CONFIG_NAME, config)
+        shutil.copyfile(source / WEIGHTS_NAME, model_dir / WEIGHTS_NAME)
+        return
+    vision.update(timm_model_name=timm_model_name, image_size=timm_image_size(timm_model_name))
     write_json_atomic(model_dir / CONFIG_NAME, config)
-    shutil.copyfile(source / WEIGHTS_NAME, model_dir / WEIGHTS_NAME)
+    save_weights(_resized(source, model_dir), model_dir)
+
+
+def _resized(source: Path, model_dir: Path) -> torch.nn.Module:
+    """The model ``model_dir``'s config describes, holding ``source``'s weights, position embeddings resampled."""
+    from safetensors.torch import load_file
+
+    model = create_model(model_dir, load_weights=False)
+    state = load_file(source / WEIGHTS_NAME)
+    key = "visual.trunk.pos_embed"
+    target = model.state_dict()
+    if key in state and state[key].shape != target[key].shape:
+        trunk = model.visual.trunk
+        prefix = 0 if getattr(trunk, "no_embed_class", False) else trunk.num_prefix_tokens
+        state[key] = resample_abs_pos_embed(state[key], new_size=list(trunk.patch_embed.grid_size),
+                                            num_prefix_tokens=prefix)
+    mismatched = [k for k in target if k in state and state[k].shape != target[k].shape]
+    if mismatched or target.keys() != state.keys():
+        wanted = json.loads((source / CONFIG_NAME).read_text())["model_cfg"]["vision_cfg"].get("timm_model_name")
+        raise ParamsError(f"params: 'model.vision.timm_model_name' must be {wanted!r} (the image tower of {source}) "
+                          f"or the same ViT at another input size; differs in "
+                          f"{(mismatched or sorted(target.keys() ^ state.keys()))[:3]}")
+    model.load_state_dict(state)
+    return model
 
 
 def create_model(model_dir: Path, load_weights: bool, text_weights: Path | None = None) -> torch.nn.Module:
