@@ -66,6 +66,15 @@ def probe_tasks(p: Section) -> list[ProbeTask]:
     return tasks
 
 
+def model_entry(models: Section, name: str) -> tuple[str, str | None]:
+    """``name: local-dir:<dir> | models:/<name>@<alias>``, or for a hub snapshot (the released
+    BiomedCLIP) ``name: {source: local-dir:<snapshot>, text_dir: <local copy of the BERT it names>}``."""
+    if isinstance(models.raw()[name], dict):
+        entry = models.section(name)
+        return entry.get("source", str), entry.get("text_dir", str, None)
+    return models.get(name, str), None
+
+
 EXAMPLES = 8  # images in the retrieval plot, each with its top text
 
 
@@ -125,17 +134,17 @@ def main() -> None:
     batch_size = p.positive("batch_size")
     splits = [str(s) for s in p.get("retrieval_splits", list)]
     tasks, probes = zeroshot_tasks(p), probe_tasks(p)
-    others = {str(k): str(v) for k, v in p.get("models", dict, {}).items()}
+    others = {str(k): model_entry(p.section("models"), str(k)) for k in p.get("models", dict, {})}
     if OURS in others:
         raise DataError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
-    models = {OURS: "local-dir:models/clip", **others}
+    models = {OURS: ("local-dir:models/clip", None), **others}
     with stage_run("evaluate", ROOT, p.raw()):
         t0 = time.perf_counter()
         report: dict = {}
         kept: dict = {}
-        for name, spec in models.items():
+        for name, (spec, text_dir) in models.items():
             try:
-                encoder = load_encoder(spec, ROOT)
+                encoder = load_encoder(spec, ROOT, text_dir)
             except DataError as exc:
                 if name == OURS:
                     raise

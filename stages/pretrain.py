@@ -18,6 +18,7 @@ from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import (append_log_row, read_append_log, read_jsonl, replace_dir, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic, write_jsonl_atomic)
 from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, init_sources, relocate
+from biomedclip_factory.model.snapshot import convert_snapshot, is_snapshot
 from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
@@ -85,7 +86,12 @@ def main() -> None:
         _restart_loss_log(checkpoint_step(CHECKPOINTS))
         shutil.rmtree(STAGING, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
-        if init_dir is not None:
+        if init_dir is not None and is_snapshot(init_dir):  # the released BiomedCLIP's hub layout
+            converted = STAGING.with_name("snapshot.tmp")
+            convert_snapshot(init_dir, text_init, converted, "model.text.init_from")
+            init_from_model_dir(converted, TOKENIZER, STAGING, spec.timm_model_name)
+            shutil.rmtree(converted)
+        elif init_dir is not None:
             init_from_model_dir(init_dir, TOKENIZER, STAGING, spec.timm_model_name)
         else:
             init_model_dir(spec, TOKENIZER, STAGING, text_init)

@@ -176,3 +176,51 @@ def test_the_384_profile_continues_the_224_model(tmp_path):
     (tmp_path / "models" / "clip-224").mkdir(parents=True)
     (tmp_path / "models" / "clip-224" / "open_clip_config.json").write_text("{}")
     assert init_sources(model, tmp_path) == (tmp_path / "models" / "clip-224", None)
+
+
+def _hub_snapshot(model_dir: Path, dest: Path) -> Path:
+    """The released BiomedCLIP's layout, made from a model this project trained: open_clip's config naming
+    the text tower by hub id, weights as open_clip's ``open_clip_pytorch_model.bin``; plus the local BERT dir."""
+    config = json.loads((model_dir / "open_clip_config.json").read_text())
+    hub = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    config["model_cfg"]["text_cfg"].update(hf_model_name=hub, hf_tokenizer_name=hub)
+    (dest / "snapshot").mkdir(parents=True)
+    (dest / "snapshot" / "open_clip_config.json").write_text(json.dumps(config))
+    torch.save(create_model(model_dir, load_weights=True).state_dict(), dest / "snapshot" / "open_clip_pytorch_model.bin")
+    (dest / "bert").mkdir()
+    shutil.copy(model_dir / "config.json", dest / "bert" / "config.json")
+    vocab = sorted(AutoTokenizer.from_pretrained(model_dir).get_vocab().items(), key=lambda item: item[1])
+    (dest / "bert" / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab))
+    return dest / "snapshot"
+
+
+def test_a_hub_snapshot_converts_to_a_model_dir_with_identical_embeddings(model_dir, tmp_path):
+    from biomedclip_factory.errors import DataError, ParamsError
+    from biomedclip_factory.evaluate.models import load_encoder
+    from biomedclip_factory.model.build import init_sources
+    from biomedclip_factory.model.snapshot import convert_snapshot, is_snapshot
+    from biomedclip_factory.params import Section
+
+    snapshot = _hub_snapshot(model_dir, tmp_path)
+    assert is_snapshot(snapshot) and not is_snapshot(model_dir)
+    convert_snapshot(snapshot, tmp_path / "bert", tmp_path / "converted", "model.text.init_from")
+    image, text = torch.rand(2, 3, 160, 160), torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
+    a, b = create_model(model_dir, load_weights=True).eval(), create_model(tmp_path / "converted", True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(b.encode_image(image), a.encode_image(image), rtol=0, atol=0)
+        torch.testing.assert_close(b.encode_text(text), a.encode_text(text), rtol=0, atol=0)
+    caption = "Axial CT of the chest"
+    assert AutoTokenizer.from_pretrained(tmp_path / "converted")(caption)["input_ids"] == \
+        AutoTokenizer.from_pretrained(model_dir)(caption)["input_ids"]
+
+    ours = load_encoder(f"local-dir:{model_dir}", tmp_path)  # evaluation takes the snapshot with its BERT dir
+    released = load_encoder(f"local-dir:{snapshot}", tmp_path, "bert")
+    assert torch.equal(released.embed_texts([caption]), ours.embed_texts([caption]))
+    with pytest.raises(DataError, match="hub snapshot whose text tower is 'microsoft/BiomedNLP"):
+        load_encoder(f"local-dir:{snapshot}", tmp_path)
+
+    model = Section({"init_from": f"local-dir:{snapshot}", "text": {"init_from": str(tmp_path / "bert")}}, "model")
+    assert init_sources(model, tmp_path) == (snapshot, tmp_path / "bert")  # both: the snapshot and its BERT
+    both = Section({"init_from": f"local-dir:{model_dir}", "text": {"init_from": str(tmp_path / "bert")}}, "model")
+    with pytest.raises(ParamsError, match="not both"):
+        init_sources(both, tmp_path)

@@ -1,14 +1,20 @@
-"""Resolve what to evaluate: a model dir (``local-dir:…`` or a path) or a registry model (``models:/…``)."""
+"""Resolve what to evaluate: a model dir (``local-dir:…`` or a path, a hub snapshot too) or a registry model (``models:/…``)."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, ParamsError
+from ..model.snapshot import convert_snapshot, is_snapshot
 from .embed import Encoder
 
 
-def load_encoder(spec: str, project_root: Path) -> Encoder:
-    """An ``Encoder`` for ``spec``; a missing model or alias is a DataError naming it."""
+def load_encoder(spec: str, project_root: Path, text_dir: str | None = None) -> Encoder:
+    """An ``Encoder`` for ``spec``; a missing model or alias is a DataError naming it.
+
+    A hub snapshot (the released BiomedCLIP's layout) is converted into a throw-away model dir with
+    ``text_dir``, the local copy of the text tower it names, and loaded from there.
+    """
     if spec.startswith("models:/"):
         import mlflow
         from mlflow.exceptions import MlflowException
@@ -21,6 +27,12 @@ def load_encoder(spec: str, project_root: Path) -> Encoder:
     if not (path / "open_clip_config.json").is_file():
         raise DataError(f"model {spec}: no open_clip_config.json in {path}")
     try:
+        if is_snapshot(path):
+            with tempfile.TemporaryDirectory() as tmp:
+                convert_snapshot(path, project_root / text_dir if text_dir else None, Path(tmp), "evaluate.models")
+                return Encoder.load(Path(tmp))  # held in memory: the dir can go
         return Encoder.load(path)
+    except ParamsError as exc:
+        raise DataError(f"model {spec}: {exc}") from exc
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # e.g. no text-tower config.json beside it
         raise DataError(f"model {spec}: cannot load {path}: {exc}") from exc

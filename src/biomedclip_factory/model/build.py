@@ -111,11 +111,12 @@ def init_sources(m: Section, root: Path) -> tuple[Path | None, Path | None]:
     """Where training starts: (open_clip model dir, pretrained HF text encoder dir); None = scratch."""
     model_ref = m.get("init_from", str, "scratch")
     text_ref = m.section("text").get("init_from", str, "scratch")
-    if model_ref != "scratch" and text_ref != "scratch":
-        raise ParamsError("params: set 'model.init_from' or 'model.text.init_from', not both")
     model_dir = None if model_ref == "scratch" else resolve_pretrained_dir(
         model_ref.removeprefix("local-dir:"), "model.init_from", root)
     text_dir = None if text_ref == "scratch" else resolve_pretrained_dir(text_ref, "model.text.init_from", root)
+    if model_dir is not None and text_dir is not None and (model_dir / WEIGHTS_NAME).is_file():
+        raise ParamsError("params: set 'model.init_from' or 'model.text.init_from', not both (both only for a "
+                          "hub snapshot, whose text tower 'model.text.init_from' names)")
     return model_dir, text_dir
 
 
