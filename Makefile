@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: run test venv flow clean
+.PHONY: run test test-fast venv flow clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ flow: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the tests that run whole DAGs, servers or several ranks (marked slow).
+test-fast: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf data models metrics plots mlflow.db mlartifacts .prefect
