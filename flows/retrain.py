@@ -6,7 +6,7 @@ inputs changed, so a day with nothing new trains nothing; when something changed
 evaluated and registered, and the promotion gate decides whether it becomes ``champion``.
 
     python -m flows.retrain                       # one run now
-    python -m flows.retrain --deploy --cron "0 3 * * *"   # register a scheduled deployment
+    python -m flows.retrain --serve --cron "0 3 * * *"    # the schedule, run by this process
 Failures notify through a saved Prefect notification block, named ``<block-type>/<name>``
 (``notify_block``), e.g. ``custom-webhook/retrain-alerts`` or ``slack-webhook/ml-team``.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.deployments.runner import EntrypointType
 
 from .pipeline import ROOT, STAGES, run_scrape, run_stage
 
@@ -72,14 +73,21 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
     return result
 
 
-def deploy(name: str, cron: str, parameters: dict[str, Any]) -> Any:
-    """Register (or update) a deployment of ``retrain`` on a cron schedule with the Prefect API."""
-    return retrain.to_deployment(name=name, cron=cron, parameters=parameters).apply()
+def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
+    """Register ``retrain`` on a cron schedule and execute its runs here, one at a time, until stopped.
+
+    This process is the worker: a deployment registered without one (``to_deployment().apply()``
+    with no work pool) is scheduled but never executed. ``global_limit=1`` keeps a long run and the
+    next night's from sharing one DVC workspace.
+    """
+    retrain.serve(name=name, cron=cron, parameters=parameters, global_limit=1, limit=1,
+                  entrypoint_type=EntrypointType.MODULE_PATH)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--deploy", action="store_true", help="register a scheduled deployment instead of running")
+    ap.add_argument("--serve", action="store_true",
+                    help="register the cron schedule with the Prefect server (PREFECT_API_URL) and run it here")
     ap.add_argument("--name", default="nightly")
     ap.add_argument("--cron", default=DEFAULT_CRON)
     ap.add_argument("--profile")
@@ -88,7 +96,7 @@ if __name__ == "__main__":
     ap.add_argument("--notify-block")
     args = ap.parse_args()
     params = {"profile": args.profile, "source": args.source, "push": args.push, "notify_block": args.notify_block}
-    if args.deploy:
-        print(f"deployment {deploy(args.name, args.cron, params)} scheduled with cron '{args.cron}'")
+    if args.serve:
+        serve(args.name, args.cron, params)
     else:
         print(retrain(**params))

@@ -1,7 +1,6 @@
 """Prefect flows for real: the DAG once, scheduled retraining (no-change run trains nothing), failure alerts."""
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -78,18 +77,3 @@ def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on
     assert _Inbox.received, "no notification arrived"
     message = json.loads(_Inbox.received[-1])["text"]
     assert "biomedclip retrain failed" in message and "failed" in message
-
-
-def test_retrain_deployment_is_scheduled_with_cron(prefect_api, project_on_path: Path):
-    from prefect.client.orchestration import get_client
-
-    from flows.retrain import deploy
-
-    deploy("nightly-test", "15 2 * * *", {"profile": None, "source": None, "push": False, "notify_block": None})
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_deployment_by_name("biomedclip-retrain/nightly-test")
-
-    deployment = asyncio.run(read())
-    assert [s.schedule.cron for s in deployment.schedules] == ["15 2 * * *"]

@@ -67,20 +67,45 @@ def test_register_against_an_mlflow_tracking_server(built_project: Path, tmp_pat
         server.wait(timeout=30)
 
 
-def test_retrain_deployment_on_a_prefect_server(tmp_path: Path):
-    from .conftest import REPO
-
+def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_project: Path, tmp_path: Path):
+    """The README's schedule against a real server: the serve process registers the cron deployment (one
+    run at a time), executes a triggered run, and that no-change run completes having trained nothing."""
+    project = tmp_path / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    weights = (project / "models/clip/open_clip_model.safetensors").read_bytes()
     port = _port()
+    api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": str(REPO)}
+           "PREFECT_API_URL": api, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = _server(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path)
+    worker = None
     try:
-        _wait(f"http://127.0.0.1:{port}/api/health", server)
-        subprocess.run([sys.executable, "-m", "flows.retrain", "--deploy", "--name", "nightly", "--cron", "0 4 * * *",
-                        "--profile", "biomedclip", "--push"], cwd=REPO, env=env, check=True, capture_output=True, text=True)
-        found = requests.post(f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=10).json()
-        assert [(d["name"], d["schedules"][0]["schedule"]["cron"]) for d in found] == [("nightly", "0 4 * * *")]
-        assert found[0]["parameters"] == {"profile": "biomedclip", "source": None, "push": True, "notify_block": None}
+        _wait(f"{api}/health", server)
+        worker = _server(["flows.retrain", "--serve", "--name", "nightly", "--cron", "0 4 * * *"], env, project)
+        deadline = time.monotonic() + 120
+        found: list = []
+        while not found and time.monotonic() < deadline and worker.poll() is None:
+            found = requests.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+            time.sleep(1)
+        assert found, worker.communicate(timeout=5)[0][-3000:] if worker.poll() is not None else "no deployment"
+        deployment = found[0]
+        assert deployment["name"] == "nightly" and deployment["schedules"][0]["schedule"]["cron"] == "0 4 * * *"
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        run = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        deadline = time.monotonic() + 300
+        state = run["state"]["type"]
+        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
+            time.sleep(2)
+            state = requests.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+        logs = requests.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}},
+                             timeout=10).json()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for proc in (worker, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    assert state == "COMPLETED", [entry["message"] for entry in logs][-10:]
+    assert any("'trained': False" in entry["message"] for entry in logs)
+    assert (project / "models/clip/open_clip_model.safetensors").read_bytes() == weights
+
