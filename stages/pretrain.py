@@ -5,25 +5,22 @@ module with DeepSpeed's launcher: ``deepspeed --num_gpus 8 --module stages.pretr
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from contextlib import nullcontext
-from pathlib import Path
 
 import mlflow
 import torch
 
 from biomedclip_factory.errors import DataError
-from biomedclip_factory.io import (append_log_row, read_append_log, read_jsonl, replace_dir, write_bytes_atomic,
-                                   write_csv_atomic, write_json_atomic, write_jsonl_atomic)
+from biomedclip_factory.io import append_log_row, read_jsonl, replace_dir, write_csv_atomic, write_json_atomic
 from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, init_sources, relocate
 from biomedclip_factory.model.snapshot import convert_snapshot, is_snapshot
 from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
 from biomedclip_factory.train.ds_config import TrainConfig
-from biomedclip_factory.train.loop import checkpoint_step, init_distributed, pretrain
+from biomedclip_factory.train.loop import init_distributed, pretrain
+from biomedclip_factory.train.resume import RunState, run_fingerprint
 
 from .common import ROOT, run_stage, summary
 
@@ -32,42 +29,6 @@ TOKENIZER = ROOT / "models" / "tokenizer"
 MODEL = ROOT / "models" / "clip"
 STAGING = MODEL.with_name("clip.tmp")  # built and trained here, then put in MODEL's place
 CHECKPOINTS = ROOT / "models" / "checkpoints"
-LOSS_LOG = CHECKPOINTS / "loss.jsonl"
-
-
-def _train_shards_digest() -> str:
-    """The shard stage's digest of the train split ("" for shards written without one)."""
-    manifest = SHARDS / "manifest.json"
-    return json.loads(manifest.read_text()).get("train", {}).get("sha256", "") if manifest.is_file() else ""
-
-
-def _fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None]) -> str:
-    vocabulary = (TOKENIZER / "tokenizer.json").read_text()
-    blob = json.dumps([spec.__dict__, cfg.__dict__, vocabulary, [str(i) for i in init], _train_shards_digest()],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _prepare_checkpoints(fingerprint: str, steps: int) -> None:
-    """Keep checkpoints only to resume an unfinished run of this exact model, recipe and data.
-
-    Without the data in the fingerprint, new PMC pairs under a fixed vocabulary would resume the old
-    finished run and train nothing. A finished run is not resumed either: DVC reruns the stage when
-    its code changed (or on ``-f``), and that asks for a model trained by the current code.
-    """
-    stamp = CHECKPOINTS / "fingerprint"
-    if stamp.is_file() and stamp.read_text() == fingerprint and checkpoint_step(CHECKPOINTS) < steps:
-        return
-    shutil.rmtree(CHECKPOINTS, ignore_errors=True)
-    write_bytes_atomic(stamp, fingerprint.encode())
-
-
-def _restart_loss_log(resume_step: int) -> None:
-    """The loss log kept beside the checkpoints, cut back to the step the run resumes from.
-
-    The loss curve (a DVC plot) then covers the whole run, not just what came after a resume.
-    """
-    write_jsonl_atomic(LOSS_LOG, [r for r in read_append_log(LOSS_LOG) if r["step"] <= resume_step])
 
 
 def main() -> None:
@@ -81,9 +42,9 @@ def main() -> None:
     spec, (init_dir, text_init) = ModelSpec.from_params(m), init_sources(m, ROOT)
     cfg = TrainConfig.from_params(p, train_samples, torch.distributed.get_world_size())
     rank = torch.distributed.get_rank()
+    state = RunState(CHECKPOINTS)
     if rank == 0:
-        _prepare_checkpoints(_fingerprint(spec, cfg, (init_dir, text_init)), cfg.steps)
-        _restart_loss_log(checkpoint_step(CHECKPOINTS))
+        state.prepare(run_fingerprint(spec, cfg, (init_dir, text_init), TOKENIZER / "tokenizer.json", SHARDS), cfg.steps)
         shutil.rmtree(STAGING, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
         if init_dir is not None and is_snapshot(init_dir):  # the released BiomedCLIP's hub layout
@@ -98,7 +59,7 @@ def main() -> None:
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
 
     def log(step: int, values: dict[str, float]) -> None:
-        with LOSS_LOG.open("ab") as f:
+        with state.loss_log.open("ab") as f:
             append_log_row(f, {"step": step, "loss": values["loss"]})
         mlflow.log_metrics(values, step=step)
         print(f"pretrain: step {step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
@@ -116,7 +77,7 @@ def main() -> None:
                        "skipped_samples": result.skipped_samples}
             write_json_atomic(ROOT / "metrics" / "pretrain.json", {**metrics, "mlflow_run_id": run.info.run_id})
             write_csv_atomic(ROOT / "plots" / "pretrain_loss.csv",
-                             [{"step": r["step"], "loss": r["loss"]} for r in read_jsonl(LOSS_LOG)])
+                             [{"step": r["step"], "loss": r["loss"]} for r in read_jsonl(state.loss_log)])
             mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
     if rank == 0:
         summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")

@@ -27,6 +27,7 @@ from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
 from biomedclip_factory.train.loop import MAX_LOGIT_SCALE, checkpoint_step, contrastive_loss, segments
+from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 
 from .conftest import CAPTIONS, tiny_model_dir
@@ -330,46 +331,38 @@ def test_tokenizer_from_a_given_hf_dir_is_copied_as_it_is(model_dir, tmp_path):
     assert a(CAPTIONS[0])["input_ids"] == b(CAPTIONS[0])["input_ids"]
 
 
-def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(monkeypatch, tmp_path):
-    import stages.pretrain as stage
-
-    monkeypatch.setattr(stage, "CHECKPOINTS", tmp_path / "ckpt")
-    monkeypatch.setattr(stage, "LOSS_LOG", tmp_path / "ckpt" / "loss.jsonl")
+def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(tmp_path):
+    state = RunState(tmp_path / "ckpt")
 
     def checkpointed(fingerprint: str, step: int) -> None:
         (tmp_path / "ckpt").mkdir(exist_ok=True)
         (tmp_path / "ckpt" / "fingerprint").write_text(fingerprint)
         (tmp_path / "ckpt" / "latest").write_text(f"step{step}")
-        (tmp_path / "ckpt" / "loss.jsonl").write_text("".join(f'{{"step": {s}, "loss": {9 - s}}}\n' for s in (2, 4, 6)))
+        state.loss_log.write_text("".join(f'{{"step": {s}, "loss": {9 - s}}}\n' for s in (2, 4, 6)))
 
     checkpointed("recipe+data", 4)
-    stage._prepare_checkpoints("recipe+data", steps=8)  # killed at step 6, checkpoint at 4: resume there
-    assert checkpoint_step(tmp_path / "ckpt") == 4
-    stage._restart_loss_log(4)  # steps logged after the checkpoint are trained (and logged) again
-    assert read_jsonl(tmp_path / "ckpt" / "loss.jsonl") == [{"step": 2, "loss": 7}, {"step": 4, "loss": 5}]
+    assert state.prepare("recipe+data", steps=8) == 4  # killed at step 6, checkpoint at 4: resume there
+    # steps logged after the checkpoint are trained (and logged) again
+    assert read_jsonl(state.loss_log) == [{"step": 2, "loss": 7}, {"step": 4, "loss": 5}]
     for fingerprint, step in (("recipe+new data", 4), ("recipe+data", 8)):  # other shards; a finished run
         checkpointed("recipe+data", step)
-        stage._prepare_checkpoints(fingerprint, steps=8)
+        assert state.prepare(fingerprint, steps=8) == 0
         assert checkpoint_step(tmp_path / "ckpt") == 0
         assert (tmp_path / "ckpt" / "fingerprint").read_text() == fingerprint
-        stage._restart_loss_log(0)
-        assert read_jsonl(tmp_path / "ckpt" / "loss.jsonl") == []
+        assert read_jsonl(state.loss_log) == []
 
 
-def test_fingerprint_covers_the_train_shards(monkeypatch, tmp_path):
-    import stages.pretrain as stage
-
+def test_fingerprint_covers_the_train_shards(tmp_path):
     from .conftest import REPO
 
     for name in ("tokenizer", "shards"):
         (tmp_path / name).mkdir()
     (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
-    monkeypatch.setattr(stage, "TOKENIZER", tmp_path / "tokenizer")
-    monkeypatch.setattr(stage, "SHARDS", tmp_path / "shards")
     params = REPO / "params.yaml"
     spec, cfg = ModelSpec.from_params(load_section("model", params)), TrainConfig.from_params(load_section("pretrain", params), 100)
     prints = []
     for digest in ("aaa", "bbb", "aaa"):
         (tmp_path / "shards" / "manifest.json").write_text(json.dumps({"train": {"sha256": digest}}))
-        prints.append(stage._fingerprint(spec, cfg, (None, None)))
+        prints.append(run_fingerprint(spec, cfg, (None, None), tmp_path / "tokenizer" / "tokenizer.json",
+                                      tmp_path / "shards"))
     assert prints[0] == prints[2] != prints[1]

@@ -1,0 +1,51 @@
+"""Which checkpoints a pretraining run may resume from, and the loss log that spans its resumes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io import read_append_log, write_bytes_atomic, write_jsonl_atomic
+from ..model.build import ModelSpec
+from .ds_config import TrainConfig
+from .loop import checkpoint_step
+
+
+def run_fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None], vocabulary: Path,
+                    shard_dir: Path) -> str:
+    """What a run's checkpoints belong to: model, recipe, starting point, vocabulary and train shards."""
+    manifest = shard_dir / "manifest.json"  # the shard stage's per-split digest ("" for older shards)
+    shards = json.loads(manifest.read_text()).get("train", {}).get("sha256", "") if manifest.is_file() else ""
+    blob = json.dumps([spec.__dict__, cfg.__dict__, vocabulary.read_text(), [str(i) for i in init], shards],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run's checkpoints and loss log, kept in ``checkpoints`` between invocations of the stage."""
+
+    checkpoints: Path
+
+    @property
+    def loss_log(self) -> Path:
+        return self.checkpoints / "loss.jsonl"
+
+    def prepare(self, fingerprint: str, steps: int) -> int:
+        """The step to resume from (0: start over, the checkpoints cleared), the loss log cut back to it.
+
+        Checkpoints are kept only for an unfinished run of this exact fingerprint. Without the data in
+        it, new PMC pairs under a fixed vocabulary would resume the old finished run and train
+        nothing; a finished run is not resumed either: DVC reruns the stage when its code changed (or
+        on ``-f``), and that asks for a model trained by the current code. The loss log then covers
+        the whole run (a DVC plot), not just what came after a resume.
+        """
+        stamp = self.checkpoints / "fingerprint"
+        if not (stamp.is_file() and stamp.read_text() == fingerprint and checkpoint_step(self.checkpoints) < steps):
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            write_bytes_atomic(stamp, fingerprint.encode())
+        resume = checkpoint_step(self.checkpoints)
+        write_jsonl_atomic(self.loss_log, [r for r in read_append_log(self.loss_log) if r["step"] <= resume])
+        return resume
