@@ -142,7 +142,7 @@ LABELLED = {
 def build_labelled(shared: Path, out: Path) -> None:
     """Copy the first N images (sorted) of each class: small, real, openly licensed."""
     shutil.rmtree(out, ignore_errors=True)
-    lines = ["# Labelled sample sets for zero-shot evaluation", "",
+    lines = ["# Labelled sample sets for zero-shot evaluation and the linear probe", "",
              "Images are downscaled to 224 px (as in ../shared/data); the first N per class, sorted by name.", ""]
     for folder, (per_class, licence, credit) in LABELLED.items():
         name = folder.split("/")[0]
@@ -156,17 +156,49 @@ def build_labelled(shared: Path, out: Path) -> None:
     (out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
 
 
-def build_npz(shared: Path, out: Path, per_class: int = 100) -> str:
-    """The first N test images per class of PneumoniaMNIST, as a small MedMNIST-style .npz."""
+def build_npz(shared: Path, out: Path) -> str:
+    """The first N images per class of PneumoniaMNIST's test split (zero-shot, linear probe) and train
+    split (linear probe), as small MedMNIST-style .npz files."""
     import numpy as np
 
     data = np.load(shared / "pneumoniamnist.npz")
-    labels = data["test_labels"].reshape(-1)
-    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
-    np.savez_compressed(out / "pneumoniamnist_test.npz", test_images=data["test_images"][keep],
-                        test_labels=data["test_labels"][keep])
-    return (f"- `pneumoniamnist_test.npz` ({per_class} per class of the test split, 28 px), licence CC BY 4.0: "
-            "MedMNIST v2 PneumoniaMNIST (Yang et al., 2023), via varun19424/pneumonia_mnist @ 9361a718d67e.")
+    lines = []
+    for split, per_class, use in (("test", 100, "zero-shot and linear-probe test set"),
+                                  ("train", 200, "the linear probe's training set")):
+        labels = data[f"{split}_labels"].reshape(-1)
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+        np.savez_compressed(out / f"pneumoniamnist_{split}.npz", **{f"{split}_images": data[f"{split}_images"][keep],
+                                                                   f"{split}_labels": data[f"{split}_labels"][keep]})
+        lines.append(f"- `pneumoniamnist_{split}.npz` (the first {per_class} per class of the {split} split, 28 px; "
+                     f"{use}), licence CC BY 4.0: MedMNIST v2 PneumoniaMNIST (Yang et al., 2023), via "
+                     "varun19424/pneumonia_mnist @ 9361a718d67e.")
+    return "\n".join(lines)
+
+
+def build_vqa(shared: Path, out: Path, images: int = 24, max_side: int = 256) -> None:
+    """VQA-RAD (CC0) for the embedded default: the first ``images`` images (by name) that have both train
+    and test questions, downscaled, with all their questions and the full answer list."""
+    from PIL import Image
+
+    train, test = (json.loads((shared / f"{split}set.json").read_text()) for split in ("train", "test"))
+    both = sorted({r["image_name"] for r in train} & {r["image_name"] for r in test})[:images]
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "images").mkdir(parents=True)
+    for name in both:
+        with Image.open(shared / "images" / name) as img:
+            img = img.convert("RGB")
+            img.thumbnail((max_side, max_side))
+            img.save(out / "images" / name, quality=90)
+    for split, rows in (("train", train), ("test", test)):
+        (out / f"{split}set.json").write_text(json.dumps([r for r in rows if r["image_name"] in both], indent=1))
+    shutil.copy(shared / "answer_all_list.json", out / "answer_all_list.json")
+    (out / "ATTRIBUTION.md").write_text(
+        "# VQA-RAD sample: attribution\n\n"
+        f"{len(both)} images (downscaled to {max_side} px) with all their questions from VQA-RAD: Lau, Gayen, "
+        "Ben Abacha & Demner-Fushman, \"A dataset of clinically generated visual questions and answers about "
+        "radiology images\", Scientific Data 5:180251 (2018); OSF project 89kps, licence CC0 1.0. Images from "
+        "MedPix (NLM). Copied via longle0702/med-v2qa `data_RAD/` @ 4ae21bc19dd2; built by "
+        "`scripts/build_sample.py`.\n")
 
 
 def main() -> None:
@@ -175,6 +207,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("sample"))
     args = ap.parse_args()
     build_labelled(args.shared / "labelled", args.out / "labelled")
+    build_vqa(args.shared / "vqa_rad", args.out / "vqa_rad")
     args.shared, args.out = args.shared / "pmc", args.out / "pmc-mirror"
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)

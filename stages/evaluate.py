@@ -14,6 +14,7 @@ import torch
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.embed import Encoder
 from biomedclip_factory.evaluate.linear_probe import ProbeTask, evaluate_linear_probe
+from biomedclip_factory.evaluate.vqa import VqaTask, evaluate_vqa
 from biomedclip_factory.evaluate.models import load_encoder
 from biomedclip_factory.evaluate.report import confusion_rows, examples_grid, flat_metrics, markdown_report
 from biomedclip_factory.evaluate.retrieval import retrieval_metrics
@@ -66,6 +67,17 @@ def probe_tasks(p: Section) -> list[ProbeTask]:
     return tasks
 
 
+def vqa_tasks(p: Section) -> list[VqaTask]:
+    """``evaluate.vqa``: per dataset its images, train/test records, answer list and the head's recipe."""
+    if "vqa" not in p.raw():
+        return []
+    suite = p.section("vqa")
+    return [VqaTask(name=name, **{k: ROOT / Path(t.get(k, str)) for k in ("images", "train", "test", "answers")},
+                    epochs=t.positive("epochs", int, 200), hidden=t.positive("hidden", int, 256),
+                    lr=t.positive("lr", float, 1e-3), seed=t.get("seed", int, 0))
+            for name in suite.raw() for t in [suite.section(name)]]
+
+
 def model_entry(models: Section, name: str) -> tuple[str, str | None]:
     """``name: local-dir:<dir> | models:/<name>@<alias>``, or for a hub snapshot (the released
     BiomedCLIP) ``name: {source: local-dir:<snapshot>, text_dir: <local copy of the BERT it names>}``."""
@@ -95,8 +107,8 @@ def split_retrieval(encoder: Encoder, split: str, batch_size: int) -> tuple[dict
 
 
 def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask], probes: list[ProbeTask],
-                   batch_size: int, keep: dict | None = None) -> dict:
-    result: dict = {"retrieval": {}, "zeroshot": {}, "linear_probe": {}}
+                   vqa: list[VqaTask], batch_size: int, keep: dict | None = None) -> dict:
+    result: dict = {"retrieval": {}, "zeroshot": {}, "linear_probe": {}, "vqa": {}}
     for split in splits:
         result["retrieval"][split], meta, sim = split_retrieval(encoder, split, batch_size)
         if keep is not None:
@@ -107,12 +119,14 @@ def evaluate_model(encoder: Encoder, splits: list[str], tasks: list[ZeroShotTask
         except DataError as exc:  # one bad dataset is reported; the others still run
             result["zeroshot"][task.name] = {"error": str(exc)}
             print(f"evaluate: {exc}", flush=True)
-    for probe in probes:
-        try:
-            result["linear_probe"][probe.name] = evaluate_linear_probe(encoder, probe, batch_size)
-        except DataError as exc:
-            result["linear_probe"][probe.name] = {"error": str(exc)}
-            print(f"evaluate: {exc}", flush=True)
+    for kind, runs in (("linear_probe", [(t.name, evaluate_linear_probe, t) for t in probes]),
+                       ("vqa", [(t.name, evaluate_vqa, t) for t in vqa])):
+        for name, run, task in runs:
+            try:
+                result[kind][name] = run(encoder, task, batch_size)
+            except DataError as exc:  # one bad dataset is reported; the others still run
+                result[kind][name] = {"error": str(exc)}
+                print(f"evaluate: {exc}", flush=True)
     return result
 
 
@@ -133,7 +147,7 @@ def main() -> None:
     p = load_section("evaluate", ROOT / "params.yaml")
     batch_size = p.positive("batch_size")
     splits = [str(s) for s in p.get("retrieval_splits", list)]
-    tasks, probes = zeroshot_tasks(p), probe_tasks(p)
+    tasks, probes, vqa = zeroshot_tasks(p), probe_tasks(p), vqa_tasks(p)
     others = {str(k): model_entry(p.section("models"), str(k)) for k in p.get("models", dict, {})}
     if OURS in others:
         raise DataError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
@@ -151,7 +165,7 @@ def main() -> None:
                 report[name] = {"error": str(exc), "source": spec}
                 print(f"evaluate: {exc}", flush=True)
                 continue
-            report[name] = {"source": spec, **evaluate_model(encoder, splits, tasks, probes, batch_size,
+            report[name] = {"source": spec, **evaluate_model(encoder, splits, tasks, probes, vqa, batch_size,
                                                              kept if name == OURS else None)}
         seconds = time.perf_counter() - t0
         write_json_atomic(ROOT / "metrics" / "eval.json", {"models": report})

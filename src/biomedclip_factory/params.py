@@ -33,7 +33,8 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
                                "lock_text_unlocked_layers")),
     "evaluate": {"batch_size": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET},
                  "linear_probe": {"fractions": None, "seeds": None, "sets": {"*": dict.fromkeys(
-                     ("train", "test", "train_split", "test_split", "classnames", "metric"))}}},
+                     ("train", "test", "train_split", "test_split", "classnames", "metric"))}},
+                 "vqa": {"*": dict.fromkeys(("images", "train", "test", "answers", "epochs", "hidden", "lr", "seed"))}},
     "register": {**dict.fromkeys(("model_name", "alias", "gate_metric", "margin")),
                  "serve": dict.fromkeys(("max_rows", "max_request_bytes", "max_image_bytes", "max_image_pixels",
                                          "batch_size"))},

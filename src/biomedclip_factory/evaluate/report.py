@@ -22,7 +22,8 @@ def _probe_cell(run: dict | None) -> str:
 
 
 def markdown_report(models: dict[str, dict]) -> str:
-    """One table: a row per metric, a column per model, chance beside every score."""
+    """One table: a row per metric, a column per model, chance beside every score (for VQA: the
+    majority answer on closed questions, a uniform guess on open ones)."""
     ok = {name: r for name, r in models.items() if "error" not in r}
     names = list(ok)
     rows: list[tuple[str, list[str], str]] = []
@@ -50,12 +51,19 @@ def markdown_report(models: dict[str, dict]) -> str:
             label = (f"linear probe {task} {res['metric']} at {float(fraction):.0%} of train "
                      f"({run['train_images']} images" + (f", {run['runs']} seeds)" if run["runs"] > 1 else ")"))
             rows.append((label, values, _fmt(res["chance"][res["metric"]])))
+    for task, res in first.get("vqa", {}).items():
+        if "error" in res:
+            continue
+        for part in ("closed", "open", "overall"):
+            values = [_fmt(ok[n].get("vqa", {}).get(task, {}).get(part, "–")) for n in names]
+            rows.append((f"VQA {task} {part} accuracy ({res['test_questions']} questions; frozen towers + MLP head)",
+                         values, _fmt(res["baseline"][part])))
     lines = ["# Evaluation", "", "| metric | " + " | ".join(names) + " | chance |",
              "|---|" + "---|" * (len(names) + 1)]
     lines += [f"| {label} | " + " | ".join(values) + f" | {chance} |" for label, values, chance in rows]
     problems = [f"- {name}: {r['error']}" for name, r in models.items() if "error" in r]
     problems += [f"- {name} / {task}: {res['error']}" for name, r in ok.items()
-                 for kind in ("zeroshot", "linear_probe") for task, res in r.get(kind, {}).items() if "error" in res]
+                 for kind in ("zeroshot", "linear_probe", "vqa") for task, res in r.get(kind, {}).items() if "error" in res]
     if problems:
         lines += ["", "## Not evaluated", "", *problems]
     return "\n".join(lines) + "\n"
