@@ -147,3 +147,25 @@ def test_linear_probe_separates_what_is_separable_and_nothing_else():
     labels = np.array([0] * 50 + [1] * 150)
     picked = subset(labels, 0.1, seed=4)
     assert list(np.bincount(labels[picked])) == [5, 15] and list(subset(labels, 0.1, 4)) == list(picked)
+
+
+PAPER_ZEROSHOT = {  # Supplementary Table 5 of the BiomedCLIP paper: class names in its order, its two templates
+    "pcam": (["normal lymph node", "lymph node metastasis"], ["this is an image of {}", "{} presented in image"], "accuracy"),
+    "lc25000_lung": (["lung adenocarcinomas", "normal lung tissue", "lung squamous cell carcinomas"],
+                     ["this is an image of {}", "{} presented in image"], "accuracy"),
+    "lc25000_colon": (["colon adenocarcinomas", "normal colonic tissue"], ["a photo of {}", "{} presented in image"],
+                      "accuracy"),
+    "tcga_til": (["none", "tumor infiltrating lymphocytes"], ["a photo of {}", "{} presented in image"], "auroc"),
+    "rsna_pneumonia": (["normal lung", "pneumonia"], ["a photo of {}", "{} presented in image"], "accuracy"),
+}
+
+
+@pytest.mark.parametrize("profile", ["biomedclip.yaml", "biomedclip-384.yaml"])
+def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
+    import stages.evaluate as stage
+
+    from biomedclip_factory.params import load_section
+
+    tasks = {t.name: t for t in stage.zeroshot_tasks(load_section("evaluate", REPO / "params" / profile))}
+    assert {name: (list(t.classnames.values()), list(t.templates), t.metric) for name, t in tasks.items()} == \
+        PAPER_ZEROSHOT

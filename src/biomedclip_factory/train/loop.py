@@ -172,9 +172,9 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     every micro-batch are computed first without gradients; then each micro-batch runs again with
     gradients and its fresh features replace its cached ones in the full-batch loss, whose
     gradients summed over micro-batches are the full batch's. Each rerun restores the RNG its first
-    pass used, so dropout draws the same masks. The logit scale takes its gradient from one pass
-    only (open_clip's loop adds it from all ``accumulation`` passes). It costs one extra forward per
-    micro-batch.
+    pass used, so dropout draws the same masks. The logit scale's gradient is split over the passes
+    so it adds up to the batch's once (open_clip's loop adds it whole from every pass). It costs one
+    extra forward per micro-batch.
     """
     world = torch.distributed.get_world_size()
     batches = [tuple(t.to(engine.device) for t in next(micro_batches)) for _ in range(accumulation)]
@@ -193,15 +193,21 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
         if cached:
             image_f = torch.cat([image_f if k == j else c[0] for k, c in enumerate(cached)])
             text_f = torch.cat([text_f if k == j else c[1] for k, c in enumerate(cached)])
-            if j < len(batches) - 1:  # the scale enters every pass's loss whole: one pass (the last,
-                logit_scale = logit_scale.detach()  # which ZeRO-Offload's gradient copy keeps) carries its gradient
+            # The scale enters every pass's loss whole: each pass carries 1/k of its gradient (same value,
+            # k-th of the slope), so the sum is the batch's and every parameter gets a gradient at every
+            # micro-step, which ZeRO-3's and ZeRO-Offload's accumulation buffers need to reset and keep it.
+            logit_scale = logit_scale.detach() + (logit_scale - logit_scale.detach()) / len(batches)
         loss = loss_fn(image_f.float(), text_f.float(), logit_scale.float())
         engine.backward(loss, scale_wrt_gas=False)  # each pass's loss is the whole batch's already
         engine.step()
     clamp_logit_scale(engine)
+    loss = loss.detach()
+    if world > 1:  # each rank's loss covers its own rows; their mean is the global batch's (no host sync)
+        torch.distributed.all_reduce(loss)
+        loss /= world
     samples = sum(images.shape[0] for images, _ in batches) * world
     tokens = sum(int((texts != pad_token_id).sum()) for _, texts in batches) * world  # ranks alike on average
-    return StepResult(loss_tensor=loss.detach(), logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
+    return StepResult(loss_tensor=loss, logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
 
 
 def clamp_logit_scale(engine: Any) -> None:
