@@ -162,10 +162,9 @@ PAPER_ZEROSHOT = {  # Supplementary Table 5 of the BiomedCLIP paper: class names
 
 @pytest.mark.parametrize("profile", ["biomedclip.yaml", "biomedclip-384.yaml"])
 def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
-    import stages.evaluate as stage
-
+    from biomedclip_factory.evaluate.suite import Suite
     from biomedclip_factory.params import load_section
 
-    tasks = {t.name: t for t in stage.zeroshot_tasks(load_section("evaluate", REPO / "params" / profile))}
+    tasks = {t.name: t for t in Suite.from_params(load_section("evaluate", REPO / "params" / profile), REPO).zeroshot}
     assert {name: (list(t.classnames.values()), list(t.templates), t.metric) for name, t in tasks.items()} == \
         PAPER_ZEROSHOT

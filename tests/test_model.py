@@ -49,7 +49,7 @@ def test_copied_model_dir_loads_the_same_without_being_written(model_dir, tmp_pa
 
 def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     """params/biomedclip.yaml validates in every stage reader and builds BiomedCLIP's shape (~196M params)."""
-    from stages.evaluate import zeroshot_tasks
+    from biomedclip_factory.evaluate.suite import Suite
     from stages.task_runner import mapper_from_params
 
     from biomedclip_factory.params import load_section
@@ -61,7 +61,7 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     cfg = TrainConfig.from_params(load_section("pretrain", profile), train_samples=15_000_000, world_size=8)
     assert (cfg.precision, cfg.warmup_steps, cfg.betas, cfg.eps) == ("bf16", 2000, (0.9, 0.98), 1e-6)
     assert cfg.steps == 117_188  # the paper's 32 epochs of 15M pairs at 4096 a step (512 x 8 ranks)
-    assert {t.name for t in zeroshot_tasks(load_section("evaluate", profile))} == {
+    assert {t.name for t in Suite.from_params(load_section("evaluate", profile), REPO).zeroshot} == {
         "pcam", "lc25000_lung", "lc25000_colon", "tcga_til", "rsna_pneumonia"}
     align_on_processes = mapper_from_params(load_section("align", profile), "align")
     assert list(align_on_processes(abs, [-1, -2])) == [1, 2]

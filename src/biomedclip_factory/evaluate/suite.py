@@ -1,0 +1,149 @@
+"""What the evaluate stage scores, read from params, and the scoring of one model on it.
+
+A suite is retrieval on the shard splits, the zero-shot sets, the linear-probe sets and the VQA sets,
+all from ``evaluate:`` in params, so a dataset is added without code. One bad dataset is reported by
+name in the result; the others still run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError, ParamsError
+from ..params import Section
+from ..shards.loader import CaptionCollator, eval_batches
+from .embed import Encoder
+from .linear_probe import ProbeTask, evaluate_linear_probe
+from .retrieval import retrieval_metrics
+from .vqa import VqaTask, evaluate_vqa
+from .zeroshot import METRICS, ZeroShotTask, evaluate_zeroshot
+
+OURS = "ours"
+
+
+@dataclass(frozen=True)
+class Suite:
+    batch_size: int
+    splits: list[str]
+    zeroshot: list[ZeroShotTask] = field(default_factory=list)
+    probes: list[ProbeTask] = field(default_factory=list)
+    vqa: list[VqaTask] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, p: Section, root: Path) -> "Suite":
+        """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
+        return cls(batch_size=p.positive("batch_size"), splits=[str(s) for s in p.get("retrieval_splits", list)],
+                   zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
+
+
+def models_from_params(p: Section, ours: str) -> dict[str, tuple[str, str | None]]:
+    """Every model to score, ``ours`` first: name → (source, the text-tower dir a hub snapshot needs)."""
+    others = {str(k): model_entry(p.section("models"), str(k)) for k in p.get("models", dict, {})}
+    if OURS in others:
+        raise ParamsError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
+    return {OURS: (ours, None), **others}
+
+
+def zeroshot_tasks(p: Section, root: Path) -> list[ZeroShotTask]:
+    suite = p.section("zeroshot")
+    tasks = []
+    for name in suite.raw():
+        t = suite.section(name)
+        tasks.append(ZeroShotTask(
+            name=name, path=root / Path(t.get("path", str)),
+            classnames={str(k): str(v) for k, v in t.get("classnames", dict).items()},
+            templates=tuple(str(x) for x in t.get("templates", list)),
+            metric=t.choice("metric", METRICS, "accuracy"), npz_split=t.get("npz_split", str, "test")))
+    return tasks
+
+
+def probe_tasks(p: Section, root: Path) -> list[ProbeTask]:
+    """``evaluate.linear_probe``: shared fractions and seeds, a train and a test set per dataset."""
+    if "linear_probe" not in p.raw():
+        return []
+    probe = p.section("linear_probe")
+    fractions = tuple(float(f) for f in probe.get("fractions", list))
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ParamsError(f"params: 'evaluate.linear_probe.fractions' must be in (0, 1], got {list(fractions)}")
+    seeds = tuple(int(s) for s in probe.get("seeds", list)) or (0,)
+    sets = probe.section("sets")
+    tasks = []
+    for name in sets.raw():
+        t = sets.section(name)
+        classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
+        metric = t.choice("metric", METRICS, "accuracy")
+        splits = {role: ZeroShotTask(name=f"{name} ({role})", path=root / Path(t.get(role, str)), classnames=classnames,
+                                     templates=(), metric=metric, npz_split=t.get(f"{role}_split", str, role))
+                  for role in ("train", "test")}
+        tasks.append(ProbeTask(name, splits["train"], splits["test"], fractions, seeds))
+    return tasks
+
+
+def vqa_tasks(p: Section, root: Path) -> list[VqaTask]:
+    """``evaluate.vqa``: per dataset its images, train/test records, answer list and the head's recipe."""
+    if "vqa" not in p.raw():
+        return []
+    suite = p.section("vqa")
+    return [VqaTask(name=name, **{k: root / Path(t.get(k, str)) for k in ("images", "train", "test", "answers")},
+                    epochs=t.positive("epochs", int, 200), hidden=t.positive("hidden", int, 256),
+                    lr=t.positive("lr", float, 1e-3), seed=t.get("seed", int, 0))
+            for name in suite.raw() for t in [suite.section(name)]]
+
+
+def model_entry(models: Section, name: str) -> tuple[str, str | None]:
+    """``name: local-dir:<dir> | models:/<name>@<alias>``, or for a hub snapshot (the released
+    BiomedCLIP) ``name: {source: local-dir:<snapshot>, text_dir: <local copy of the BERT it names>}``."""
+    if isinstance(models.raw()[name], dict):
+        entry = models.section(name)
+        return entry.get("source", str), entry.get("text_dir", str, None)
+    return models.get(name, str), None
+
+
+EXAMPLES = 8  # images in the retrieval plot, each with its top text
+
+
+def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int) -> tuple[dict, list[dict], torch.Tensor]:
+    """Metrics, the samples' metadata and the similarity of the first ``EXAMPLES`` images to every text
+    (all the retrieval plot shows; the whole matrix would not fit at PMC scale)."""
+    collate = CaptionCollator(encoder.tokenizer, encoder.context_length)
+    images, texts, meta = [], [], []
+    for batch_images, tokens, batch_meta in eval_batches(shards, split, encoder.preprocess, collate, batch_size):
+        i, t = encoder.embed_batch(batch_images, tokens)
+        images.append(i)
+        texts.append(t)
+        meta += batch_meta
+    if not images:
+        return {"gallery_size": 0}, [], torch.empty(0)
+    image_emb, text_emb = torch.cat(images), torch.cat(texts)
+    return retrieval_metrics(image_emb, text_emb), meta, image_emb[:EXAMPLES] @ text_emb.T
+
+
+def evaluate_model(encoder: Encoder, suite: Suite, shards: Path, keep: dict | None = None) -> dict:
+    """Every task of ``suite`` for one model; with ``keep``, each split's metadata and example scores."""
+    result: dict = {"retrieval": {}, "zeroshot": {}, "linear_probe": {}, "vqa": {}}
+    for split in suite.splits:
+        result["retrieval"][split], meta, sim = split_retrieval(encoder, shards, split, suite.batch_size)
+        if keep is not None:
+            keep[split] = (meta, sim)
+    runs = [("zeroshot", t.name, evaluate_zeroshot, t) for t in suite.zeroshot]
+    runs += [("linear_probe", t.name, evaluate_linear_probe, t) for t in suite.probes]
+    runs += [("vqa", t.name, evaluate_vqa, t) for t in suite.vqa]
+    for kind, name, run, task in runs:
+        try:
+            result[kind][name] = run(encoder, task, suite.batch_size)
+        except DataError as exc:  # one bad dataset is reported; the others still run
+            result[kind][name] = {"error": str(exc)}
+            print(f"evaluate: {exc}", flush=True)
+    return result
+
+
+def items_scored(report: dict, splits: list[str]) -> int:
+    """Retrieval pairs, zero-shot images, probe test images and VQA questions, over every model."""
+    scored = sum(r["retrieval"][s]["gallery_size"] for r in report.values() if "retrieval" in r for s in splits)
+    for result in report.values():
+        scored += sum(z.get("images", 0) for z in result.get("zeroshot", {}).values())
+        scored += sum(z.get("test_images", 0) for z in result.get("linear_probe", {}).values())
+        scored += sum(z.get("test_questions", 0) for z in result.get("vqa", {}).values())
+    return scored
