@@ -197,7 +197,7 @@ def _hub_snapshot(model_dir: Path, dest: Path) -> Path:
 def test_a_hub_snapshot_converts_to_a_model_dir_with_identical_embeddings(model_dir, tmp_path):
     from biomedclip_factory.errors import DataError, ParamsError
     from biomedclip_factory.evaluate.models import load_encoder
-    from biomedclip_factory.model.build import init_sources
+    from biomedclip_factory.model.build import init_from_model_dir, init_sources
     from biomedclip_factory.model.snapshot import convert_snapshot, is_snapshot
     from biomedclip_factory.params import Section
 
@@ -221,6 +221,10 @@ def test_a_hub_snapshot_converts_to_a_model_dir_with_identical_embeddings(model_
 
     model = Section({"init_from": f"local-dir:{snapshot}", "text": {"init_from": str(tmp_path / "bert")}}, "model")
     assert init_sources(model, tmp_path) == (snapshot, tmp_path / "bert")  # both: the snapshot and its BERT
+    init_from_model_dir(tmp_path / "converted", model_dir, tmp_path / "training")  # what pretrain then starts from
+    with torch.no_grad():
+        torch.testing.assert_close(create_model(tmp_path / "training", True).eval().encode_image(image),
+                                   a.encode_image(image), rtol=0, atol=0)
     both = Section({"init_from": f"local-dir:{model_dir}", "text": {"init_from": str(tmp_path / "bert")}}, "model")
     with pytest.raises(ParamsError, match="not both"):
         init_sources(both, tmp_path)
