@@ -92,7 +92,7 @@ def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, visio
                        "test": str(vqa_rad / "testset.json"), "answers": str(vqa_rad / "answer_all_list.json"),
                        "epochs": 200, "hidden": 256, "lr": 0.001, "seed": 0}} if (vqa_rad / "testset.json").is_file() else {}
     params["evaluate"].update(retrieval_splits=["test"], zeroshot=zeroshot, models={}, vqa=vqa)
-    params["evaluate"].pop("linear_probe", None)  # PneumoniaMNIST says nothing about radiology pairs
+    params["evaluate"]["linear_probe"]["sets"] = {}  # PneumoniaMNIST says nothing about radiology pairs
     params["register"]["model_name"] = "learning-benchmark"
     return params
 
