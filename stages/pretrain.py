@@ -44,7 +44,6 @@ def main() -> None:
     rank = torch.distributed.get_rank()
     state = RunState(CHECKPOINTS)
     if rank == 0:
-        state.prepare(run_fingerprint(spec, cfg, (init_dir, text_init), TOKENIZER / "tokenizer.json", SHARDS), cfg.steps)
         shutil.rmtree(STAGING, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
         if init_dir is not None and is_snapshot(init_dir):  # the released BiomedCLIP's hub layout
@@ -56,6 +55,8 @@ def main() -> None:
             init_from_model_dir(init_dir, TOKENIZER, STAGING, spec.timm_model_name)
         else:
             init_model_dir(spec, TOKENIZER, STAGING, text_init)
+        # Only now, with the starting model built and checked, may a changed run clear old checkpoints.
+        state.prepare(run_fingerprint(spec, cfg, (init_dir, text_init), TOKENIZER / "tokenizer.json", SHARDS), cfg.steps)
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote
 
     def log(step: int, values: dict[str, float]) -> None:

@@ -168,3 +168,19 @@ def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
     tasks = {t.name: t for t in Suite.from_params(load_section("evaluate", REPO / "params" / profile), REPO).zeroshot}
     assert {name: (list(t.classnames.values()), list(t.templates), t.metric) for name, t in tasks.items()} == \
         PAPER_ZEROSHOT
+
+
+def test_a_probe_class_missing_from_training_is_never_predicted_and_bad_params_are_named(tmp_path):
+    from biomedclip_factory.errors import ParamsError
+    from biomedclip_factory.evaluate.linear_probe import probe_scores
+    from biomedclip_factory.evaluate.suite import probe_tasks
+    from biomedclip_factory.params import Section
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 8)) * 6
+    y_train, y_test = rng.integers(1, 3, 90), rng.integers(1, 3, 30)  # class 0 never seen in training
+    x_train, x_test = centres[y_train] + rng.normal(size=(90, 8)), centres[y_test] + rng.normal(size=(30, 8))
+    assert probe_scores(x_train, y_train, x_test, y_test, 3, (1.0,), (0,), "accuracy")["1"]["score"] == 1.0
+    for bad, match in (({"fractions": ["x"], "seeds": [0]}, "fractions"), ({"fractions": [0.1], "seeds": ["a"]}, "seeds")):
+        with pytest.raises(ParamsError, match=match):
+            probe_tasks(Section({"linear_probe": {**bad, "sets": {}}}, "evaluate"), tmp_path)

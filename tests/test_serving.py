@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import io
-import resource
 
 import mlflow
 import numpy as np
@@ -67,11 +66,10 @@ def test_a_file_path_is_refused_alike_whether_it_exists_or_not(served, tmp_path)
 def test_a_pixel_bomb_is_refused_from_its_header_before_decoding(served):
     bomb = _b64(Image.new("1", (13_000, 13_000)))  # ~20 KB of PNG, 169 megapixels
     assert len(bomb) < 100_000
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     message = _refused(served, pd.DataFrame({"image": [_b64(Image.new("RGB", (40, 40))), bomb]}))
-    assert message == "row 1: image of 13000x13000 pixels exceeds the limit of 4000000 pixels"
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert grown_mb < 100  # decoded, the bomb alone would take ~500 MB as RGB
+    assert message == "row 1: image of 13000x13000 pixels exceeds the limit of 4000000 pixels"  # said before decoding
+    icon = _b64(Image.new("RGB", (64, 64)), "ICO")  # ICO decodes while opening: not a format figures come in
+    assert _refused(served, pd.DataFrame({"image": [icon]})) == "row 0: 'image' is not a decodable image"
 
 
 def test_garbage_rows_and_oversized_requests_are_refused_by_name(served):
@@ -79,7 +77,9 @@ def test_garbage_rows_and_oversized_requests_are_refused_by_name(served):
         "row 0: 'image' is not a decodable image"
     assert "Incompatible input types for column image" in _refused(served, pd.DataFrame({"image": [None, 5]}))
     too_many = pd.DataFrame({"text": ["a chest x-ray"] * 41})
-    assert _refused(served, too_many) == "41 rows in one request; the limit is 40"
+    assert _refused(served, too_many) == "41 rows or candidate labels in one request; the limit is 40"
+    assert _refused(served, pd.DataFrame({"image": [_b64(Image.new("RGB", (40, 40)))]}),
+                    {"candidate_labels": [f"label {i}" for i in range(41)]}).startswith("41 rows or candidate labels")
     big = pd.DataFrame({"image": [base64.b64encode(bytes(600_000)).decode()]})
     assert _refused(served, big) == "row 0: image is larger than 500000 bytes"
     heavy = pd.DataFrame({"text": ["x" * 700_000] * 3})
@@ -95,6 +95,11 @@ def test_images_embedded_in_batches_equal_one_at_a_time(served):
     alone = [served.predict(pd.DataFrame({"image": [image]}))["image_embedding"][0] for image in images[:3]]
     torch.testing.assert_close(torch.tensor(list(together["image_embedding"][:3])), torch.tensor(alone))
     assert together["similarity"].notna().all()
+    ramp = np.linspace(0, 255, 900 * 700 * 3).reshape(900, 700, 3).astype(np.uint8)
+    large = Image.fromarray(ramp)  # shrunk while decoding (and small as a PNG)
+    encoder = served.unwrap_python_model().encoder
+    torch.testing.assert_close(torch.tensor(served.predict(pd.DataFrame({"image": [_b64(large)]}))["image_embedding"][0]),
+                               encoder.embed_images([large])[0], rtol=0, atol=1e-6)
     labelled = served.predict(pd.DataFrame({"image": images[:2]}), params={"candidate_labels": ["ct", "mri"]})
     assert list(labelled["label"]) == [["ct", "mri"][int(np.argmax(p))] for p in labelled["probabilities"]]
 

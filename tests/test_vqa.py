@@ -22,26 +22,30 @@ def encoder(tmp_path_factory) -> Encoder:
     return Encoder.load(tiny_model_dir(tmp_path_factory.mktemp("vqa")))
 
 
+BASES = [(220, 40, 40), (40, 200, 60), (50, 60, 210), (230, 220, 60)]  # four kinds of image
+
+
 def _toy(root: Path, shuffle: bool) -> VqaTask:
-    """8 images x 4 questions; the answer is a fixed function of (image, question) — or, shuffled, of nothing."""
+    """Four kinds of image (base colours), each drawn anew with noise: 4 per kind to train on, 2 unseen
+    ones per kind to test on. The answer is a fixed function of (kind, question) — or, shuffled, of nothing."""
     rng = random.Random(0)
     (root / "images").mkdir(parents=True)
-    for i in range(8):
-        Image.new("RGB", (48, 48), (rng.randrange(256), rng.randrange(256), rng.randrange(256))).save(
-            root / "images" / f"img{i}.png")
     answers = ["yes", "no", "liver", "lung", "left", "right"]
-    rows = []
-    for i in range(8):
-        for q, question in enumerate(QUESTIONS):
-            closed = q in (0, 2)
-            answer = ["yes", "no"][(i + q) % 2] if closed else answers[2 + (i * 3 + q) % 4]
-            rows.append({"qid": len(rows), "image_name": f"img{i}.png", "question": question, "answer": answer,
-                         "answer_type": "CLOSED" if closed else "OPEN"})
-    test = [dict(r) for r in rows]
-    if shuffle:  # answers independent of image and question, drawn afresh for the test set
-        for row in rows + test:
-            row["answer"] = rng.choice(["yes", "no"]) if row["answer_type"] == "CLOSED" else rng.choice(answers[2:])
-    for name, data in (("train.json", rows), ("test.json", test), ("answers.json", answers)):
+    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    for split, per_kind in (("train", 4), ("test", 2)):
+        for kind, base in enumerate(BASES):
+            for n in range(per_kind):
+                name = f"{split}-{kind}-{n}.png"
+                pixels = bytes(max(0, min(255, c + rng.randint(-12, 12))) for _ in range(40 * 40) for c in base)
+                Image.frombytes("RGB", (40, 40), pixels).save(root / "images" / name)
+                for q, question in enumerate(QUESTIONS):
+                    closed = q in (0, 2)
+                    answer = ["yes", "no"][(kind + q // 2) % 2] if closed else answers[2 + (kind + q) % 4]
+                    if shuffle:  # independent of image and question
+                        answer = rng.choice(["yes", "no"]) if closed else rng.choice(answers[2:])
+                    rows[split].append({"qid": f"{split}{len(rows[split])}", "image_name": name, "question": question,
+                                        "answer": answer, "answer_type": "CLOSED" if closed else "OPEN"})
+    for name, data in (("train.json", rows["train"]), ("test.json", rows["test"]), ("answers.json", answers)):
         (root / name).write_text(json.dumps(data))
     return VqaTask("toy", root / "images", root / "train.json", root / "test.json", root / "answers.json", epochs=400)
 
@@ -49,12 +53,12 @@ def _toy(root: Path, shuffle: bool) -> VqaTask:
 def test_the_head_learns_a_separable_toy_vqa(encoder, tmp_path):
     result = evaluate_vqa(encoder, _toy(tmp_path, shuffle=False), batch_size=8)
     assert (result["closed"], result["open"], result["overall"]) == (1.0, 1.0, 1.0)
-    assert result["images"] == 8 and result["problems"] == []
+    assert result["images"] == 24 and result["test_questions"] == 32 and result["problems"] == []  # unseen images
 
 
 def test_the_head_stays_at_chance_on_shuffled_answers(encoder, tmp_path):
     result = evaluate_vqa(encoder, _toy(tmp_path, shuffle=True), batch_size=8)
-    assert result["overall"] < 0.6  # chance: 1/2 closed, 1/4 open; 32 questions
+    assert result["overall"] < 0.6  # chance: 1/2 closed, 1/4 open; 32 questions on unseen images
     assert result["baseline"]["open"] == 0.25
 
 
@@ -62,7 +66,7 @@ def test_bad_records_are_named_and_the_rest_runs(encoder, tmp_path):
     task = _toy(tmp_path, shuffle=False)
     rows = json.loads(task.train.read_text())
     rows += [{"qid": "gone", "image_name": "nowhere.png", "question": "q?", "answer": "yes", "answer_type": "CLOSED"},
-             {"qid": "odd", "image_name": "img0.png", "question": "q?", "answer": "purple", "answer_type": "OPEN"},
+             {"qid": "odd", "image_name": "train-0-0.png", "question": "q?", "answer": "purple", "answer_type": "OPEN"},
              {"qid": "half", "image_name": "img0.png"}]
     task.train.write_text(json.dumps(rows))
     problems = evaluate_vqa(encoder, task, batch_size=8)["problems"]

@@ -63,9 +63,11 @@ def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         for seed in seeds if fraction < 1 else seeds[:1]:
             index = subset(train_y, fraction, seed) if fraction < 1 else np.arange(len(train_y))
             probe = fit_probe(train_x[index], train_y[index], seed)
-            logits = torch.from_numpy(probe.decision_function(test_x)).float()
-            if logits.ndim == 1:  # binary: one margin → two-column logits for the shared metrics
-                logits = torch.stack([-logits / 2, logits / 2], dim=1)
+            margins = torch.from_numpy(probe.decision_function(test_x)).float()
+            if margins.ndim == 1:  # binary: one margin → two columns for the shared metrics
+                margins = torch.stack([-margins / 2, margins / 2], dim=1)
+            logits = torch.full((len(test_x), n_classes), -1e9)  # a class the train split lacks is never chosen
+            logits[:, torch.from_numpy(probe.classes_).long()] = margins
             metrics = classification_metrics(logits, torch.from_numpy(test_y), n_classes)
             runs.append({"score": metrics[metric], "train_images": len(index), "C": float(np.ravel(probe.C_)[0])})
         scores = [r["score"] for r in runs]

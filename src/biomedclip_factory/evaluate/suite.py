@@ -64,10 +64,12 @@ def probe_tasks(p: Section, root: Path) -> list[ProbeTask]:
     if "linear_probe" not in p.raw():
         return []
     probe = p.section("linear_probe")
-    fractions = tuple(float(f) for f in probe.get("fractions", list))
-    if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise ParamsError(f"params: 'evaluate.linear_probe.fractions' must be in (0, 1], got {list(fractions)}")
-    seeds = tuple(int(s) for s in probe.get("seeds", list)) or (0,)
+    fractions, seeds = probe.get("fractions", list), probe.get("seeds", list)
+    if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions):
+        raise ParamsError(f"params: 'evaluate.linear_probe.fractions' must be numbers in (0, 1], got {fractions!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ParamsError(f"params: 'evaluate.linear_probe.seeds' must be integers, got {seeds!r}")
+    fractions, seeds = tuple(float(f) for f in fractions), tuple(seeds) or (0,)
     sets = probe.section("sets")
     tasks = []
     for name in sets.raw():

@@ -27,10 +27,13 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import resize
 
 from ..params import Section
 
 ARTIFACT_KEY = "model_dir"
+FORMATS = ("JPEG", "PNG")  # what figures come as; other decoders (ICO, ICNS, …) read sizes a header cannot bound
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Im
     try:
         with warnings.catch_warnings():  # Pillow's own bomb warning: ours below is the stricter check
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
+            img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except Image.DecompressionBombError:
         raise bad_input(too_big) from None
     except (OSError, ValueError, SyntaxError):
@@ -88,9 +91,14 @@ def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Im
     try:
         if img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
-        return img.convert("RGB")
+        img = img.convert("RGB")
     except (OSError, ValueError, SyntaxError):
         raise bad_input(f"row {row}: 'image' is not a decodable image") from None
+    if img.width * img.height > limits.max_image_pixels:  # the header said less than the decoder made
+        raise bad_input(too_big)
+    if min(img.size) > min_side:  # the preprocess's own first step, done now: a batch holds small images
+        img = resize(img, min_side, interpolation=InterpolationMode.BICUBIC)
+    return img
 
 
 def encode_image_file(path: Path) -> str:
@@ -102,11 +110,12 @@ def _given(value: Any) -> bool:
     return not (value is None or value == "" or isinstance(value, float) and math.isnan(value))
 
 
-def _check_request(model_input: pd.DataFrame, limits: ServeLimits) -> None:
-    if len(model_input) > limits.max_rows:
-        raise bad_input(f"{len(model_input)} rows in one request; the limit is {limits.max_rows}")
+def _check_request(model_input: pd.DataFrame, labels: list[str], limits: ServeLimits) -> None:
+    if len(model_input) > limits.max_rows or len(labels) > limits.max_rows:
+        raise bad_input(f"{max(len(model_input), len(labels))} rows or candidate labels in one request; the limit "
+                        f"is {limits.max_rows}")
     size = sum(len(v) for column in ("image", "text") if column in model_input
-               for v in model_input[column].tolist() if isinstance(v, str))
+               for v in model_input[column].tolist() if isinstance(v, str)) + sum(len(label) for label in labels)
     if size > limits.max_request_bytes:
         raise bad_input(f"the request carries {size} bytes of images and texts; the limit is "
                         f"{limits.max_request_bytes}")
@@ -124,17 +133,23 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         size = self.encoder.model.visual.image_size
         min_side = size[0] if isinstance(size, tuple) else size
 
-        def batches() -> Iterator[list[Image.Image]]:
-            for start in range(0, len(rows), self.limits.batch_size):
-                yield [decode_image(images[i], i, self.limits, min_side)
-                       for i in rows[start:start + self.limits.batch_size]]
+        def batches() -> Iterator[list[Image.Image]]:  # batch_size images, or fewer past a pixel budget
+            batch: list[Image.Image] = []
+            for i in rows:
+                batch.append(decode_image(images[i], i, self.limits, min_side))
+                if len(batch) == self.limits.batch_size or sum(b.width * b.height for b in batch) > \
+                        self.limits.max_image_pixels:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
         chunks = [self.encoder.embed_images(batch, self.limits.batch_size) for batch in batches()]
         return torch.cat(chunks) if chunks else None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        _check_request(model_input, self.limits)
         labels = [str(x) for x in (params or {}).get("candidate_labels") or [] if str(x)]
+        _check_request(model_input, labels, self.limits)
         images = model_input["image"].tolist() if "image" in model_input else [None] * len(model_input)
         texts = model_input["text"].tolist() if "text" in model_input else [None] * len(model_input)
         rows = [i for i, v in enumerate(images) if _given(v)]
