@@ -56,7 +56,7 @@ def markdown_report(models: dict[str, dict]) -> str:
             continue
         for part in ("closed", "open", "overall"):
             values = [_fmt(ok[n].get("vqa", {}).get(task, {}).get(part, "–")) for n in names]
-            rows.append((f"VQA {task} {part} accuracy ({res['test_questions']} questions; frozen towers + MLP head)",
+            rows.append((f"VQA {task} {part} accuracy ({res['questions'][part]} questions; frozen towers + MLP head)",
                          values, _fmt(res["baseline"][part])))
     lines = ["# Evaluation", "", "| metric | " + " | ".join(names) + " | chance |",
              "|---|" + "---|" * (len(names) + 1)]

@@ -154,8 +154,10 @@ def evaluate_vqa(encoder: Encoder, task: VqaTask, batch_size: int) -> dict:
         logits = head(test_image, test_question)
     names = list(index)
     predicted = [names[int(i)] for i in logits.argmax(dim=1)]
+    closed = sum(r.closed for r in test)
     return {**accuracy(predicted, test), "baseline": baseline(train, test), "train_questions": len(train),
-            "test_questions": len(test), "images": len(cache), "answers": len(index), "problems": problems}
+            "test_questions": len(test), "questions": {"closed": closed, "open": len(test) - closed, "overall": len(test)},
+            "images": len(cache), "answers": len(index), "problems": problems}
 
 
 def baseline(train: list[QA], test: list[QA]) -> dict[str, float]:
