@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.pmc.bucket import HttpBucket
 from biomedclip_factory.pmc.inventory import INVENTORY_PREFIX, InventorySource, latest_inventory
@@ -92,6 +94,7 @@ def test_newest_version_wins_whatever_the_order():
     assert superseded == {"PMC1.2": "PMC1.10", "PMC1.3": "PMC1.10"}
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_the_stage_reruns_incrementally_from_its_persisted_state(tmp_path):
     mirror = tmp_path / "mirror"
     shutil.copytree(SAMPLE_MIRROR, mirror)
@@ -123,6 +126,7 @@ def test_a_date_window_selects_on_each_versions_last_change(tmp_path):
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(recent)
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_a_date_window_needs_a_dated_layout(tmp_path):
     project = make_project(tmp_path / "p", {"scrape": {"since": "2026-01-01"}})
     proc = run_module(project, "stages.scrape", check=False)

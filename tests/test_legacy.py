@@ -137,6 +137,7 @@ def test_the_txt_file_list_and_bad_lists():
     assert bad == [BadLine("l.csv:2", "bad package path '../../etc/passwd.tar.gz'")]
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_the_scrape_stage_reads_a_legacy_mirror_from_params(tmp_path):
     mirror = legacy_mirror(tmp_path / "mirror")
     project = make_project(tmp_path / "p", {"scrape": {"source": str(mirror), "layout": "legacy"}})

@@ -56,6 +56,7 @@ def test_bad_pairs_files_are_clear_errors(tmp_path):
         read_pairs(tmp_path / "q.jsonl", None)
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_the_stages_turn_a_pairs_file_into_pairs(tmp_path):
     data = pairs_file(tmp_path / "mine")
     project = make_project(tmp_path / "p", {"scrape": {"source": str(data), "layout": "pairs", "pairs_group_by": None}})

@@ -24,6 +24,7 @@ def test_missing_and_invalid_keys_are_named(tmp_path):
         load_section("align", params)
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_stage_exits_with_one_clear_line(tmp_path):
     project = make_project(tmp_path / "p", {"scrape": {"workers": "many"}})
     proc = run_module(project, "stages.scrape", check=False)
@@ -33,6 +34,7 @@ def test_stage_exits_with_one_clear_line(tmp_path):
 
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_align_filters_are_checked_before_any_work(tmp_path):
     project = make_project(tmp_path / "p", {"align": {"near_duplicate_distance": 40}})
     proc = run_module(project, "stages.align", check=False)
@@ -67,6 +69,7 @@ def test_a_misspelt_key_fails_by_name_with_the_closest_known_one(tmp_path, secti
     assert str(err.value) == f"params: {hint}"
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_a_typo_stops_the_stage_before_any_work(tmp_path):
     project = make_project(tmp_path / "p", {"scrape": {"max_article": 2}})
     proc = run_module(project, "stages.scrape", check=False)
@@ -74,6 +77,7 @@ def test_a_typo_stops_the_stage_before_any_work(tmp_path):
     assert not (project / "data" / "raw").exists()
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_a_non_numeric_split_ratio_is_one_line(tmp_path):
     project = make_project(tmp_path / "p", {"align": {"split": {"ratios": {"train": "x", "test": 0.3}}}})
     proc = run_module(project, "stages.align", check=False)

@@ -66,6 +66,7 @@ def test_the_stage_streams_only_train_captions_across_row_groups(tmp_path):
     assert list(train_captions(tmp_path / "pairs.parquet")) == ["caption 0", "caption 2", "caption 3", "caption 5"]
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_same_captions_give_the_same_vocabulary_in_every_process(tmp_path):
     """``tokenizers``' trainer gave 1004-1006 tokens on the embedded default's captions across runs."""
     script = ("import sys; from pathlib import Path; from tests.conftest import CAPTIONS;"

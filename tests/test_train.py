@@ -175,7 +175,8 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(Path(model_dir) / WEIGHTS_NAME)
 
 
-@pytest.mark.parametrize("ranks,stage", [(1, "0"), pytest.param(2, "2", marks=pytest.mark.slow),
+@pytest.mark.parametrize("ranks,stage", [pytest.param(1, "0", marks=pytest.mark.slow),
+                                         pytest.param(2, "2", marks=pytest.mark.slow),
                                          pytest.param(2, "3", marks=pytest.mark.slow),
                                          pytest.param(2, "2+offload", marks=pytest.mark.slow)])
 def test_accumulated_micro_batches_train_like_one_batch(model_dir, tmp_path, ranks, stage):
@@ -193,7 +194,8 @@ def test_accumulated_micro_batches_train_like_one_batch(model_dir, tmp_path, ran
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("ranks,stage", [(1, 0), pytest.param(2, 2, marks=pytest.mark.slow),
+@pytest.mark.parametrize("ranks,stage", [pytest.param(1, 0, marks=pytest.mark.slow),
+                                         pytest.param(2, 2, marks=pytest.mark.slow),
                                          pytest.param(2, 3, marks=pytest.mark.slow)])
 def test_bf16_clamps_and_saves_the_fp32_masters(model_dir, tmp_path, ranks, stage):
     """From a logit scale past log(100), bf16 steps leave the fp32 master clamped, and the saved model is
@@ -207,6 +209,7 @@ def test_bf16_clamps_and_saves_the_fp32_masters(model_dir, tmp_path, ranks, stag
         assert saved[name].reshape(-1).tolist() == values, name
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(tmp_path):
     """open_clip's local × global logits (the paper's --local-loss) against the global × global matrix."""
     _launch(["loss", str(tmp_path / "out.json")], ranks=2)
@@ -218,6 +221,7 @@ def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(tmp_path):
                                    rtol=1e-5, atol=1e-7, msg=key)
 
 
+@pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_locked_towers_keep_their_weights(model_dir, tmp_path):
     """open_clip's --lock-image and --lock-text --lock-text-unlocked-layers 1: frozen weights are
     bit-identical after training, the last text layer and both projections train."""
