@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegressionCV
 
 from ..errors import DataError
 from .embed import Encoder
-from .zeroshot import ZeroShotTask, classification_metrics, load_dataset
+from .zeroshot import ZeroShotTask, chance_levels, classification_metrics, load_dataset
 
 C_GRID = np.logspace(-4, 4, 9)
 
@@ -87,9 +87,7 @@ def evaluate_linear_probe(encoder: Encoder, task: ProbeTask, batch_size: int) ->
     train_x = encoder.embed_images(train_images, batch_size).numpy()
     test_x = encoder.embed_images(test_images, batch_size).numpy()
     n_classes = len(task.train.classnames)
-    counts = np.bincount(test_y, minlength=n_classes)
-    chance = {"accuracy": float(counts.max() / len(test_y)), "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
-    return {"metric": task.train.metric, "chance": chance, "test_images": len(test_y),
+    return {"metric": task.train.metric, "chance": chance_levels(test_y, n_classes), "test_images": len(test_y),
             "fractions": probe_scores(train_x, train_y, test_x, test_y, n_classes, task.fractions, task.seeds,
                                       task.train.metric),
             "classes": list(task.train.classnames.values()), "unreadable": train_bad + test_bad}

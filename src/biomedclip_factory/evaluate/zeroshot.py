@@ -82,6 +82,12 @@ def class_embeddings(encoder: Encoder, classnames: list[str], templates: tuple[s
     return torch.stack(rows)
 
 
+def chance_levels(labels: np.ndarray, n_classes: int) -> dict[str, float]:
+    """What each metric gives without looking: the majority class, uniform guessing, a random ranking."""
+    return {"accuracy": float(np.bincount(labels, minlength=n_classes).max() / len(labels)),
+            "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict:
     """Accuracy, balanced accuracy and AUROC (binary, or one-vs-rest macro), each with its chance level."""
     y, pred = labels.numpy(), logits.argmax(dim=1).numpy()
@@ -96,8 +102,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes
     return {"accuracy": float((pred == y).mean()),
             "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
             "auroc": auroc,
-            "chance": {"accuracy": float(np.bincount(y, minlength=n_classes).max() / len(y)),
-                       "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5},
+            "chance": chance_levels(y, n_classes),
             "confusion": confusion_matrix(y, pred, labels=list(range(n_classes))).tolist()}
 
 

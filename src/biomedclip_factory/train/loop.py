@@ -177,7 +177,11 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     extra forward per micro-batch.
     """
     world = torch.distributed.get_world_size()
-    batches = [tuple(t.to(engine.device) for t in next(micro_batches)) for _ in range(accumulation)]
+    host = [next(micro_batches) for _ in range(accumulation)]
+    # Counted on the host copies: the same sum on the device would make every step wait for the GPU.
+    tokens = sum(int((texts != pad_token_id).sum()) for _, texts in host) * world  # ranks alike on average
+    samples = sum(images.shape[0] for images, _ in host) * world
+    batches = [(images.to(engine.device), texts.to(engine.device)) for images, texts in host]
     cached: list[tuple[torch.Tensor, torch.Tensor]] = []
     states = []
     if accumulation > 1:
@@ -205,8 +209,6 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     if world > 1:  # each rank's loss covers its own rows; their mean is the global batch's (no host sync)
         torch.distributed.all_reduce(loss)
         loss /= world
-    samples = sum(images.shape[0] for images, _ in batches) * world
-    tokens = sum(int((texts != pad_token_id).sum()) for _, texts in batches) * world  # ranks alike on average
     return StepResult(loss_tensor=loss, logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
 
 
