@@ -19,7 +19,7 @@ from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
 from biomedclip_factory.train.ds_config import TrainConfig
-from biomedclip_factory.train.loop import init_distributed, pretrain
+from biomedclip_factory.train.loop import distributed, pretrain
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 
 from .common import ROOT, run_stage, summary
@@ -38,7 +38,6 @@ def main() -> None:
     train_samples = split_size(SHARDS, "train")
     if train_samples == 0:
         raise DataError(f"pretrain: the train split in {SHARDS} is empty")
-    init_distributed()
     spec, (init_dir, text_init) = ModelSpec.from_params(m), init_sources(m, ROOT)
     cfg = TrainConfig.from_params(p, train_samples, torch.distributed.get_world_size())
     rank = torch.distributed.get_rank()
@@ -85,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("pretrain", main)
+    with distributed():  # every rank joins, and leaves cleanly however the stage ends
+        run_stage("pretrain", main)

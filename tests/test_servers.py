@@ -67,6 +67,10 @@ def test_register_against_an_mlflow_tracking_server(built_project: Path, tmp_pat
         server.wait(timeout=30)
 
 
+def _run_logs(api: str, run_id: str) -> list[dict]:
+    return requests.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}, timeout=10).json()
+
+
 def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_project: Path, tmp_path: Path):
     """The README's schedule against a real server: the serve process registers the cron deployment (one
     run at a time), executes a triggered run, and that no-change run completes having trained nothing."""
@@ -98,8 +102,11 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
         while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
             time.sleep(2)
             state = requests.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
-        logs = requests.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}},
-                             timeout=10).json()
+        deadline = time.monotonic() + 60  # the runner ships logs in batches, some after the state turns final
+        logs = _run_logs(api, run["id"])
+        while not any("'trained'" in entry["message"] for entry in logs) and time.monotonic() < deadline:
+            time.sleep(2)
+            logs = _run_logs(api, run["id"])
     finally:
         for proc in (worker, server):
             if proc is not None:

@@ -27,7 +27,7 @@ from open_clip.loss import ClipLoss
 from biomedclip_factory.model.build import create_model
 from biomedclip_factory.train.ds_config import TrainConfig
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, MicroBatch, build_engine, contrastive_loss,
-                                           init_distributed, pretrain, save_consolidated, train_step)
+                                           distributed, pretrain, save_consolidated, train_step)
 
 GLOBAL_BATCH, STEPS, TEXT_LEN = 8, 3, 12
 
@@ -53,7 +53,6 @@ def global_batches(vocab_size: int, image_size: int, size: int = GLOBAL_BATCH) -
 
 
 def run_zero(model_dir: Path, variants: list[str], out: Path) -> None:
-    init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     per_rank = GLOBAL_BATCH // world
     results = {}
@@ -92,7 +91,6 @@ def _micro_batches(batches: list, rank: int, world: int, accumulation: int) -> I
 
 def run_accum(model_dir: Path, out: Path, variant: str) -> None:
     """Losses and consolidated weights after STEPS steps of a 16-pair global batch, at 1 and 4 micro-batches."""
-    init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     stage, *extras = variant.split("+")
     results = {}
@@ -124,7 +122,6 @@ def run_accum(model_dir: Path, out: Path, variant: str) -> None:
 def run_clamp(model_dir: Path, out: Path, stage: str) -> None:
     """bf16 steps starting past the clamp: where the fp32 masters end, and what was saved."""
     stage = int(stage)
-    init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(0)
     model = create_model(model_dir, load_weights=True)
@@ -152,7 +149,6 @@ def run_clamp(model_dir: Path, out: Path, stage: str) -> None:
 
 
 def run_lock(model_dir: Path, out: Path) -> None:
-    init_distributed()
     torch.manual_seed(0)
     model = create_model(model_dir, load_weights=True)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -166,7 +162,6 @@ def run_lock(model_dir: Path, out: Path) -> None:
 
 
 def run_loss(out: Path) -> None:
-    init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     g = torch.Generator().manual_seed(0)
     images, texts = (torch.nn.functional.normalize(torch.randn(4 * world, 16, generator=g), dim=1) for _ in range(2))
@@ -225,13 +220,14 @@ if __name__ == "__main__":
     p.add_argument("every", type=int)
     p.add_argument("log_file", type=Path)
     args = parser.parse_args()
-    if args.mode == "zero":
-        run_zero(args.model_dir, args.variants, args.out)
-    elif args.mode == "loss":
-        run_loss(args.out)
-    elif args.mode == "lock":
-        run_lock(args.model_dir, args.out)
-    elif args.mode in ("accum", "clamp"):
-        (run_accum if args.mode == "accum" else run_clamp)(args.model_dir, args.out, args.stage)
-    else:
-        run_pretrain(args.model_dir, args.shards, args.checkpoints, args.steps, args.every, args.log_file)
+    with distributed():
+        if args.mode == "zero":
+            run_zero(args.model_dir, args.variants, args.out)
+        elif args.mode == "loss":
+            run_loss(args.out)
+        elif args.mode == "lock":
+            run_lock(args.model_dir, args.out)
+        elif args.mode in ("accum", "clamp"):
+            (run_accum if args.mode == "accum" else run_clamp)(args.model_dir, args.out, args.stage)
+        else:
+            run_pretrain(args.model_dir, args.shards, args.checkpoints, args.steps, args.every, args.log_file)

@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -85,6 +86,21 @@ def init_distributed() -> None:
                           MASTER_PORT=str(_free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+@contextmanager
+def distributed() -> Iterator[None]:
+    """The process group for the length of a run, left cleanly at its end.
+
+    A rank that exits with the group still alive can abort in C++ teardown ("terminate called without
+    an active exception", SIGABRT) after its work succeeded, and the launcher then fails the whole run.
+    """
+    init_distributed()
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
