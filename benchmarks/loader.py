@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from biomedclip_factory.corpus.records import Pair, make_pair_id  # noqa: E402
 from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.shards.loader import CaptionCollator, shard_urls, train_batches  # noqa: E402
 from biomedclip_factory.shards.writer import write_split  # noqa: E402
@@ -31,15 +32,19 @@ from biomedclip_factory.shards.writer import write_split  # noqa: E402
 MEDPIX = ROOT.parent / "shared" / "data" / "medpix"
 
 
-def corpus(work: Path) -> tuple[list[dict], Path]:
-    """Pair rows in the align stage's shape, from MedPix or the sample's own figures."""
+def _pair(article: str, fig_id: str, image: str, caption: str) -> Pair:
+    return Pair(pair_id=make_pair_id(article, fig_id), pmcid=article.split(".")[0], pmid=None, fig_id=fig_id,
+                label=None, caption=caption, mentions=[], image=image, width=0, height=0, sha256="", phash="",
+                license_code=None, split="train")
+
+
+def corpus(work: Path) -> tuple[list[Pair], Path]:
+    """Pairs in the align stage's shape, from MedPix or the sample's own figures."""
     if (MEDPIX / "pairs.jsonl").is_file():
         rows = [json.loads(line) for line in (MEDPIX / "pairs.jsonl").open()]
-        return [{"pair_id": f"MPX{i}.1_{Path(r['image']).stem}", "image": r["image"], "caption": r["caption"],
-                 "split": "train"} for i, r in enumerate(rows)], MEDPIX
+        return [_pair(f"MPX{i}.1", Path(r["image"]).stem, r["image"], r["caption"]) for i, r in enumerate(rows)], MEDPIX
     images = sorted((ROOT / "sample" / "pmc-mirror").glob("PMC*/*.jpg"))
-    return [{"pair_id": f"{p.parent.name}_{p.stem.replace('.', '-')}", "image": str(p), "caption": p.stem,
-             "split": "train"} for p in images] * 20, Path("/")
+    return [_pair(p.parent.name, p.stem.replace(".", "-"), str(p), p.stem) for p in images] * 20, Path("/")
 
 
 def timed(batches, n: int) -> tuple[float, float]:
@@ -63,7 +68,7 @@ def main() -> None:
         work = Path(tmp)
         rows, image_root = corpus(work)
         write_split(rows, image_root, work / "shards", "train", shard_size=128, seed=0)
-        train_wordpiece([r["caption"] for r in rows], work / "tok", 8000, 2, True, args.context)
+        train_wordpiece([r.caption for r in rows], work / "tok", 8000, 2, True, args.context)
         hf_tok = AutoTokenizer.from_pretrained(work / "tok")
         preprocess = open_clip.image_transform(224, is_train=True)
 

@@ -10,6 +10,7 @@ import time
 import mlflow
 import torch
 
+from biomedclip_factory.corpus.records import image_path
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.models import load_encoder
 from biomedclip_factory.evaluate.report import confusion_rows, examples_grid, flat_metrics, markdown_report
@@ -21,7 +22,7 @@ from biomedclip_factory.tracking import stage_run
 from .common import ROOT, run_stage, summary
 
 SHARDS = ROOT / "data" / "shards"
-PAIR_IMAGES = ROOT / "data" / "pairs" / "images"
+PAIRS = ROOT / "data" / "pairs"
 PLOTS = ROOT / "plots"
 
 
@@ -32,7 +33,7 @@ def write_plots(ours: dict, kept: dict, split: str) -> None:
     meta, sim = kept.get(split, ([], torch.empty(0)))
     if meta:
         top1 = sim.argmax(dim=1).tolist()
-        examples = [(PAIR_IMAGES / f"{m['pair_id']}.jpg", m["caption"], meta[j]["caption"])
+        examples = [(PAIRS / image_path(m["pair_id"]), m["caption"], meta[j]["caption"])
                     for m, j in zip(meta, top1)]
         PLOTS.mkdir(exist_ok=True)
         examples_grid(examples).save(PLOTS / "retrieval_examples.png")

@@ -13,8 +13,8 @@ import torch
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import append_log_row, read_jsonl, replace_dir, write_csv_atomic, write_json_atomic
-from biomedclip_factory.model.build import ModelSpec, init_from_model_dir, init_model_dir, init_sources, relocate
-from biomedclip_factory.model.snapshot import convert_snapshot, is_snapshot
+from biomedclip_factory.model.build import ModelSpec, init_sources, relocate
+from biomedclip_factory.model.start import lay_out_start
 from biomedclip_factory.params import load_section
 from biomedclip_factory.shards.loader import split_size
 from biomedclip_factory.tracking import stage_run
@@ -45,15 +45,7 @@ def main() -> None:
     if rank == 0:
         shutil.rmtree(STAGING, ignore_errors=True)
         torch.manual_seed(cfg.seed)  # the image tower's init when only the text tower is pretrained
-        if init_dir is not None and is_snapshot(init_dir):  # the released BiomedCLIP's hub layout
-            converted = STAGING.with_name("snapshot.tmp")
-            convert_snapshot(init_dir, text_init, converted, "model.text.init_from")
-            init_from_model_dir(converted, TOKENIZER, STAGING, spec.timm_model_name)
-            shutil.rmtree(converted)
-        elif init_dir is not None:
-            init_from_model_dir(init_dir, TOKENIZER, STAGING, spec.timm_model_name)
-        else:
-            init_model_dir(spec, TOKENIZER, STAGING, text_init)
+        lay_out_start(spec, init_dir, text_init, TOKENIZER, STAGING)
         # Only now, with the starting model built and checked, may a changed run clear old checkpoints.
         state.prepare(run_fingerprint(spec, cfg, (init_dir, text_init), TOKENIZER / "tokenizer.json", SHARDS), cfg.steps)
     torch.distributed.barrier()  # every rank builds its model from the dir rank 0 just wrote

@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 import mlflow
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from biomedclip_factory.corpus.table import TABLE_NAME, memory_mapped
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import sweep_partial_writes, write_json_atomic
 from biomedclip_factory.params import load_section
@@ -25,7 +24,7 @@ def main() -> None:
     p = load_section("shard", ROOT / "params.yaml")
     shard_size, seed = p.positive("shard_size"), p.get("seed", int)
     splits = list(load_section("align", ROOT / "params.yaml").section("split").get("ratios", dict))
-    table = PAIRS / "pairs.parquet"
+    table = PAIRS / TABLE_NAME
     if not table.is_file():
         raise DataError(f"shard: {table} is missing (run the align stage)")
     sweep_partial_writes(ROOT / "data", "shard")  # the table copy of a killed run
@@ -43,17 +42,6 @@ def main() -> None:
         write_json_atomic(ROOT / "metrics" / "shard.json", metrics)
         mlflow.log_metrics(metrics)
     summary("shard", pairs.num_rows, sum(m["samples"] for m in manifest.values()), 0, seconds, "samples")
-
-
-def memory_mapped(parquet: Path, arrow: Path) -> pa.Table:
-    """``parquet``'s rows as an Arrow table backed by a memory-mapped file: the corpus stays on disk
-    (the page cache holds what is being read), however many pairs it has. Copied one row group at a
-    time."""
-    with pq.ParquetFile(parquet) as source, pa.OSFile(str(arrow), "wb") as sink, \
-            pa.ipc.new_file(sink, source.schema_arrow) as writer:
-        for group in range(source.num_row_groups):
-            writer.write_table(source.read_row_group(group))
-    return pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()
 
 
 if __name__ == "__main__":

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import pandas as pd
-import pyarrow.parquet as pq
 
+from biomedclip_factory.corpus.table import TABLE_NAME, split_captions
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import replace_dir, write_json_atomic
 from biomedclip_factory.model.build import resolve_pretrained_dir
@@ -24,15 +22,8 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-PAIRS = ROOT / "data" / "pairs" / "pairs.parquet"
+PAIRS = ROOT / "data" / "pairs" / TABLE_NAME
 OUT = ROOT / "models" / "tokenizer"
-
-
-def train_captions(pairs: Path) -> Iterator[str]:
-    """The train split's captions, a row group at a time: PMC scale has millions of them."""
-    for batch in pq.ParquetFile(pairs).iter_batches(columns=["caption", "split"]):
-        columns = batch.to_pydict()
-        yield from (c for c, split in zip(columns["caption"], columns["split"]) if split == "train")
 
 
 def main() -> None:
@@ -48,7 +39,7 @@ def main() -> None:
         staging = OUT.with_name(f"{OUT.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         if pretrained is None:
-            vocab = train_wordpiece(train_captions(PAIRS), staging, p.positive("vocab_size"),
+            vocab = train_wordpiece(split_captions(PAIRS, "train"), staging, p.positive("vocab_size"),
                                     p.positive("min_frequency"), p.get("lowercase", bool), context_length, progress=True)
         else:
             vocab = copy_tokenizer(pretrained, staging, context_length)

@@ -36,15 +36,15 @@ def test_sample_gives_every_figure_with_an_image(raw, tmp_path):
     raw_dir, prefixes = raw
     pairs, rejects, figures = align_corpus(raw_dir, prefixes, tmp_path, CFG, progress=False)
     assert len(pairs) == 10 and figures == 98
-    assert {p["pmcid"] for p in pairs} == {"PMC2924383", "PMC2958805", "PMC3532326"}
-    reasons = {r["reason"] for r in rejects}
+    assert {p.pmcid for p in pairs} == {"PMC2924383", "PMC2958805", "PMC3532326"}
+    reasons = {r.reason for r in rejects}
     assert reasons == {"image_missing", "caption_too_short", "xml_malformed"}
-    assert [r["article"] for r in rejects if r["reason"] == "xml_malformed"] == ["PMC12433831.1"]
+    assert [r.article for r in rejects if r.reason == "xml_malformed"] == ["PMC12433831.1"]
     for pair in pairs:
-        img = Image.open(tmp_path / pair["image"])
+        img = Image.open(tmp_path / pair.image)
         assert img.format == "JPEG" and img.mode == "RGB" and max(img.size) <= 128
-        assert (img.width, img.height) == (pair["width"], pair["height"])
-        assert pair["license_code"] == "CC BY" and pair["split"] == split_of(pair["pmcid"], CFG.split_ratios)
+        assert (img.width, img.height) == (pair.width, pair.height)
+        assert pair.license_code == "CC BY" and pair.split == split_of(pair.pmcid, CFG.split_ratios)
 
 
 def test_split_is_by_article_and_stable(raw, tmp_path):
@@ -52,10 +52,10 @@ def test_split_is_by_article_and_stable(raw, tmp_path):
     pairs, _, _ = align_corpus(raw_dir, prefixes, tmp_path, CFG, progress=False)
     by_article: dict[str, set[str]] = {}
     for p in pairs:
-        by_article.setdefault(p["pmcid"], set()).add(p["split"])
+        by_article.setdefault(p.pmcid, set()).add(p.split)
     assert all(len(s) == 1 for s in by_article.values())
     again, _, _ = align_corpus(raw_dir, prefixes, tmp_path / "again", CFG, progress=False)
-    assert [p["sha256"] for p in again] == [p["sha256"] for p in pairs]
+    assert [p.sha256 for p in again] == [p.sha256 for p in pairs]
 
 
 def _with_image(raw_dir, name: str, data: bytes):
@@ -87,14 +87,14 @@ def test_exact_and_near_duplicates_are_rejected_corpus_wide(raw, tmp_path):
     with _with_image(raw_dir, "pone.0012255.g002.jpg", g001):
         pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path / "a", CFG, progress=False)
     assert len(pairs) == 3
-    assert [(r["fig_id"], r["reason"]) for r in rejects] == [("pone-0012255-g002", "duplicate_image")]
+    assert [(r.fig_id, r.reason) for r in rejects] == [("pone-0012255-g002", "duplicate_image")]
 
     near = replace(CFG, near_duplicate_max_distance=6)
     with _with_image(raw_dir, "pone.0012255.g003.jpg", _reencoded(g001, 0.8, 40)):  # same figure, resized, lossier
         exact_only, _, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path / "b", CFG, progress=False)
         pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path / "c", near, progress=False)
     assert len(exact_only) == 4 and len(pairs) == 3
-    assert [(r["fig_id"], r["reason"], r["detail"]) for r in rejects] == [
+    assert [(r.fig_id, r.reason, r.detail) for r in rejects] == [
         ("pone-0012255-g003", "near_duplicate_image", "PMC2924383.1_pone-0012255-g001")]
     distinct, _, _ = align_corpus(raw_dir, ["PMC2924383.1", "PMC3532326.1"], tmp_path / "d", near, progress=False)
     assert len(distinct) == 6  # different figures stay apart at this distance
@@ -108,14 +108,14 @@ def test_extreme_aspect_ratios_are_rejected(raw, tmp_path):
         pairs, rejects, _ = align_corpus(raw_dir, ["PMC2924383.1"], tmp_path, replace(CFG, max_aspect_ratio=3.0),
                                          progress=False)
     assert len(pairs) == 3
-    assert [(r["fig_id"], r["reason"], r["detail"]) for r in rejects] == [("pone-0012255-g004", "aspect_ratio", "128x36")]
+    assert [(r.fig_id, r.reason, r.detail) for r in rejects] == [("pone-0012255-g004", "aspect_ratio", "128x36")]
 
 
 def test_pairs_carry_the_sentences_citing_their_figure(raw, tmp_path):
     raw_dir, _ = raw
     pairs, _, _ = align_corpus(raw_dir, ["PMC3532326.1"], tmp_path, CFG, progress=False)
-    f2 = next(p for p in pairs if p["fig_id"] == "F2")
-    assert f2["mentions"][0] == "Figure 2A shows one such example affecting Ensembl transcript ENST00000253255."
+    f2 = next(p for p in pairs if p.fig_id == "F2")
+    assert f2.mentions[0] == "Figure 2A shows one such example affecting Ensembl transcript ENST00000253255."
 
 
 def test_resolve_prefers_full_image_over_thumbnail(tmp_path):

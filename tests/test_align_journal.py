@@ -37,7 +37,7 @@ def cold(raw, tmp_path_factory):
     raw_dir, digests = raw
     out = tmp_path_factory.mktemp("cold")
     pairs, rejects, figures = align_corpus(raw_dir, list(digests), out, CFG, progress=False)
-    return (pairs, rejects, figures), {p["image"]: (out / p["image"]).read_bytes() for p in pairs}
+    return (pairs, rejects, figures), {p.image: (out / p.image).read_bytes() for p in pairs}
 
 
 def recording(seen: list[str], die_after: int | None = None):
@@ -60,7 +60,7 @@ def run(raw, out: Path, journal_root: Path, cfg=CFG, digests=None, seen=None, di
     journal = AlignJournal(journal_root, cfg, digests)
     result = align_corpus(raw_dir, list(digests), out, cfg, progress=False, journal=journal,
                           mapper=recording(seen if seen is not None else [], die_after))
-    return result, {p["image"]: (out / p["image"]).read_bytes() for p in result[0]}
+    return result, {p.image: (out / p.image).read_bytes() for p in result[0]}
 
 
 def test_a_killed_run_resumes_and_gives_the_cold_result(raw, cold, tmp_path):
@@ -113,7 +113,7 @@ def test_other_settings_start_a_fresh_journal_but_dedup_distance_does_not(raw, t
     smaller = replace(CFG, max_side=96)
     assert settings_key(smaller) != settings_key(CFG)
     (pairs, _, _), _ = run(raw, tmp_path / "c", tmp_path / "journal", cfg=smaller, seen=seen)
-    assert seen == list(raw[1]) and max(max(p["width"], p["height"]) for p in pairs) == 96
+    assert seen == list(raw[1]) and max(max(p.width, p.height) for p in pairs) == 96
     assert [d.name for d in (tmp_path / "journal").iterdir()] == [settings_key(smaller)]  # the old one is gone
 
 
@@ -127,7 +127,7 @@ def test_articles_no_longer_scraped_are_compacted_away_with_their_images(raw, tm
     withdrawn = [with_pairs, *[p for p in digests if p != with_pairs][:2]]
     kept = {p: d for p, d in digests.items() if p not in withdrawn}
     (pairs, _, _), _ = run(raw, tmp_path / "b", tmp_path / "journal", digests=kept)
-    assert not any(p["pmcid"] == "PMC2924383" for p in pairs)
+    assert not any(p.pmcid == "PMC2924383" for p in pairs)
     rows = [json.loads(line) for line in (journal_dir / JOURNAL).read_text().splitlines()]
     assert [r["prefix"] for r in rows] == list(kept)  # 3 stale lines of 21: over the 10% that compacts
     assert not any(i.exists() for i in gone_images)
@@ -151,23 +151,23 @@ def test_a_damaged_journal_or_a_lost_image_costs_time_not_the_result(raw, cold, 
     assert seen == list(raw[1]) and "is damaged" in capsys.readouterr().out
 
 
-def test_the_stage_streams_pairs_in_row_groups_into_the_same_table(raw, cold, tmp_path, monkeypatch):
+def test_the_pairs_folder_is_written_in_row_groups_and_holds_the_same_table(raw, cold, tmp_path):
     import pyarrow.parquet as pq
 
-    import stages.align as stage
+    from biomedclip_factory.corpus.records import Pair, Reject
 
     raw_dir, digests = raw
-    monkeypatch.setattr(stage, "ROW_GROUP", 4)
     corpus = align_articles(raw_dir, list(digests), CFG, AlignJournal(tmp_path / "journal", CFG, digests),
                             progress=False)
-    stats = stage.write_pairs(corpus, tmp_path / "out")
+    stats = corpus.export(tmp_path / "out", row_group=4)
     table = pq.ParquetFile(tmp_path / "out" / "pairs.parquet")
     assert table.metadata.num_row_groups == 3 and stats.pairs == 10
-    pairs = table.read().to_pylist()
-    assert pairs == cold[0][0] and [p["pair_id"] for p in pairs] == sorted(p["pair_id"] for p in pairs)
-    assert {p["image"]: (tmp_path / "out" / p["image"]).read_bytes() for p in pairs} == cold[1]
+    pairs = [Pair.from_row(row) for row in table.read().to_pylist()]
+    assert pairs == cold[0][0] and [p.pair_id for p in pairs] == sorted(p.pair_id for p in pairs)
+    assert {p.image: (tmp_path / "out" / p.image).read_bytes() for p in pairs} == cold[1]
     assert stats.by_split == {"train": 8, "test": 2} and sum(stats.per_article.values()) == 10
-    assert list(corpus.rejects()) == cold[0][1]
+    rejects = [Reject.from_row(json.loads(line)) for line in (tmp_path / "out" / "rejects.jsonl").open()]
+    assert rejects == cold[0][1] and list(corpus.rejects()) == rejects
 
 
 def test_record_outside_the_with_block_is_refused(raw, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from biomedclip_factory.corpus.dedup import deduplicate, near_pairs
-from biomedclip_factory.corpus.stats import caption_length_histogram, caption_tokens, pairs_per_article_histogram
+from biomedclip_factory.corpus.stats import caption_length_rows, caption_tokens, pairs_per_article_rows
+from biomedclip_factory.corpus.records import DedupKey, Reject
 
 
 def _flip(value: int, bits: list[int]) -> int:
@@ -42,9 +44,9 @@ def test_greedy_keeps_what_a_one_by_one_scan_keeps():
     for h in hashes:
         if not any((h ^ k).bit_count() <= 4 for k in scan):
             scan.append(h)
-    assert [int(p["phash"], 16) for p in kept] == scan and len(rejects) == len(hashes) - len(scan)
-    kept_ids = {p["pair_id"] for p in kept}
-    assert all(r["detail"] in kept_ids and r["reason"] == "near_duplicate_image" for r in rejects)
+    assert [int(p.phash, 16) for p in kept] == scan and len(rejects) == len(hashes) - len(scan)
+    kept_ids = {p.pair_id for p in kept}
+    assert all(r.detail in kept_ids and r.reason == "near_duplicate_image" for r in rejects)
 
 
 def test_near_pairs_scale_past_the_banded_index():
@@ -63,30 +65,31 @@ def test_a_meaningless_distance_is_refused():
         near_pairs(np.zeros(3, dtype=np.uint64), 40)
 
 
-def _pair(pair_id: str, sha: str, phash: int) -> dict:
-    return {"pair_id": pair_id, "fig_id": pair_id.split("_", 1)[1], "sha256": sha, "phash": f"{phash:016x}"}
+def _pair(pair_id: str, sha: str, phash: int) -> DedupKey:
+    return DedupKey(pair_id, pair_id.split("_", 1)[1], sha, f"{phash:016x}", f"images/{pair_id}.jpg")
 
 
 def test_first_in_pair_id_order_is_kept_whatever_the_input_order():
     pairs = [_pair("PMC2.1_F1", "b", 0b1011), _pair("PMC1.1_F_a", "a", 0b1000), _pair("PMC3.1_F1", "a", 0)]
     for ordering in (pairs, pairs[::-1]):
         kept, rejects = deduplicate(ordering, near_max_distance=2)
-        assert [p["pair_id"] for p in kept] == ["PMC1.1_F_a"]
+        assert [p.pair_id for p in kept] == ["PMC1.1_F_a"]
         assert rejects == [
-            {"article": "PMC2.1", "fig_id": "F1", "reason": "near_duplicate_image", "detail": "PMC1.1_F_a"},
-            {"article": "PMC3.1", "fig_id": "F1", "reason": "duplicate_image", "detail": "PMC1.1_F_a"}]
+            Reject("PMC2.1", "F1", "near_duplicate_image", "PMC1.1_F_a"),
+            Reject("PMC3.1", "F1", "duplicate_image", "PMC1.1_F_a")]
     kept, rejects = deduplicate(pairs, near_max_distance=None)
-    assert [p["pair_id"] for p in kept] == ["PMC1.1_F_a", "PMC2.1_F1"] and len(rejects) == 1
+    assert [p.pair_id for p in kept] == ["PMC1.1_F_a", "PMC2.1_F1"] and len(rejects) == 1
 
 
 def test_caption_length_and_pairs_per_article_tables():
     assert caption_tokens("Axial CT (arrow), 5 mm.") == 9  # Axial CT ( arrow ) , 5 mm .
-    rows = caption_length_histogram(["one two", "a " * 20, "b " * 400], bin_width=8, cap=32)
+    rows = caption_length_rows(Counter(map(caption_tokens, ["one two", "a " * 20, "b " * 400])), bin_width=8, cap=32)
     assert rows == [{"tokens": 0, "pairs": 1}, {"tokens": 8, "pairs": 0}, {"tokens": 16, "pairs": 1},
                     {"tokens": 24, "pairs": 0}, {"tokens": 32, "pairs": 1}]
     pairs = [_pair("PMC1.1_F1", "x", 0), _pair("PMC1.1_F2", "y", 0), _pair("PMC2.1_F1", "z", 0),
              _pair("PMC3.1_F_1", "w", 0), _pair("PMC3.1_F_2", "v", 0), _pair("PMC3.1_F_3", "u", 0)]
-    assert pairs_per_article_histogram(pairs) == [{"pairs_per_article": 1, "articles": 1},
+    assert pairs_per_article_rows(Counter(p.article for p in pairs)) == [{"pairs_per_article": 1, "articles": 1},
                                                   {"pairs_per_article": 2, "articles": 1},
                                                   {"pairs_per_article": 3, "articles": 1}]
-    assert pairs_per_article_histogram([]) == []
+    assert pairs_per_article_rows(Counter()) == []
+    assert [p.article for p in pairs[3:]] == ["PMC3.1"] * 3  # an id's article, underscores in the figure id

@@ -98,8 +98,8 @@ def test_legacy_packages_become_article_versions_that_align(mirror, tmp_path):
 
     ok = sorted(p for p, r in rows.items() if r["status"] == "ok")
     pairs, rejects, figures = align_corpus(tmp_path / "raw", ok, tmp_path / "pairs", CFG, progress=False)
-    assert figures >= 3 and pairs and {p["license_code"] for p in pairs} == {"CC BY"}
-    assert {p["pmcid"] for p in pairs} == {"PMC2924383", "PMC3532326", "PMC2958805"}
+    assert figures >= 3 and pairs and {p.license_code for p in pairs} == {"CC BY"}
+    assert {p.pmcid for p in pairs} == {"PMC2924383", "PMC3532326", "PMC2958805"}
 
 
 def test_a_rerun_fetches_only_updated_packages(mirror, tmp_path):

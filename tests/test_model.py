@@ -50,7 +50,7 @@ def test_copied_model_dir_loads_the_same_without_being_written(model_dir, tmp_pa
 def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     """params/biomedclip.yaml validates in every stage reader and builds BiomedCLIP's shape (~196M params)."""
     from biomedclip_factory.evaluate.suite import Suite
-    from stages.task_runner import mapper_from_params
+    from biomedclip_factory.task_runner import mapper_from_params
 
     from biomedclip_factory.params import load_section
 

@@ -1,6 +1,7 @@
 """Shards: open_clip's layout, byte-identical reruns, an exact single evaluation pass."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -12,6 +13,8 @@ from PIL import Image
 
 from biomedclip_factory.shards.loader import CaptionCollator, SkipCounter, eval_batches, shard_urls, train_batches
 from biomedclip_factory.shards.writer import write_split
+
+from .pairs import make_pair
 
 
 class _Tokenizer:
@@ -31,8 +34,7 @@ def pairs(tmp_path):
         buf = io.BytesIO()
         Image.new("RGB", (32, 24), (i * 30, 0, 0)).save(buf, format="JPEG")
         (tmp_path / "images" / f"{i}.jpg").write_bytes(buf.getvalue())
-        rows.append({"pair_id": f"PMC{i}.1_F1", "pmcid": f"PMC{i}", "image": f"images/{i}.jpg",
-                     "caption": "word " * (i + 1), "split": "train"})
+        rows.append(make_pair(f"PMC{i}.1_F1", f"images/{i}.jpg", "word " * (i + 1)))
     return tmp_path, rows
 
 
@@ -63,7 +65,7 @@ def test_eval_pass_is_exactly_once_and_pads_dynamically(pairs, tmp_path):
         seen += [m["pair_id"] for m in meta]
         widths.append(tokens.shape[1])
         assert images.shape[0] == tokens.shape[0] == len(meta)
-    assert sorted(seen) == sorted(r["pair_id"] for r in rows)
+    assert sorted(seen) == sorted(r.pair_id for r in rows)
     assert max(widths) == 5 and min(widths) < 5  # capped at the context, shorter when captions are
 
 
@@ -97,18 +99,18 @@ def test_eval_split_across_two_ranks_is_exact_and_disjoint(pairs, tmp_path):
     ident = lambda img: torch.zeros(3, 8, 8)  # noqa: E731
     per_rank = [_ids(eval_batches(tmp_path, "train", ident, collate, 3, rank=r, world_size=2)) for r in (0, 1)]
     assert not set(per_rank[0]) & set(per_rank[1])
-    assert sorted(per_rank[0] + per_rank[1]) == sorted(r["pair_id"] for r in rows)
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(r.pair_id for r in rows)
 
 
 def test_corrupted_image_is_skipped_and_counted(pairs, tmp_path):
     root, rows = pairs
-    (root / rows[2]["image"]).write_bytes(b"\xff\xd8 this is not a jpeg")
+    (root / rows[2].image).write_bytes(b"\xff\xd8 this is not a jpeg")
     write_split(rows, root, tmp_path, "train", shard_size=10, seed=0)
     skips = SkipCounter()
     collate = CaptionCollator(_Tokenizer(), context_length=8)
     seen = _ids(eval_batches(tmp_path, "train", lambda img: torch.zeros(3, 8, 8), collate, 4, skips=skips))
     assert skips.skipped == 1
-    assert sorted(seen) == sorted(r["pair_id"] for r in rows if r is not rows[2])
+    assert sorted(seen) == sorted(r.pair_id for r in rows if r is not rows[2])
 
 
 def test_truncated_shard_loses_only_its_tail(pairs, tmp_path):
@@ -129,7 +131,7 @@ def test_two_workers_still_read_each_sample_once(pairs, tmp_path):
     write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)
     collate = CaptionCollator(_Tokenizer(), context_length=8)
     seen = _ids(eval_batches(tmp_path, "train", _zeros, collate, 2, num_workers=2))
-    assert sorted(seen) == sorted(r["pair_id"] for r in rows)
+    assert sorted(seen) == sorted(r.pair_id for r in rows)
 
 
 def test_ranks_draw_different_training_streams(pairs, tmp_path):
@@ -163,7 +165,7 @@ def test_shards_stream_over_http(pairs, tmp_path):
         seen = _ids(eval_batches(base, "train", _zeros, collate, 4))
     finally:
         server.shutdown()
-    assert sorted(seen) == sorted(r["pair_id"] for r in rows)
+    assert sorted(seen) == sorted(r.pair_id for r in rows)
 
 
 def test_stage_reads_the_table_memory_mapped_and_writes_the_same_shards(pairs, tmp_path):
@@ -173,11 +175,13 @@ def test_stage_reads_the_table_memory_mapped_and_writes_the_same_shards(pairs, t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stages.shard import memory_mapped
+    from biomedclip_factory.corpus.records import PAIR_SCHEMA
+    from biomedclip_factory.corpus.table import memory_mapped
 
     root, rows = pairs
-    rows = [{**r, "caption": r["caption"] * 20_000, "split": ("train", "test")[i % 2]} for i, r in enumerate(rows)]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet", row_group_size=2)
+    rows = [dataclasses.replace(r, caption=r.caption * 20_000, split=("train", "test")[i % 2]) for i, r in enumerate(rows)]
+    pq.write_table(pa.Table.from_pylist([r.row() for r in rows], schema=PAIR_SCHEMA), tmp_path / "pairs.parquet",
+                   row_group_size=2)
     before = pa.total_allocated_bytes()
     table = memory_mapped(tmp_path / "pairs.parquet", tmp_path / "pairs.arrow")
     gc.collect()  # what copying it row group by row group allocated is garbage by now

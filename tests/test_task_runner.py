@@ -11,7 +11,7 @@ import pytest
 from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.params import Section
-from stages.task_runner import dask_map, mapper_from_params
+from biomedclip_factory.task_runner import dask_map, mapper_from_params
 
 from .conftest import make_project, run_module
 

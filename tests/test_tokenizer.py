@@ -57,13 +57,13 @@ def test_no_caption_with_a_word_is_a_clear_error(tmp_path):
         train_wordpiece(iter(["", "   "]), tmp_path / "tok", 300, 1, True, 32)
 
 
-def test_the_stage_streams_only_train_captions_across_row_groups(tmp_path):
-    from stages.tokenizer import train_captions
+def test_the_train_captions_stream_across_row_groups(tmp_path):
+    from biomedclip_factory.corpus.table import split_captions
 
     rows = pd.DataFrame({"caption": [f"caption {i}" for i in range(7)],
                          "split": ["train", "test", "train", "train", "val", "train", "test"]})
     rows.to_parquet(tmp_path / "pairs.parquet", row_group_size=2, index=False)
-    assert list(train_captions(tmp_path / "pairs.parquet")) == ["caption 0", "caption 2", "caption 3", "caption 5"]
+    assert list(split_captions(tmp_path / "pairs.parquet", "train")) == ["caption 0", "caption 2", "caption 3", "caption 5"]
 
 
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop

@@ -30,6 +30,7 @@ from biomedclip_factory.train.loop import MAX_LOGIT_SCALE, checkpoint_step, cont
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 
+from .pairs import make_pair
 from .conftest import CAPTIONS, tiny_model_dir
 from .train_child import config, global_batches
 
@@ -276,8 +277,7 @@ def shards(tmp_path_factory) -> Path:
         buf = io.BytesIO()
         Image.new("RGB", (48, 40), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(buf, format="JPEG")
         (root / "images" / f"{i}.jpg").write_bytes(buf.getvalue())
-        rows.append({"pair_id": f"PMC{i}.1_F1", "pmcid": f"PMC{i}", "image": f"images/{i}.jpg",
-                     "caption": CAPTIONS[i % 3].split(".")[0] + f" panel {i}", "split": "train"})
+        rows.append(make_pair(f"PMC{i}.1_F1", f"images/{i}.jpg", CAPTIONS[i % 3].split(".")[0] + f" panel {i}"))
     write_split(rows, root, root / "shards", "train", shard_size=8, seed=0)
     return root / "shards"
 

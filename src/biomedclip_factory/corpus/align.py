@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArticleError
+from ..errors import ArticleError, ParamsError
 from ..io import write_bytes_atomic
+from ..params import Section
 from ..pmc.jats import Figure, parse_article
+from .dedup import MAX_DISTANCE
 from .images import normalise_image
+from .records import Pair, Reject, image_path, make_pair_id
 from .split import split_of
 
 # Full-size figure formats first; PMC's small GIF thumbnails come last.
@@ -33,11 +36,31 @@ class AlignConfig:
     near_duplicate_max_distance: int | None = None  # pHash Hamming distance; None = exact duplicates only
     mentions: bool = True  # keep the body sentences citing each figure
 
+    @classmethod
+    def from_params(cls, p: Section) -> AlignConfig:
+        """The ``align`` section, checked before anything is read or written."""
+        split = p.section("split")
+        raw_ratios = split.get("ratios", dict)
+        if not raw_ratios or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                                 for v in raw_ratios.values()):
+            raise ParamsError(f"params: '{split.path}.ratios' must map split names to numbers >= 0, got {raw_ratios!r}")
+        near = p.get("near_duplicate_distance", int, None)
+        if near is not None and not 0 <= near <= MAX_DISTANCE:
+            raise ParamsError(f"params: '{p.path}.near_duplicate_distance' must be 0..{MAX_DISTANCE} bits or null, "
+                              f"got {near}")
+        aspect = p.get("max_aspect_ratio", float, None)
+        if aspect is not None and aspect < 1:
+            raise ParamsError(f"params: '{p.path}.max_aspect_ratio' must be >= 1 or null, got {aspect}")
+        return cls(max_side=p.positive("max_side"), jpeg_quality=p.positive("jpeg_quality"),
+                   min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
+                   split_ratios={str(k): float(v) for k, v in raw_ratios.items()}, split_salt=split.get("salt", str, ""),
+                   max_aspect_ratio=aspect, near_duplicate_max_distance=near, mentions=p.get("mentions", bool, True))
+
 
 @dataclass
 class ArticleResult:
-    pairs: list[dict[str, Any]] = field(default_factory=list)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
     figures: int = 0
 
 
@@ -54,10 +77,6 @@ def resolve_image(article_dir: Path, href: str) -> Path | None:
     return None
 
 
-def _reject(prefix: str, fig_id: str | None, reason: str, detail: str = "") -> dict[str, Any]:
-    return {"article": prefix, "fig_id": fig_id, "reason": reason, "detail": detail}
-
-
 def align_article(article_dir: Path, images_out: Path, cfg: AlignConfig) -> ArticleResult:
     """Pairs and rejects of one scraped article version folder ``PMC<id>.<ver>/``."""
     prefix = article_dir.name
@@ -66,55 +85,48 @@ def align_article(article_dir: Path, images_out: Path, cfg: AlignConfig) -> Arti
         meta = json.loads((article_dir / f"{prefix}.json").read_bytes())
         article = parse_article((article_dir / f"{prefix}.xml").read_bytes(), f"{prefix}.xml", cfg.mentions)
     except (OSError, json.JSONDecodeError) as exc:
-        result.rejects.append(_reject(prefix, None, "article_unreadable", str(exc)))
+        result.rejects.append(Reject(prefix, None, "article_unreadable", str(exc)))
         return result
     except ArticleError as exc:
-        result.rejects.append(_reject(prefix, None, "xml_malformed", str(exc)))
+        result.rejects.append(Reject(prefix, None, "xml_malformed", str(exc)))
         return result
     pmcid = meta.get("pmcid") or article.pmcid or prefix.split(".")[0]
-    split = split_of(pmcid, cfg.split_ratios, cfg.split_salt)
+    pmid = meta.get("pmid") or article.pmid
+    provenance = {"pmcid": pmcid, "pmid": str(pmid) if pmid else None, "license_code": meta.get("license_code"),
+                  "split": split_of(pmcid, cfg.split_ratios, cfg.split_salt)}
     for fig in article.figures:
         result.figures += 1
-        pair = _align_figure(article_dir, images_out, prefix, fig, cfg, result)
+        pair = _align_figure(article_dir, images_out, prefix, fig, cfg, result, provenance)
         if pair is not None:
-            pmid = meta.get("pmid") or article.pmid
-            pair.update(pmcid=pmcid, pmid=str(pmid) if pmid else None,
-                        license_code=meta.get("license_code"), split=split)
             result.pairs.append(pair)
     return result
 
 
-def article_of(pair: dict[str, Any]) -> str:
-    """The article version a pair came from: its ``pair_id`` is ``<article>_<fig_id>``."""
-    return pair["pair_id"][: -len(pair["fig_id"]) - 1]
-
-
 def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure, cfg: AlignConfig,
-                  result: ArticleResult) -> dict[str, Any] | None:
+                  result: ArticleResult, provenance: dict[str, Any]) -> Pair | None:
     if not fig.href:
-        result.rejects.append(_reject(prefix, fig.fig_id, "no_graphic"))
+        result.rejects.append(Reject(prefix, fig.fig_id, "no_graphic"))
         return None
     if len(fig.caption) < cfg.min_caption_chars:
-        result.rejects.append(_reject(prefix, fig.fig_id, "caption_too_short", fig.caption))
+        result.rejects.append(Reject(prefix, fig.fig_id, "caption_too_short", fig.caption))
         return None
     path = resolve_image(article_dir, fig.href)
     if path is None:
-        result.rejects.append(_reject(prefix, fig.fig_id, "image_missing", fig.href))
+        result.rejects.append(Reject(prefix, fig.fig_id, "image_missing", fig.href))
         return None
     try:
         img = normalise_image(path.read_bytes(), cfg.max_side, cfg.jpeg_quality, f"{prefix}/{path.name}")
     except ArticleError as exc:
-        result.rejects.append(_reject(prefix, fig.fig_id, "image_undecodable", str(exc)))
+        result.rejects.append(Reject(prefix, fig.fig_id, "image_undecodable", str(exc)))
         return None
     if min(img.width, img.height) < cfg.min_side:
-        result.rejects.append(_reject(prefix, fig.fig_id, "image_too_small", f"{img.width}x{img.height}"))
+        result.rejects.append(Reject(prefix, fig.fig_id, "image_too_small", f"{img.width}x{img.height}"))
         return None
     if cfg.max_aspect_ratio and max(img.width, img.height) > cfg.max_aspect_ratio * min(img.width, img.height):
-        result.rejects.append(_reject(prefix, fig.fig_id, "aspect_ratio", f"{img.width}x{img.height}"))
+        result.rejects.append(Reject(prefix, fig.fig_id, "aspect_ratio", f"{img.width}x{img.height}"))
         return None
-    pair_id = f"{prefix}_{fig.fig_id}"
-    rel = Path("images") / f"{pair_id}.jpg"
+    pair_id = make_pair_id(prefix, fig.fig_id)
+    rel = image_path(pair_id)
     write_bytes_atomic(images_out / rel, img.jpeg)
-    return {"pair_id": pair_id, "fig_id": fig.fig_id, "label": fig.label, "caption": fig.caption,
-            "mentions": list(fig.mentions), "image": str(rel), "width": img.width, "height": img.height,
-            "sha256": img.sha256, "phash": img.phash}
+    return Pair(pair_id=pair_id, fig_id=fig.fig_id, label=fig.label, caption=fig.caption, mentions=list(fig.mentions),
+                image=rel, width=img.width, height=img.height, sha256=img.sha256, phash=img.phash, **provenance)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Sequence
 
 import numpy as np
 
-from .align import article_of
+from .records import DedupKey, Reject
 
 HASH_BITS = 64
 MAX_DISTANCE = HASH_BITS // 2 - 1  # beyond it "near" means unrelated (random hashes differ in ~32 bits)
@@ -69,35 +69,31 @@ def _layout(max_distance: int, count: int) -> tuple[int, int]:
     return max_distance + best, best
 
 
-def deduplicate(pairs: list[dict[str, Any]], near_max_distance: int | None) -> tuple[list[dict], list[dict]]:
+def deduplicate(pairs: Sequence[DedupKey], near_max_distance: int | None) -> tuple[list[DedupKey], list[Reject]]:
     """Keep the first of each exact (sha256) or near (pHash within ``near_max_distance``) duplicate.
 
     ``near_max_distance`` None turns near-duplicate removal off. Returns (kept, rejects), both in
     ``pair_id`` order; each reject names the pair it duplicates (for a near one, the earliest kept
     pair within the distance).
     """
-    ordered = sorted(pairs, key=lambda p: p["pair_id"])
+    ordered = sorted(pairs, key=lambda p: p.pair_id)
     first_with: dict[str, str] = {}
-    duplicate_of = [first_with.setdefault(p["sha256"], p["pair_id"]) for p in ordered]
-    survivors = [i for i, p in enumerate(ordered) if duplicate_of[i] == p["pair_id"]]
+    duplicate_of = [first_with.setdefault(p.sha256, p.pair_id) for p in ordered]
+    survivors = [i for i, p in enumerate(ordered) if duplicate_of[i] == p.pair_id]
     near_of: dict[int, str] = {}
     if near_max_distance is not None and survivors:
-        hashes = np.array([int(ordered[i]["phash"], 16) for i in survivors], dtype=np.uint64)
+        hashes = np.array([int(ordered[i].phash, 16) for i in survivors], dtype=np.uint64)
         kept = np.ones(len(survivors), dtype=bool)
         for j, i in near_pairs(hashes, near_max_distance)[:, ::-1]:  # by j, then the earliest i
             if kept[j] and kept[i]:  # i < j is settled by now: only a kept pair makes j a duplicate
                 kept[j] = False
-                near_of[survivors[j]] = ordered[survivors[i]]["pair_id"]
+                near_of[survivors[j]] = ordered[survivors[i]].pair_id
     kept_pairs, rejects = [], []
     for index, pair in enumerate(ordered):
-        if duplicate_of[index] != pair["pair_id"]:
-            rejects.append(_reject(pair, "duplicate_image", duplicate_of[index]))
+        if duplicate_of[index] != pair.pair_id:
+            rejects.append(Reject(pair.article, pair.fig_id, "duplicate_image", duplicate_of[index]))
         elif index in near_of:
-            rejects.append(_reject(pair, "near_duplicate_image", near_of[index]))
+            rejects.append(Reject(pair.article, pair.fig_id, "near_duplicate_image", near_of[index]))
         else:
             kept_pairs.append(pair)
     return kept_pairs, rejects
-
-
-def _reject(pair: dict[str, Any], reason: str, first: str) -> dict[str, Any]:
-    return {"article": article_of(pair), "fig_id": pair["fig_id"], "reason": reason, "detail": first}

@@ -23,8 +23,9 @@ from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..io import append_log_row, cut_partial_last_line, sweep_partial_writes
 from ..pmc import jats
-from . import align, images, split
+from . import align, images, records, split
 from .align import AlignConfig, ArticleResult
+from .records import DedupKey, Pair, Reject
 
 JOURNAL = "journal.jsonl"
 # Libraries whose output bytes (JPEG encoding, resize, pHash, parsing) a per-article result holds.
@@ -43,7 +44,7 @@ def settings_key(cfg: AlignConfig) -> str:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "near_duplicate_max_distance"}
     digest = hashlib.sha256(json.dumps([settings, [importlib.metadata.version(d) for d in DECODERS]],
                                        sort_keys=True).encode())
-    for source in (align.__file__, images.__file__, split.__file__, jats.__file__, __file__):
+    for source in (align.__file__, images.__file__, records.__file__, split.__file__, jats.__file__, __file__):
         digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -53,20 +54,11 @@ def article_digest(manifest_row: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest_row, sort_keys=True).encode()).hexdigest()
 
 
-class PairKey(NamedTuple):
-    """What corpus-wide dedup needs of a pair, kept in memory for the whole corpus (~0.5 KB)."""
-    pair_id: str
-    fig_id: str
-    sha256: str
-    phash: str
-    image: str
-
-
 class _Entry(NamedTuple):
     digest: str
     offset: int  # of its line in the journal file
     figures: int
-    pairs: tuple[PairKey, ...]
+    pairs: tuple[DedupKey, ...]
     reject_reasons: tuple[str, ...]
 
 
@@ -74,7 +66,7 @@ class AlignJournal:
     """The journal of ``cfg``'s settings under ``root``, for the article versions in ``digests``.
 
     Only an index stays in memory — per article its digest, line offset, figure count, reject
-    reasons and each pair's ``PairKey`` (what dedup needs, parsed once while the journal is read
+    reasons and each pair's ``DedupKey`` (what dedup needs, parsed once while the journal is read
     or written) — and a whole entry is read back from disk when asked for, so a corpus of
     millions of articles is never held whole. Use it as a context manager: entries are appended
     while it is open.
@@ -126,7 +118,7 @@ class AlignJournal:
         return (entry is not None and entry.digest == self._digests[prefix]
                 and all((self.dir / pair.image).is_file() for pair in entry.pairs))
 
-    def summary(self, prefix: str) -> tuple[int, tuple[PairKey, ...], tuple[str, ...]]:
+    def summary(self, prefix: str) -> tuple[int, tuple[DedupKey, ...], tuple[str, ...]]:
         """(figures, pair keys, reject reasons) of ``prefix``'s entry, from memory."""
         entry = self._index[prefix]
         return entry.figures, entry.pairs, entry.reject_reasons
@@ -136,13 +128,14 @@ class AlignJournal:
             self._reader = self._path.open("rb")
         self._reader.seek(self._index[prefix].offset)
         row = json.loads(self._reader.readline())
-        return ArticleResult(pairs=row["pairs"], rejects=row["rejects"], figures=row["figures"])
+        return ArticleResult(pairs=[Pair.from_row(p) for p in row["pairs"]],
+                             rejects=[Reject.from_row(r) for r in row["rejects"]], figures=row["figures"])
 
     def record(self, prefix: str, result: ArticleResult) -> None:
         if self._writer is None:
             raise RuntimeError("AlignJournal.record outside its `with` block")
         row = {"prefix": prefix, "digest": self._digests[prefix], "figures": result.figures,
-               "pairs": result.pairs, "rejects": result.rejects}
+               "pairs": [p.row() for p in result.pairs], "rejects": [r.row() for r in result.rejects]}
         offset = self._writer.tell()
         append_log_row(self._writer, row)
         self._index[prefix] = _entry(row, offset)
@@ -171,19 +164,19 @@ class AlignJournal:
         self.close()  # a reader of the old file would read the wrong lines
         return dropped
 
-    def export_images(self, pairs: Iterable[Mapping[str, Any]], out_dir: Path) -> None:
+    def export_images(self, pairs: Iterable[Pair], out_dir: Path) -> None:
         """Put the kept pairs' images under ``out_dir``: hard links, a copy where links cannot go."""
         for pair in pairs:
-            target = out_dir / pair["image"]
+            target = out_dir / pair.image
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(self.dir / pair["image"], target)
+                os.link(self.dir / pair.image, target)
             except OSError:
-                shutil.copyfile(self.dir / pair["image"], target)
+                shutil.copyfile(self.dir / pair.image, target)
 
 
 def _entry(row: Mapping[str, Any], offset: int) -> _Entry:
-    return _Entry(row["digest"], offset, row["figures"], tuple(PairKey(*(p[k] for k in PairKey._fields)) for p in row["pairs"]),
+    return _Entry(row["digest"], offset, row["figures"], tuple(Pair.from_row(p).dedup_key() for p in row["pairs"]),
                   tuple(r["reason"] for r in row["rejects"]))
 
 

@@ -8,6 +8,7 @@ broken article becomes a manifest row with its reason; it never stops the run.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from ..errors import ArticleError, SourceError
-from ..io import sweep_partial_writes, write_bytes_atomic
+from ..io import read_jsonl, sweep_partial_writes, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row, parse_metadata
@@ -172,3 +173,25 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
     # A failed version keeps what it had (the next run retries it); skipped and superseded ones go.
     removed = prune(out_dir, {r["prefix"] for r in rows if r["status"] in ("ok", "failed")})
     return ScrapeResult(rows=rows, fetched_bytes=total, fetched_articles=len(todo), removed=removed)
+
+
+MANIFEST, STATE = "manifest.jsonl", "state.json"
+
+
+def previous_manifest(raw_dir: Path, selection: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The last run's rows, if it made the same selection from the same source."""
+    try:
+        state = json.loads((raw_dir / STATE).read_text())
+        return read_jsonl(raw_dir / MANIFEST) if state.get("selection") == selection else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(raw_dir: Path, result: ScrapeResult, selection: dict[str, Any]) -> str | None:
+    """The manifest and the state the next run starts from; returns the watermark (newest LastModified seen)."""
+    for name in (MANIFEST, STATE):  # a write a killed run left half done
+        sweep_partial_writes(raw_dir, f"{name}.")
+    write_jsonl_atomic(raw_dir / MANIFEST, result.rows)
+    watermark = max((r["last_modified"] for r in result.rows if r.get("last_modified")), default=None)
+    write_json_atomic(raw_dir / STATE, {"selection": selection, "watermark": watermark})
+    return watermark

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -43,8 +42,3 @@ def register_model(model_dir: Path, name: str, alias: str, example_image: Path, 
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, alias, version)
     return Registered(name=name, version=version, run_id=info.run_id, model_uri=f"models:/{name}/{version}")
-
-
-def lineage_tags(**values: Any) -> dict[str, str]:
-    """Tags are strings in MLflow; keep them short and flat."""
-    return {k: str(v)[:5000] for k, v in values.items() if v is not None}

@@ -12,16 +12,14 @@ import json
 import random
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..corpus.records import PAIR_SCHEMA, Pair
 from ..io import write_bytes_atomic, write_json_atomic
-
-SAMPLE_FIELDS = ("pair_id", "pmcid", "pmid", "fig_id", "label", "caption", "mentions", "width", "height",
-                 "sha256", "phash", "license_code", "split")
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -43,13 +41,8 @@ def _tar_bytes(samples: Iterable[tuple[str, dict[str, Any], bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def sample_key(pair_id: str) -> str:
-    """WebDataset splits keys at the first dot; PMC prefixes contain one (``PMC123.1``)."""
-    return pair_id.replace(".", "v", 1)
-
-
 class RowTaker:
-    """Rows of a many-batch table by index, as dicts, taken batch by batch.
+    """Pairs of a many-batch table by row index, taken batch by batch.
 
     ``Table.take`` concatenates every chunk of a column first: on a memory-mapped PMC-scale table
     that is a copy of the whole column per shard (10k rows/s at 1 M rows, slower as it grows).
@@ -59,18 +52,17 @@ class RowTaker:
         self._batches = table.to_batches()
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
 
-    def __call__(self, indices: np.ndarray) -> list[dict[str, Any]]:
+    def __call__(self, indices: np.ndarray) -> list[Pair]:
         batch_of = np.searchsorted(self._starts, indices, side="right") - 1
-        rows: list[dict[str, Any]] = [{}] * len(indices)
+        pairs: dict[int, Pair] = {}
         for batch in np.unique(batch_of):
             where = np.nonzero(batch_of == batch)[0]
-            taken = self._batches[batch].take(pa.array(indices[where] - self._starts[batch])).to_pylist()
-            for position, row in zip(where, taken):
-                rows[position] = row
-        return rows
+            rows = self._batches[batch].take(pa.array(indices[where] - self._starts[batch])).to_pylist()
+            pairs.update(zip(where.tolist(), map(Pair.from_row, rows)))
+        return [pairs[position] for position in range(len(indices))]
 
 
-def write_split(pairs: pa.Table | Sequence[Mapping[str, Any]], pairs_dir: Path, out_dir: Path, split: str,
+def write_split(pairs: pa.Table | Sequence[Pair], pairs_dir: Path, out_dir: Path, split: str,
                 shard_size: int, seed: int) -> dict[str, Any]:
     """Write the shards of the rows of ``pairs`` in ``split``; returns its manifest entry (shards,
     samples, bytes, sha256).
@@ -80,7 +72,7 @@ def write_split(pairs: pa.Table | Sequence[Mapping[str, Any]], pairs_dir: Path, 
     shard's name and bytes in order: what the split holds, for pretrain to tell whether its
     checkpoints were trained on these very shards.
     """
-    table = pairs if isinstance(pairs, pa.Table) else pa.Table.from_pylist(list(pairs))
+    table = pairs if isinstance(pairs, pa.Table) else pa.Table.from_pylist([p.row() for p in pairs], schema=PAIR_SCHEMA)
     rows = (pc.indices_nonzero(pc.equal(table["split"], split)).to_numpy().astype(np.int64) if table.num_rows
             else np.array([], dtype=np.int64))
     take = RowTaker(table)
@@ -98,7 +90,7 @@ def write_split(pairs: pa.Table | Sequence[Mapping[str, Any]], pairs_dir: Path, 
         chunk = take(rows[order[index:index + shard_size]])
         name = f"{split}-{index // shard_size:06d}.tar"
         data = _tar_bytes(
-            (sample_key(p["pair_id"]), {k: p.get(k) for k in SAMPLE_FIELDS}, (pairs_dir / p["image"]).read_bytes())
+            (p.shard_key, p.sample_meta(), (pairs_dir / p.image).read_bytes())
             for p in chunk
         )
         write_bytes_atomic(split_dir / name, data)

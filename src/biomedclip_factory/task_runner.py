@@ -16,9 +16,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from biomedclip_factory.errors import ParamsError
-from biomedclip_factory.parallel import Mapper, process_map, thread_map
-from biomedclip_factory.params import Section
+from .errors import ParamsError
+from .parallel import Mapper, process_map, thread_map
+from .params import Section
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:

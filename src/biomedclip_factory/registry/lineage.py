@@ -1,0 +1,59 @@
+"""Where a registered model came from, as MLflow version tags: code, data, training run, licences, scores.
+
+A user who pulls ``champion`` must be able to rebuild it: the git commit and ``dvc.lock`` name the code
+and every data/model output it was built from; the licence mix says what its training pairs allow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+TAG_LIMIT = 5000  # characters MLflow keeps of a tag value
+
+
+def git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout with commits)"
+
+
+def dvc_output_hashes(dvc_lock: Path) -> dict[str, str]:
+    """The md5 DVC recorded for each data/model output this version was built from."""
+    if not dvc_lock.is_file():
+        return {}
+    stages = yaml.safe_load(dvc_lock.read_text()).get("stages", {})
+    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])
+            if out["path"].startswith(("data/", "models/")) and "md5" in out}
+
+
+def pinned_requirements(requirements: Path) -> list[str]:
+    """The pinned runtime requirements, for the logged model's environment."""
+    specs = (line.split("#")[0].strip() for line in requirements.read_text().splitlines())
+    return [s for s in specs if s]
+
+
+def train_licence_mix(pairs_table: Path) -> dict[str, int]:
+    pairs = pd.read_parquet(pairs_table, columns=["license_code", "split"])
+    return dict(Counter(pairs.loc[pairs["split"] == "train", "license_code"].fillna("unknown")))
+
+
+def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str, int],
+                 eval_metrics: dict[str, Any]) -> dict[str, str]:
+    """The version tags of a model built in the project at ``root``: short, flat strings, as MLflow keeps them."""
+    dvc_lock = root / "dvc.lock"
+    values = {"git_commit": git_commit(root),
+              "dvc_lock_sha256": hashlib.sha256(dvc_lock.read_bytes()).hexdigest() if dvc_lock.is_file() else None,
+              "dvc_data": json.dumps(dvc_output_hashes(dvc_lock), sort_keys=True),
+              "training_run_id": training_run_id,
+              "licence_mix": json.dumps(licence_mix, sort_keys=True),
+              "eval_metrics": json.dumps(eval_metrics, sort_keys=True)}
+    return {k: str(v)[:TAG_LIMIT] for k, v in values.items() if v is not None}

@@ -1,0 +1,36 @@
+"""The record types: one place for a pair's fields, its table schema, its id and its shard key."""
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+import pytest
+
+from biomedclip_factory.corpus.records import PAIR_FIELDS, PAIR_SCHEMA, Pair, Reject, image_path, make_pair_id
+
+from .pairs import make_pair
+
+
+def test_the_table_schema_is_the_pair_fields_in_order_with_their_types():
+    assert PAIR_SCHEMA.names == list(PAIR_FIELDS) == [f.name for f in dataclasses.fields(Pair)]
+    assert PAIR_SCHEMA.field("mentions").type == pa.list_(pa.string())
+    assert PAIR_SCHEMA.field("width").type == pa.int64() and PAIR_SCHEMA.field("pmid").type == pa.string()
+
+
+@pytest.mark.parametrize("article, fig_id", [("PMC3532326.1", "F1"), ("PMC2924383.1", "pone.0012255.g001"),
+                                             ("LOCAL7.1", "fig_a_1")])
+def test_ids_are_built_and_read_back_in_one_place(article, fig_id):
+    pair = make_pair(make_pair_id(article, fig_id), image_path(make_pair_id(article, fig_id)), "a caption")
+    assert pair.fig_id == fig_id and pair.article == article and pair.dedup_key().article == article
+    assert "." not in pair.shard_key.split("_")[0] and pair.shard_key.count(".") == fig_id.count(".")
+    assert Reject(article, fig_id, "duplicate_image").pair_id == pair.pair_id
+    assert Reject(article, None, "xml_malformed").pair_id is None
+
+
+def test_rows_round_trip_through_the_table_and_a_missing_field_is_named():
+    pair = make_pair("PMC1.1_F1", "images/PMC1.1_F1.jpg", "caption", mentions=["Figure 1 shows it."], width=9)
+    table = pa.Table.from_pylist([pair.row()], schema=PAIR_SCHEMA)
+    assert Pair.from_row(table.to_pylist()[0]) == pair
+    assert "image" not in pair.sample_meta() and set(pair.sample_meta()) == set(PAIR_FIELDS) - {"image"}
+    with pytest.raises(KeyError, match="license_code"):
+        Pair.from_row({k: v for k, v in pair.row().items() if k != "license_code"})
