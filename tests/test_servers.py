@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -42,25 +41,56 @@ def _server(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_register_against_an_mlflow_tracking_server(built_project: Path, tmp_path: Path):
-    port = _port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = _server(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+def _run_register(project: Path, uri: str, user: str | None, password: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.update(MLFLOW_TRACKING_URI=uri, PYTHONPATH=f"{project / 'src'}{os.pathsep}{project}")
+    if user is not None:
+        env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or "")
+    return subprocess.run([sys.executable, "-m", "stages.register"], cwd=project, env=env, capture_output=True,
+                          text=True)
+
+
+def test_the_team_registry_refuses_alias_changes_from_anyone_but_the_pipeline(built_project: Path, tmp_path: Path):
+    """README's team setup: MLflow's basic-auth app with the shipped config. The register stage
+    authenticates through MLflow's standard variables and its gate sets champion; an anonymous
+    client, a team member and a wrong password cannot move it."""
+    port, admin = _port(), ("admin", "admin-secret-1")
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    project = tmp_path / "p"
+    shutil.copytree(built_project, project, symlinks=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_AUTH_CONFIG_PATH": str(project / "deploy" / "mlflow_basic_auth.ini"),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
+    server = _server(["mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
                       "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                       "--artifacts-destination", str(tmp_path / "artifacts")], env, tmp_path)
     try:
         _wait(f"http://127.0.0.1:{port}/health", server)
-        project = tmp_path / "p"
-        shutil.copytree(built_project, project, symlinks=True)
-        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
-        try:
-            run_module(project, "stages.register")
-            from mlflow import MlflowClient
+        for user in ("factory", "alice"):
+            created = requests.post(f"{api}/users/create", json={"username": user, "password": f"{user}-pw-123"},
+                                    auth=admin, timeout=10)
+            assert created.status_code == 200, created.text
+        uri = f"http://127.0.0.1:{port}"
+        refused = _run_register(project, uri, None, None)
+        assert refused.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+        wrong = _run_register(project, uri, "factory", "not-the-password")
+        assert wrong.returncode == 2 and "refused" in wrong.stderr
+        ok = _run_register(project, uri, "factory", "factory-pw-123")
+        assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-3000:]
 
-            version = MlflowClient().get_model_version_by_alias("biomedclip-factory", "champion")
-        finally:
-            del os.environ["MLFLOW_TRACKING_URI"]
-        assert version.version == "1" and version.tags["promotion"] == "champion"
+        alias = {"name": "biomedclip-factory", "alias": "champion", "version": "1"}
+        champion = requests.get(f"{api}/registered-models/alias", params={"name": alias["name"], "alias": "champion"},
+                                auth=("alice", "alice-pw-123"), timeout=10)
+        assert champion.status_code == 200 and champion.json()["model_version"]["version"] == "1"  # alice reads
+        assert champion.json()["model_version"]["tags"] and any(
+            t["key"] == "promotion" and t["value"] == "champion" for t in champion.json()["model_version"]["tags"])
+        anonymous = requests.post(f"{api}/registered-models/alias", json=alias, timeout=10)
+        member = requests.post(f"{api}/registered-models/alias", json=alias, auth=("alice", "alice-pw-123"), timeout=10)
+        member_delete = requests.delete(f"{api}/registered-models/alias",
+                                        json={"name": alias["name"], "alias": "champion"},
+                                        auth=("alice", "alice-pw-123"), timeout=10)
+        assert (anonymous.status_code, member.status_code, member_delete.status_code) == (401, 403, 403)
         assert list((tmp_path / "artifacts").rglob("open_clip_config.json")), "artifacts did not reach the server"
     finally:
         server.terminate()

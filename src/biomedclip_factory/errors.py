@@ -19,3 +19,7 @@ class ArticleError(FactoryError):
 
 class DataError(FactoryError):
     """A stage's input data is missing or unusable (empty split, unreadable shard, …)."""
+
+
+class AccessError(FactoryError):
+    """A tracking server refused the request: no credentials, wrong ones, or too few permissions."""

@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import AccessError
+
 EXPERIMENT = "biomedclip-factory"
+REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's names for HTTP 401 and 403
 
 
 def tracking_uri(project_root: Path) -> str:
@@ -35,10 +38,31 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
     """An MLflow run for one stage execution, with its params section flattened."""
     import mlflow
 
-    experiment_id = configure(project_root)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags={"stage": stage}) as run:
-        mlflow.log_params(_flatten(params, stage))
-        yield run
+    with refusals_named(tracking_uri(project_root)):
+        experiment_id = configure(project_root)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags={"stage": stage}) as run:
+            mlflow.log_params(_flatten(params, stage))
+            yield run
+
+
+@contextlib.contextmanager
+def refusals_named(uri: str) -> Iterator[None]:
+    """A server's 401/403 as one line saying what to set or ask for, instead of MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code not in REFUSALS:
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not user:
+            hint = "no credentials were given: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        elif exc.error_code == "UNAUTHENTICATED":
+            hint = f"user {user!r} is unknown or MLFLOW_TRACKING_PASSWORD is wrong"
+        else:
+            hint = f"user {user!r} may not do this (the registered model belongs to the pipeline's account)"
+        raise AccessError(f"the MLflow server at {uri} refused the request ({exc.error_code}): {hint}") from None
 
 
 def _flatten(obj: Any, prefix: str) -> dict[str, Any]:
