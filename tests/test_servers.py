@@ -146,3 +146,50 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     assert any("'trained': False" in entry["message"] for entry in logs)
     assert (project / "models/clip/open_clip_model.safetensors").read_bytes() == weights
 
+
+def _dvc(project: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_to_date_workspace(
+        built_project: Path, tmp_path: Path):
+    """The team's data remote on a real S3 implementation (moto) on loopback: ``flows.retrain --push``
+    sends data and models there, and a clone of the repo gets them back with ``dvc pull``."""
+    port = _port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PREFECT_API_URL", None)
+    s3 = _server(["moto.server", "-H", "127.0.0.1", "-p", str(port)], env, tmp_path)
+    project, clone = tmp_path / "project", tmp_path / "clone"
+    shutil.copytree(built_project, project, symlinks=True)
+    try:
+        _wait(f"http://127.0.0.1:{port}/moto-api/", s3)
+        assert requests.put(f"http://127.0.0.1:{port}/factory-data", timeout=10).status_code == 200
+        _dvc(project, "remote", "add", "-d", "team", "s3://factory-data/dvc", env=env)
+        _dvc(project, "remote", "modify", "team", "endpointurl", f"http://127.0.0.1:{port}", env=env)
+        flow_env = {**env, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+        retrain = subprocess.run([sys.executable, "-m", "flows.retrain", "--push"], cwd=project, env=flow_env,
+                                 capture_output=True, text=True, timeout=900)
+        assert retrain.returncode == 0, retrain.stdout[-3000:] + retrain.stderr[-3000:]
+        (project / ".gitignore").open("a").write("mlflow.db\nmlartifacts/\n")
+        subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "retrained"],
+                       cwd=project, check=True)
+        listing = requests.get(f"http://127.0.0.1:{port}/factory-data?list-type=2", timeout=10).text
+        assert listing.count("<Key>dvc/") >= 20, listing[:2000]  # every file of every output, content-addressed
+
+        subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+        assert not (clone / "models" / "clip").exists()
+        _dvc(clone, "pull", env=env)
+        status = _dvc(clone, "status", env=env)
+    finally:
+        s3.terminate()
+        s3.wait(timeout=30)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+    for path in ("models/clip/open_clip_model.safetensors", "data/pairs/pairs.parquet", "data/shards/manifest.json"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+
