@@ -1,7 +1,6 @@
 """The users' doors, for real: `dvc repro` end to end, the model dir, the registry, the Prefect flow."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -130,40 +129,30 @@ def test_open_clip_trainer_reads_our_shards_and_model_unchanged(built_project: P
     assert "[8/8 (100%)]" in log and "Contrastive_loss" in log
 
 
-def test_mlflow_models_serve_answers_a_real_request(built_project: Path, tmp_path: Path):
+def test_mlflow_models_serve_answers_requests_and_survives_a_bounded_load_with_attacks(built_project: Path,
+                                                                                     tmp_path: Path):
     import base64
-    import socket
-    import time
 
     import requests
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{built_project / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                               "models:/biomedclip-factory@champion", "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from benchmarks.serve_load import RssWatch, bomb_png, load, serve
+
+    server, url = serve("models:/biomedclip-factory@champion", f"sqlite:///{built_project / 'mlflow.db'}", tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
         image = next((built_project / "data/pairs/images").glob("*.jpg"))
-        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image.read_bytes()).decode()]]},
-                "params": {"candidate_labels": ["a genome variant workflow", "a chest x-ray", "a bar chart"]}}
-        resp = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
-        buf = io.BytesIO()
-        Image.new("1", (13_000, 13_000)).save(buf, format="PNG")  # 20 KB, 169 megapixels
-        attacks = {name: requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60, json={
+        image_b64 = base64.b64encode(image.read_bytes()).decode()
+        labels = ["a genome variant workflow", "a chest x-ray", "a bar chart"]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[image_b64]]}, "params": {"candidate_labels": labels}}
+        resp = requests.post(f"{url}/invocations", json=body, timeout=60)
+        bomb = bomb_png()
+        attacks = {name: requests.post(f"{url}/invocations", timeout=60, json={
             "dataframe_split": {"columns": ["image"], "data": [[value]] * 5}}) for name, value in
-            (("bomb", base64.b64encode(buf.getvalue()).decode()), ("path", str(image)), ("missing", "/nowhere.png"))}
-        again = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+            (("bomb", bomb), ("path", str(image)), ("missing", "/nowhere.png"))}
+        idle_rss = RssWatch(server.pid)
+        idle_rss.sample()  # after the first requests: model loaded, allocator warm
+        with RssWatch(server.pid) as rss:  # 16 clients, 96 requests, a quarter of them attacks
+            loaded = load(url, image_b64, {"bomb": bomb, "path": str(image)}, 16, 96, 4, labels)
+        again = requests.post(f"{url}/invocations", json=body, timeout=60)
         alive = server.poll() is None
     finally:
         server.terminate()
@@ -178,6 +167,10 @@ def test_mlflow_models_serve_answers_a_real_request(built_project: Path, tmp_pat
     prediction = resp.json()["predictions"][0]
     assert len(prediction["probabilities"]) == 3 and abs(sum(prediction["probabilities"]) - 1) < 1e-5
     assert prediction["label"] in body["params"]["candidate_labels"]
+    assert loaded.statuses == {"valid:200": 72, "bomb:400": 12, "path:400": 12}, loaded.statuses
+    assert rss.peak < idle_rss.peak + 2**30, (idle_rss.peak, rss.peak)  # one decoded bomb alone would take 1.3 GB
+    print(f"served under load: p50 {loaded.percentile(0.5):.0f} ms, p99 {loaded.percentile(0.99):.0f} ms, "
+          f"peak RSS {rss.peak / 2**20:.0f} MB (idle {idle_rss.peak / 2**20:.0f} MB)")
 
 
 def test_dvc_experiment_and_plots(built_project: Path, tmp_path: Path):
