@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 
@@ -27,8 +28,24 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     # DVC resolves stage paths against the working directory: run from inside the project.
     with contextlib.chdir(project), Repo(str(project)) as repo:
-        done = repo.reproduce(stage, single_item=True, force=force)
+        try:
+            done = repo.reproduce(stage, single_item=True, force=force)
+        except Exception:
+            _restore_last_good(repo, stage)
+            raise
     return [s.addressing for s in done]
+
+
+def _restore_last_good(repo: Any, stage: str) -> None:
+    """DVC deletes a stage's outputs before running it, so a failed run leaves none: put the last good
+    ones (those dvc.lock names) back from DVC's cache, so a failed nightly run leaves a working project."""
+    from dvc.exceptions import DvcException
+
+    try:
+        repo.checkout(targets=[stage], force=True)
+        print(f"{stage}: failed; its last good outputs are restored from DVC's cache", flush=True)
+    except DvcException as exc:  # never run before, or its cache is gone: nothing to restore
+        print(f"{stage}: failed, and its last outputs could not be restored ({exc})", flush=True)
 
 
 @task(name="dvc-stage", retries=0, task_run_name="{stage}")

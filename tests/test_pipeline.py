@@ -287,3 +287,23 @@ def test_a_failed_stage_leaves_the_last_good_outputs_as_they_were(built_project:
     proc = run_module(project, f"stages.{stage}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert _tree_digest(project, outputs) == before
+
+
+def test_a_stage_failing_under_dvc_in_the_flow_gets_its_last_good_outputs_back(built_project: Path, tmp_path: Path):
+    """DVC removes a stage's outputs before its command runs; the flows' stage task restores them from
+    DVC's cache when the stage fails, so an unattended run that fails leaves the last good project."""
+    from flows.pipeline import run_stage
+
+    from .conftest import _merge
+
+    project = tmp_path / "p"
+    shutil.copytree(built_project, project, symlinks=True)
+    outputs = ("models/tokenizer", "models/clip", "data/shards")
+    before = _tree_digest(project, outputs)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(_merge(params, {"tokenizer": {"min_frequency": 0}}),
+                                                        sort_keys=False))
+    with pytest.raises(Exception, match="tokenizer"):
+        run_stage.fn("tokenizer", project)
+    assert _tree_digest(project, outputs) == before
+
