@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import glob
 import io
 import json
@@ -32,14 +33,31 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the kernel, libc or filesystem cannot, and nothing was changed."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
 def replace_dir(staging: Path, target: Path) -> None:
     """Put the fully written ``staging`` dir in ``target``'s place; the old ``target`` goes only after.
 
     A stage builds its output dir beside it and calls this last, so a stage that fails (a bad param,
-    a crash, a kill) leaves the previous output exactly as it was.
+    a crash, a kill) leaves the previous output exactly as it was. The swap is one atomic exchange
+    where the system has one (Linux): no moment exists without a ``target``. Elsewhere it is two
+    renames, and a kill between them leaves the old output as ``<target>.old``.
     """
     old = target.with_name(f"{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
+    if target.exists() and exchange_paths(staging, target):
+        shutil.rmtree(staging)  # now the old output
+        return
     if target.exists():
         target.rename(old)
     staging.rename(target)
