@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from biomedclip_factory.corpus.records import PAIR_SCHEMA  # noqa: E402
+from biomedclip_factory.corpus.records import PAIR_SCHEMA, image_path, make_pair_id  # noqa: E402
 from biomedclip_factory.corpus.table import ROW_GROUP, memory_mapped  # noqa: E402
 from biomedclip_factory.shards.writer import RowTaker  # noqa: E402
 
@@ -43,11 +43,12 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=40, help="shard-sized blocks timed per path")
     args = ap.parse_args()
     n = args.rows
-    table = pa.table({"pair_id": [f"PMC{i}.1_F{i % 7}" for i in range(n)], "pmcid": [f"PMC{i}" for i in range(n)],
+    ids = [make_pair_id(f"PMC{i}.1", f"F{i % 7}") for i in range(n)]
+    table = pa.table({"pair_id": ids, "pmcid": [f"PMC{i}" for i in range(n)],
                       "pmid": [str(i) for i in range(n)], "fig_id": [f"F{i % 7}" for i in range(n)],
                       "label": ["Figure 1"] * n, "caption": ["figure caption " * 60] * n,
                       "mentions": [["Figure 1 shows the cohort."] * 3] * n,
-                      "image": [f"images/PMC{i}.1_F{i % 7}.jpg" for i in range(n)], "width": [512] * n,
+                      "image": [image_path(i) for i in ids], "width": [512] * n,
                       "height": [384] * n, "sha256": ["0" * 64] * n, "phash": ["0" * 16] * n,
                       "license_code": ["CC BY"] * n, "split": ["train"] * n}, schema=PAIR_SCHEMA)
     order = np.random.default_rng(0).permutation(n)

@@ -6,7 +6,7 @@ import time
 
 import mlflow
 
-from biomedclip_factory.corpus.align import AlignConfig
+from biomedclip_factory.corpus.align_config import AlignConfig
 from biomedclip_factory.corpus.assemble import align_articles
 from biomedclip_factory.corpus.journal import AlignJournal, article_digest
 from biomedclip_factory.corpus.stats import caption_length_rows, pairs_per_article_rows

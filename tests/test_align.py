@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedclip_factory.corpus.align import AlignConfig, resolve_image
+from biomedclip_factory.corpus.align import resolve_image
+from biomedclip_factory.corpus.align_config import AlignConfig
 from biomedclip_factory.corpus.assemble import align_corpus
 from biomedclip_factory.corpus.images import normalise_image
 from biomedclip_factory.corpus.split import split_of

@@ -24,7 +24,8 @@ PACKAGED = {"register": ["src/biomedclip_factory"]}
 OPERATIONAL = {
     "scrape": {"workers", "runner", "timeout_s", "retries", "rate_limit"},
     "align": {"workers", "runner"},
-    "pretrain": {"log_every", "prefetch_factor", "grad_checkpointing", "offload_optimizer", "zero_stage"},
+    "pretrain": {"log_every", "prefetch_factor", "grad_checkpointing", "offload_optimizer", "zero_stage",
+                 "text_buckets"},
     "evaluate": {"batch_size"},
 }
 

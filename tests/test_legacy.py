@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from biomedclip_factory.corpus.align import AlignConfig
+from biomedclip_factory.corpus.align_config import AlignConfig
 from biomedclip_factory.corpus.assemble import align_corpus
 from biomedclip_factory.errors import SourceError
 from biomedclip_factory.io import read_jsonl

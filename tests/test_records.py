@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from biomedclip_factory.corpus.records import PAIR_FIELDS, PAIR_SCHEMA, Pair, Reject, image_path, make_pair_id
+from biomedclip_factory.errors import DataError
 
 from .pairs import make_pair
 
@@ -20,7 +21,8 @@ def test_the_table_schema_is_the_pair_fields_in_order_with_their_types():
 @pytest.mark.parametrize("article, fig_id", [("PMC3532326.1", "F1"), ("PMC2924383.1", "pone.0012255.g001"),
                                              ("LOCAL7.1", "fig_a_1")])
 def test_ids_are_built_and_read_back_in_one_place(article, fig_id):
-    pair = make_pair(make_pair_id(article, fig_id), image_path(make_pair_id(article, fig_id)), "a caption")
+    pair = make_pair(article, fig_id, "a caption")
+    assert pair.pair_id == make_pair_id(article, fig_id) and pair.image == image_path(pair.pair_id)
     assert pair.fig_id == fig_id and pair.article == article and pair.dedup_key().article == article
     assert "." not in pair.shard_key.split("_")[0] and pair.shard_key.count(".") == fig_id.count(".")
     assert Reject(article, fig_id, "duplicate_image").pair_id == pair.pair_id
@@ -28,9 +30,9 @@ def test_ids_are_built_and_read_back_in_one_place(article, fig_id):
 
 
 def test_rows_round_trip_through_the_table_and_a_missing_field_is_named():
-    pair = make_pair("PMC1.1_F1", "images/PMC1.1_F1.jpg", "caption", mentions=["Figure 1 shows it."], width=9)
+    pair = make_pair("PMC1.1", "F1", "caption", mentions=["Figure 1 shows it."], width=9)
     table = pa.Table.from_pylist([pair.row()], schema=PAIR_SCHEMA)
     assert Pair.from_row(table.to_pylist()[0]) == pair
     assert "image" not in pair.sample_meta() and set(pair.sample_meta()) == set(PAIR_FIELDS) - {"image"}
-    with pytest.raises(KeyError, match="license_code"):
+    with pytest.raises(DataError, match="PMC1.1_F1: the row lacks license_code"):
         Pair.from_row({k: v for k, v in pair.row().items() if k != "license_code"})

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from biomedclip_factory.shards.loader import CaptionCollator, SkipCounter, eval_batches, shard_urls, train_batches
+from biomedclip_factory.shards.loader import (CaptionCollator, SkipCounter, eval_batches, length_buckets, shard_urls,
+                                              train_batches)
 from biomedclip_factory.shards.writer import write_split
 
 from .pairs import make_pair
@@ -23,7 +24,8 @@ class _Tokenizer:
     def __call__(self, texts, padding, truncation, max_length, return_tensors):
         ids = [[len(w) for w in t.split()][:max_length] for t in texts]
         width = max(len(i) for i in ids)
-        return {"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids])}
+        return {"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])}
 
 
 @pytest.fixture()
@@ -33,8 +35,8 @@ def pairs(tmp_path):
     for i in range(7):
         buf = io.BytesIO()
         Image.new("RGB", (32, 24), (i * 30, 0, 0)).save(buf, format="JPEG")
-        (tmp_path / "images" / f"{i}.jpg").write_bytes(buf.getvalue())
-        rows.append(make_pair(f"PMC{i}.1_F1", f"images/{i}.jpg", "word " * (i + 1)))
+        rows.append(make_pair(f"PMC{i}.1", "F1", "word " * (i + 1)))
+        (tmp_path / rows[-1].image).write_bytes(buf.getvalue())
     return tmp_path, rows
 
 
@@ -191,3 +193,14 @@ def test_stage_reads_the_table_memory_mapped_and_writes_the_same_shards(pairs, t
         mapped = write_split(table, root, tmp_path / "mapped", split, shard_size=2, seed=3)
         listed = write_split(rows, root, tmp_path / "listed", split, shard_size=2, seed=3)
         assert mapped == listed and mapped["samples"] == (4 if split == "train" else 3)
+
+
+def test_sorted_batches_keep_each_image_with_its_caption_and_cut_into_length_buckets():
+    samples = [(torch.full((1, 2, 2), float(n)), "w " * n, {"words": n}) for n in (5, 1, 7, 3, 2, 6)]
+    images, tokens, meta = CaptionCollator(_Tokenizer(), context_length=8, sort_by_length=True)(samples)
+    assert [m["words"] for m in meta] == [1, 2, 3, 5, 6, 7]
+    assert images[:, 0, 0, 0].tolist() == [1, 2, 3, 5, 6, 7] and (tokens != 0).sum(1).tolist() == [1, 2, 3, 5, 6, 7]
+    groups = length_buckets(tokens, 0, 3, multiple=2)
+    assert [tuple(g.shape) for g in groups] == [(2, 2), (1, 4), (3, 7)]  # least padding; widths rounded up, never past the batch
+    assert torch.equal(torch.cat([torch.nn.functional.pad(g, (0, 7 - g.shape[1])) for g in groups]), tokens)
+

@@ -23,10 +23,12 @@ from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.model.build import (WEIGHTS_NAME, ModelSpec, create_model, init_from_model_dir,
                                             init_model_dir)
 from biomedclip_factory.model.tokenizer import copy_tokenizer
+from biomedclip_factory.shards.loader import length_buckets
 from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
-from biomedclip_factory.train.loop import MAX_LOGIT_SCALE, checkpoint_step, contrastive_loss, segments
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_length_buckets, build_engine, checkpoint_step,
+                                           contrastive_loss, distributed, segments, train_step)
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 
@@ -92,7 +94,52 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
     torch.testing.assert_close(loss_a, loss_b)
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
     for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
+    """A length-sorted batch whose captions run through the text tower in groups, each padded only to
+    its own longest, gives the loss and gradients of the batch padded whole (dropout off: its masks
+    are drawn per group)."""
+    torch.manual_seed(3)
+    lengths = torch.tensor([3, 4, 4, 6, 9, 12, 20, 31])  # sorted, as CaptionCollator(sort_by_length=True) gives
+    texts = torch.zeros(8, 32, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        texts[row, :n] = torch.randint(5, 100, (int(n),))
+    images = torch.randn(8, 3, 160, 160)
+    groups = length_buckets(texts, 0, 4)
+    assert [tuple(g.shape) for g in groups] == [(4, 8), (2, 16), (1, 24), (1, 32)]  # the least padding in 4 cuts
+    real = int(lengths.sum())
+    assert (sum(g.numel() for g in groups) / real, 8 * 31 / real) == pytest.approx((1.35, 2.79), abs=0.01)
+    results = []
+    for text_input in (texts, groups):
+        model = create_model(model_dir, load_weights=True).eval()
+        accept_length_buckets(model)
+        loss = contrastive_loss(1)(*model(images, text_input))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")  # other GEMM widths, other rounding
+
+
+@pytest.mark.slow  # two DeepSpeed engines in this process (~25 s)
+def test_training_steps_on_length_buckets_follow_the_padded_batch(model_dir):
+    """The DeepSpeed engine path: the same length-sorted micro-batches, text tower on 3 length groups or on
+    the batch padded whole, give the same losses step after step."""
+    losses = []
+    with distributed():
+        for buckets in (1, 3):
+            model = create_model(model_dir, load_weights=True)
+            engine, _ = build_engine(model, config(micro_batch_size=8, text_buckets=buckets), 1)
+            batches = [(images[order], texts[order]) for images, texts in
+                       global_batches(model.text.vocab_size, model.visual.image_size[0])
+                       for order in [torch.argsort((texts != 0).sum(1), stable=True)]]
+            stream = iter(batches)
+            losses.append([train_step(engine, contrastive_loss(1), stream, 1, 0, buckets).loss for _ in batches])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0][0] != losses[0][-1]
 
 
 def _local_bert(dest: Path, tokenizer_dir: Path, vocab_size: int | None = None) -> BertModel:
@@ -276,8 +323,8 @@ def shards(tmp_path_factory) -> Path:
     for i in range(24):
         buf = io.BytesIO()
         Image.new("RGB", (48, 40), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(buf, format="JPEG")
-        (root / "images" / f"{i}.jpg").write_bytes(buf.getvalue())
-        rows.append(make_pair(f"PMC{i}.1_F1", f"images/{i}.jpg", CAPTIONS[i % 3].split(".")[0] + f" panel {i}"))
+        rows.append(make_pair(f"PMC{i}.1", "F1", CAPTIONS[i % 3].split(".")[0] + f" panel {i}"))
+        (root / rows[-1].image).write_bytes(buf.getvalue())
     write_split(rows, root, root / "shards", "train", shard_size=8, seed=0)
     return root / "shards"
 

@@ -11,50 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArticleError, ParamsError
+from ..errors import ArticleError
 from ..io import write_bytes_atomic
-from ..params import Section
 from ..pmc.jats import Figure, parse_article
-from .dedup import MAX_DISTANCE
+from .align_config import AlignConfig
 from .images import normalise_image
 from .records import Pair, Reject, image_path, make_pair_id
 from .split import split_of
 
 # Full-size figure formats first; PMC's small GIF thumbnails come last.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif")
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    max_side: int
-    jpeg_quality: int
-    min_caption_chars: int
-    min_side: int
-    split_ratios: dict[str, float]
-    split_salt: str = ""
-    max_aspect_ratio: float | None = None  # longer side / shorter side; None = any
-    near_duplicate_max_distance: int | None = None  # pHash Hamming distance; None = exact duplicates only
-    mentions: bool = True  # keep the body sentences citing each figure
-
-    @classmethod
-    def from_params(cls, p: Section) -> AlignConfig:
-        """The ``align`` section, checked before anything is read or written."""
-        split = p.section("split")
-        raw_ratios = split.get("ratios", dict)
-        if not raw_ratios or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
-                                 for v in raw_ratios.values()):
-            raise ParamsError(f"params: '{split.path}.ratios' must map split names to numbers >= 0, got {raw_ratios!r}")
-        near = p.get("near_duplicate_distance", int, None)
-        if near is not None and not 0 <= near <= MAX_DISTANCE:
-            raise ParamsError(f"params: '{p.path}.near_duplicate_distance' must be 0..{MAX_DISTANCE} bits or null, "
-                              f"got {near}")
-        aspect = p.get("max_aspect_ratio", float, None)
-        if aspect is not None and aspect < 1:
-            raise ParamsError(f"params: '{p.path}.max_aspect_ratio' must be >= 1 or null, got {aspect}")
-        return cls(max_side=p.positive("max_side"), jpeg_quality=p.positive("jpeg_quality"),
-                   min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
-                   split_ratios={str(k): float(v) for k, v in raw_ratios.items()}, split_salt=split.get("salt", str, ""),
-                   max_aspect_ratio=aspect, near_duplicate_max_distance=near, mentions=p.get("mentions", bool, True))
 
 
 @dataclass

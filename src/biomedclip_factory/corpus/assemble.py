@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 
 from ..io import atomic_writer, write_jsonl_atomic
 from ..parallel import Mapper, progress_map, thread_map
-from .align import AlignConfig, ArticleResult, align_article
+from .align import ArticleResult, align_article
+from .align_config import AlignConfig
 from .dedup import deduplicate
 from .journal import AlignJournal
-from .records import PAIR_SCHEMA, Pair, Reject
+from .records import PAIR_SCHEMA, Pair, Reject, make_pair_id
 from .stats import caption_tokens
 from .table import ROW_GROUP, TABLE_NAME
 
@@ -69,7 +70,7 @@ class AlignedCorpus:
 
     def pairs(self) -> Iterator[Pair]:
         """The kept pairs in pair-id order (articles by ``prefix + "_"``, the pair ids' own prefix)."""
-        for prefix in sorted(self.prefixes, key=lambda p: f"{p}_"):
+        for prefix in sorted(self.prefixes, key=lambda p: make_pair_id(p, "")):
             for pair in sorted(self.journal.result(prefix).pairs, key=lambda p: p.pair_id):
                 if pair.pair_id not in self.duplicates:
                     yield pair

@@ -24,7 +24,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 from ..io import append_log_row, cut_partial_last_line, sweep_partial_writes
 from ..pmc import jats
 from . import align, images, records, split
-from .align import AlignConfig, ArticleResult
+from .align import ArticleResult
+from .align_config import AlignConfig
 from .records import DedupKey, Pair, Reject
 
 JOURNAL = "journal.jsonl"
@@ -176,7 +177,7 @@ class AlignJournal:
 
 
 def _entry(row: Mapping[str, Any], offset: int) -> _Entry:
-    return _Entry(row["digest"], offset, row["figures"], tuple(Pair.from_row(p).dedup_key() for p in row["pairs"]),
+    return _Entry(row["digest"], offset, row["figures"], tuple(DedupKey(*(p[k] for k in DedupKey._fields)) for p in row["pairs"]),
                   tuple(r["reason"] for r in row["rejects"]))
 
 

@@ -12,6 +12,8 @@ from typing import Any, Mapping, NamedTuple
 
 import pyarrow as pa
 
+from ..errors import DataError
+
 ID_SEPARATOR = "_"
 
 
@@ -70,6 +72,10 @@ class Pair:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Pair:
+        missing = [name for name in PAIR_FIELDS if name not in row]
+        if missing:
+            raise DataError(f"pair {row.get('pair_id', '?')}: the row lacks {', '.join(missing)} (written by an older "
+                            "align? rerun it)")
         return cls(**{name: row[name] for name in PAIR_FIELDS})
 
 

@@ -13,7 +13,7 @@ def lay_out_start(spec: ModelSpec, init_dir: Path | None, text_init: Path | None
     """``out`` from ``model.init_from`` (a released hub snapshot, or a model dir such as the champion), or
     from ``spec`` with a seeded image tower and a pretrained (``text_init``) or seeded text tower."""
     if init_dir is not None and is_snapshot(init_dir):  # the released BiomedCLIP's hub layout
-        converted = out.with_name(f"{out.name}.snapshot")
+        converted = out.with_name(f"{out.name}.snapshot.tmp")
         shutil.rmtree(converted, ignore_errors=True)
         convert_snapshot(init_dir, text_init, converted, "model.text.init_from")
         init_from_model_dir(converted, tokenizer_dir, out, spec.timm_model_name)

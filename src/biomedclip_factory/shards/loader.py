@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import webdataset as wds
 from webdataset.gopen import gopen
@@ -62,17 +63,64 @@ class SkipCounter:
 
 
 class CaptionCollator:
-    """Stack images; tokenise captions with padding to the batch's longest (≤ context length)."""
+    """Stack images; tokenise captions with padding to the batch's longest (≤ context length).
 
-    def __init__(self, tokenizer: Any, context_length: int) -> None:
+    With ``sort_by_length`` the batch comes out ordered by caption length (images, captions and
+    metadata alike: the contrastive loss does not depend on the order of its rows), ready to be cut
+    into ``length_buckets`` that each pay only for their own longest caption.
+    """
+
+    def __init__(self, tokenizer: Any, context_length: int, sort_by_length: bool = False) -> None:
         self.tokenizer = tokenizer
         self.context_length = context_length
+        self.sort_by_length = sort_by_length
 
     def __call__(self, samples: list[tuple[torch.Tensor, str, dict[str, Any]]]) -> Batch:
-        images = torch.stack([s[0] for s in samples])
-        tokens = self.tokenizer([s[1] for s in samples], padding="longest", truncation=True,
-                                max_length=self.context_length, return_tensors="pt")["input_ids"]
-        return images, tokens, [s[2] for s in samples]
+        encoded = self.tokenizer([s[1] for s in samples], padding="longest", truncation=True,
+                                 max_length=self.context_length, return_tensors="pt")
+        tokens = encoded["input_ids"]
+        if self.sort_by_length:
+            order = torch.argsort(encoded["attention_mask"].sum(1), stable=True)
+            samples, tokens = [samples[i] for i in order.tolist()], tokens[order]
+        return torch.stack([s[0] for s in samples]), tokens, [s[2] for s in samples]
+
+
+def length_buckets(tokens: torch.Tensor, pad_token_id: int, buckets: int, multiple: int = 8) -> list[torch.Tensor]:
+    """``tokens``' rows (sorted by length) in at most ``buckets`` consecutive groups, each cut to its own
+    longest caption rounded up to ``multiple`` (few distinct shapes for a compiled tower,
+    tensor-core-friendly widths), the cuts chosen to leave the least padding.
+
+    Padding a batch of 512 real figure captions to its longest computes mostly padding (ROCO's: 7.5
+    padded tokens per real one); 8 groups cut this way bring it near the real count.
+    """
+    lengths = (tokens != pad_token_id).sum(1).numpy()
+    widths = np.minimum(tokens.shape[1], np.maximum(1, -(-lengths // multiple) * multiple))
+    groups = []
+    for start, stop in _least_padding_cuts(widths, max(1, buckets)):
+        groups.append(tokens[start:stop, :int(widths[start:stop].max())])
+    return groups
+
+
+def _least_padding_cuts(widths: np.ndarray, buckets: int) -> list[tuple[int, int]]:
+    """The contiguous row ranges, at most ``buckets``, minimising Σ rows × widest row (exact for sorted
+    ``widths``): a dynamic programme over cut points, vectorised, ~2 ms for 512 rows and 8 groups."""
+    n = len(widths)
+    peak = np.maximum.accumulate(widths).astype(np.float64)  # the widest of rows < j, for sorted rows row j-1
+    start = np.arange(n + 1)[:, None]
+    stop = np.arange(n + 1)[None, :]
+    span = np.where(start <= stop, (stop - start) * np.concatenate([[0.0], peak])[None, :], np.inf)
+    best, choices = np.where(np.arange(n + 1) == 0, 0.0, np.inf), []
+    for _ in range(buckets):  # best[j]: least cost of rows < j in the groups so far (empty ones allowed)
+        total = best[:, None] + span
+        choices.append(total.argmin(axis=0))
+        best = total.min(axis=0)
+    cuts, stop_row = [], n
+    for choice in reversed(choices):
+        start_row = int(choice[stop_row])
+        if start_row < stop_row:
+            cuts.append((start_row, stop_row))
+        stop_row = start_row
+    return cuts[::-1]
 
 
 def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool,

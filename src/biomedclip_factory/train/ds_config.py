@@ -30,6 +30,7 @@ class TrainConfig:
     num_workers: int
     prefetch_factor: int = 2
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    text_buckets: int = 1  # length groups the text tower runs a micro-batch in, each padded to its own longest
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the host (stage >= 1)
     lock_image: bool = False  # LiT: the image tower frozen (open_clip's --lock-image) ...
     lock_image_unlocked_groups: int = 0  # ... except its last N layer groups
@@ -63,6 +64,7 @@ class TrainConfig:
             zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int), log_every=p.positive("log_every"),
             checkpoint_every=p.get("checkpoint_every", int), num_workers=p.get("num_workers", int),
             prefetch_factor=p.positive("prefetch_factor"), grad_checkpointing=p.get("grad_checkpointing", bool, False),
+            text_buckets=p.positive("text_buckets", int, 1),
             offload_optimizer=p.get("offload_optimizer", bool, False), lock_image=p.get("lock_image", bool, False),
             lock_image_unlocked_groups=p.get("lock_image_unlocked_groups", int, 0),
             lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0))

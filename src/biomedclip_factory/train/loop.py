@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
 from ..model.build import WEIGHTS_NAME, create_model, save_weights
-from ..shards.loader import CaptionCollator, SkipCounter, train_batches
+from ..shards.loader import CaptionCollator, SkipCounter, length_buckets, train_batches
 from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
 from .schedule import cosine_schedule
 
@@ -138,9 +139,26 @@ def lock_towers(model: torch.nn.Module, cfg: TrainConfig) -> None:
             module.requires_grad_(False)
 
 
+def accept_length_buckets(model: torch.nn.Module) -> None:
+    """Let the text tower take a batch's captions as ``length_buckets`` (a list of token tensors, each
+    padded to its own longest) and return their features concatenated in order. BERT's attention mask
+    makes a caption's features independent of its padding, so this changes only the work done; a
+    plain tensor goes through as before."""
+    text = model.text
+    plain = type(text).forward
+
+    def forward(self: torch.nn.Module, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        if isinstance(x, (list, tuple)):
+            return torch.cat([plain(self, group) for group in x])
+        return plain(self, x)
+
+    text.forward = types.MethodType(forward, text)
+
+
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> tuple[Any, Any]:
     """Wrap ``model`` in a DeepSpeed engine configured from ``cfg``; returns (engine, lr scheduler)."""
     lock_towers(model, cfg)
+    accept_length_buckets(model)
     # DeepSpeed cannot flatten 0-dim parameters; a 1-element logit scale behaves the same in the loss.
     model.logit_scale = torch.nn.Parameter(model.logit_scale.detach().reshape(1))
     if cfg.grad_checkpointing:
@@ -180,7 +198,7 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
 
 
 def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatch], accumulation: int,
-               pad_token_id: int) -> StepResult:
+               pad_token_id: int, text_buckets: int = 1) -> StepResult:
     """One optimizer step on ``accumulation`` micro-batches contrasted as one batch, then the clamp.
 
     Accumulating gradients of per-micro-batch losses would contrast each image with only a
@@ -190,14 +208,17 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     gradients summed over micro-batches are the full batch's. Each rerun restores the RNG its first
     pass used, so dropout draws the same masks. The logit scale's gradient is split over the passes
     so it adds up to the batch's once (open_clip's loop adds it whole from every pass). It costs one
-    extra forward per micro-batch.
+    extra forward per micro-batch. With ``text_buckets`` > 1 (length-sorted micro-batches) the text
+    tower runs on that many length groups, each padded only to its own longest caption.
     """
     world = torch.distributed.get_world_size()
     host = [next(micro_batches) for _ in range(accumulation)]
     # Counted on the host copies: the same sum on the device would make every step wait for the GPU.
     tokens = sum(int((texts != pad_token_id).sum()) for _, texts in host) * world  # ranks alike on average
     samples = sum(images.shape[0] for images, _ in host) * world
-    batches = [(images.to(engine.device), texts.to(engine.device)) for images, texts in host]
+    batches = [(images.to(engine.device, non_blocking=True),
+                 [group.to(engine.device, non_blocking=True) for group in length_buckets(texts, pad_token_id, text_buckets)]
+                 if text_buckets > 1 else texts.to(engine.device, non_blocking=True)) for images, texts in host]
     cached: list[tuple[torch.Tensor, torch.Tensor]] = []
     states = []
     if accumulation > 1:
@@ -296,7 +317,8 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
     preprocess = open_clip.image_transform(model.visual.image_size, is_train=True,
                                            mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    collate = CaptionCollator(tokenizer, tokenizer.model_max_length)  # the context length (init_model_dir)
+    collate = CaptionCollator(tokenizer, tokenizer.model_max_length,  # the context length (init_model_dir)
+                              sort_by_length=cfg.text_buckets > 1)
     skips = SkipCounter()  # counts what the main process decodes (num_workers=0); workers log theirs
     loss_fn = contrastive_loss(world)
 
@@ -310,7 +332,7 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
         for done in range(begin + 1, end + 1):
             t_step, lr = time.perf_counter(), scheduler.get_last_lr()[0]  # the rate this step runs at
             result = train_step(engine, loss_fn, micro_batches, cfg.gradient_accumulation_steps,
-                                tokenizer.pad_token_id)
+                                tokenizer.pad_token_id, cfg.text_buckets)
             samples, tokens = samples + result.samples, tokens + result.tokens
             if log and rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
                 elapsed = time.perf_counter() - t0
