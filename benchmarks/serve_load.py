@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,24 +41,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(model_uri: str, tracking_uri: str, cwd: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow models serve`` on loopback, once it answers /ping; returns the process and its URL."""
+def serve(model_uri: str, tracking_uri: str, cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow models serve`` on loopback, once it answers /ping; returns the process and its URL. Its
+    output goes to ``log`` (a pipe nobody reads would fill up and stall it)."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                                   "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and server.poll() is None:
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                 return server, url
-        except requests.ConnectionError:
-            time.sleep(1)
+        except requests.RequestException:
+            pass
+        time.sleep(1)
     server.terminate()
-    raise RuntimeError(f"the model server did not come up: {server.communicate(timeout=30)[0][-3000:]}")
+    server.wait(timeout=30)
+    raise RuntimeError(f"the model server did not come up: {log.read_text(errors='replace')[-3000:]}")
 
 
 def bomb_png() -> str:
@@ -67,7 +72,9 @@ def bomb_png() -> str:
 
 
 class RssWatch:
-    """The peak resident memory of a process and its children, sampled every ``period`` seconds."""
+    """The peak resident memory of a process and its children, sampled every ``period`` seconds
+    (``peak``), and the sum of each one's own peak as the kernel recorded it (``high_water``: exact
+    per process, so no spike between samples escapes it; an upper bound of the tree's peak)."""
 
     def __init__(self, pid: int, period: float = 0.2):
         self._proc, self._period, self.peak = psutil.Process(pid), period, 0
@@ -82,6 +89,17 @@ class RssWatch:
         except psutil.Error:
             pass
         return self.peak
+
+    def high_water(self) -> int:
+        total = 0
+        try:
+            for proc in [self._proc, *self._proc.children(recursive=True)]:
+                status = Path(f"/proc/{proc.pid}/status")
+                hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+                total += int(hwm[0].split()[1]) * 1024 if hwm else proc.memory_info().rss
+        except (OSError, psutil.Error):
+            pass
+        return max(total, self.peak)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -150,13 +168,14 @@ def main() -> None:
         sys.exit("serve_load: no image to send (run `make run` first, or pass --image)")
     image = base64.b64encode(args.image.read_bytes()).decode()
     labels = ["a chest x-ray", "a brain MRI", "a bar chart"]
-    server, url = serve(args.model_uri, args.tracking_uri, ROOT)
+    log = Path(tempfile.mkdtemp(prefix="serve_load.")) / "server.log"
+    server, url = serve(args.model_uri, args.tracking_uri, ROOT, log)
     try:
         alone = load(url, image, {}, 1, 20, 0, labels)
         with RssWatch(server.pid) as rss:
             loaded = load(url, image, {"bomb": bomb_png(), "path": str(args.image)}, args.clients, args.requests,
                           args.attack_every, labels)
-        alive = server.poll() is None
+        alive, high_water = server.poll() is None, rss.high_water()
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -164,6 +183,7 @@ def main() -> None:
                       "ratio": round(loaded.percentile(0.99) / alone.percentile(0.5), 1),
                       "clients": args.clients, "requests": args.requests, "server_alive": alive,
                       "statuses": dict(loaded.statuses), "peak_rss_mb": round(rss.peak / 2**20),
+                      "high_water_rss_mb": round(high_water / 2**20),
                       "latency_ms": {"p50": round(loaded.percentile(0.5)), "p99": round(loaded.percentile(0.99)),
                                      "alone_p50": round(alone.percentile(0.5)),
                                      "mean": round(statistics.fmean(loaded.latencies_ms or [float("nan")]))}}))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +29,41 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     # DVC resolves stage paths against the working directory: run from inside the project.
-    with contextlib.chdir(project), Repo(str(project)) as repo:
+    with contextlib.chdir(project), Repo(str(project)) as repo, tempfile.TemporaryDirectory() as kept:
+        outs = [out for found in repo.stage.collect(stage) for out in found.outs if not out.persist]
+        uncached = _keep_copies([Path(out.fs_path) for out in outs if not out.use_cache], Path(kept))
         try:
             done = repo.reproduce(stage, single_item=True, force=force)
         except Exception:
-            _restore_last_good(repo, stage)
+            _restore_last_good(repo, stage, [str(out.fs_path) for out in outs if out.use_cache], uncached)
             raise
     return [s.addressing for s in done]
 
 
-def _restore_last_good(repo: Any, stage: str) -> None:
+def _keep_copies(paths: list[Path], into: Path) -> dict[Path, Path]:
+    """Copies of the outputs DVC does not cache (metrics, plots), which it too deletes before a run."""
+    copies = {}
+    for number, path in enumerate(paths):
+        if path.exists():
+            copies[path] = into / str(number)
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, copies[path])
+    return copies
+
+
+def _restore_last_good(repo: Any, stage: str, cached: list[str], uncached: dict[Path, Path]) -> None:
     """DVC deletes a stage's outputs before running it, so a failed run leaves none: put the last good
-    ones (those dvc.lock names) back from DVC's cache, so a failed nightly run leaves a working project."""
+    ones back (cached ones from DVC's cache as dvc.lock names them, metrics and plots from the copies
+    taken before the run), so a failed nightly run leaves a working project. Persisted outputs (the
+    scrape's data/raw) are left as the run left them: they hold fetched work the retry builds on."""
     from dvc.exceptions import DvcException
 
+    for path, copy in uncached.items():
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        (shutil.copytree if copy.is_dir() else shutil.copy2)(copy, path)
     try:
-        repo.checkout(targets=[stage], force=True)
-        print(f"{stage}: failed; its last good outputs are restored from DVC's cache", flush=True)
+        if cached:
+            repo.checkout(targets=cached, force=True)
+        print(f"{stage}: failed; its last good outputs are restored", flush=True)
     except DvcException as exc:  # never run before, or its cache is gone: nothing to restore
         print(f"{stage}: failed, and its last outputs could not be restored ({exc})", flush=True)
 

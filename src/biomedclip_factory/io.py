@@ -54,14 +54,22 @@ def replace_dir(staging: Path, target: Path) -> None:
     renames, and a kill between them leaves the old output as ``<target>.old``.
     """
     old = target.with_name(f"{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists() and exchange_paths(staging, target):
+    _remove(old)
+    if target.exists() and not target.is_symlink() and exchange_paths(staging, target):
         shutil.rmtree(staging)  # now the old output
         return
-    if target.exists():
+    if target.exists() or target.is_symlink():
         target.rename(old)
     staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a dir, or just the link when it is a symlink (never what the link points at)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -55,14 +55,17 @@ def refusals_named(uri: str) -> Iterator[None]:
     except MlflowException as exc:
         if exc.error_code not in REFUSALS:
             raise
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        user = read_mlflow_creds().username  # MLFLOW_TRACKING_USERNAME, or ~/.mlflow/credentials
         if not user:
             hint = "no credentials were given: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         elif exc.error_code == "UNAUTHENTICATED":
-            hint = f"user {user!r} is unknown or MLFLOW_TRACKING_PASSWORD is wrong"
+            hint = f"user {user!r} is unknown or its password (MLFLOW_TRACKING_PASSWORD) is wrong"
         else:
-            hint = f"user {user!r} may not do this (the registered model belongs to the pipeline's account)"
-        raise AccessError(f"the MLflow server at {uri} refused the request ({exc.error_code}): {hint}") from None
+            hint = f"user {user!r} lacks the permission (models and experiments belong to whoever created them)"
+        raise AccessError(f"the MLflow server at {uri} refused the request ({exc.error_code}): {hint}; "
+                          f"it said: {exc.message[:300]}") from None
 
 
 def _flatten(obj: Any, prefix: str) -> dict[str, Any]:
