@@ -204,3 +204,40 @@ def test_sorted_batches_keep_each_image_with_its_caption_and_cut_into_length_buc
     assert [tuple(g.shape) for g in groups] == [(2, 2), (1, 4), (3, 7)]  # least padding; widths rounded up, never past the batch
     assert torch.equal(torch.cat([torch.nn.functional.pad(g, (0, 7 - g.shape[1])) for g in groups]), tokens)
 
+
+
+def test_the_training_transform_is_open_clips_with_uint8_out_and_normalisation_on_the_device():
+    """The paper's augmentation (open_clip's RandomResizedCrop 0.9-1.0, bicubic, OpenAI mean/std): the same
+    crops for the same RNG, pixels within ±1 level (torch's bicubic kernel for Pillow's), the float
+    conversion moved to the device."""
+    import open_clip
+
+    from biomedclip_factory.shards.transform import to_model_input, train_image_transform
+
+    image = Image.effect_mandelbrot((300, 220), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    reference = open_clip.image_transform(160, is_train=True, mean=open_clip.OPENAI_DATASET_MEAN,
+                                          std=open_clip.OPENAI_DATASET_STD)
+    ours = train_image_transform(160)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = reference(image)
+        torch.manual_seed(seed)
+        pixels = ours(image)
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, 160, 160)
+        ours_input = to_model_input(pixels[None])[0]
+        torch.testing.assert_close(ours_input, expected, atol=1.01 / 255 / min(open_clip.OPENAI_DATASET_STD), rtol=0)
+        assert (ours_input - expected).abs().mean() < 0.01
+
+
+def test_draft_decoding_shrinks_only_what_a_crop_at_the_input_size_does_not_need():
+    from biomedclip_factory.shards.transform import draft_jpeg_decoder
+
+    def jpeg(size: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (90, 40, 200)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    decode = draft_jpeg_decoder(224)
+    assert decode("x.jpg", jpeg((1024, 1024))).size == (256, 256)  # 1/4 still covers a 0.9-area crop at 224
+    assert decode("x.jpg", jpeg((512, 300))).size == (512, 300)  # halving would upscale the crop: full size
+    assert decode("x.txt", b"caption") is None

@@ -21,6 +21,7 @@ import webdataset as wds
 from webdataset.gopen import gopen
 
 from ..errors import DataError
+from .transform import draft_jpeg_decoder
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]
 log = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ def _least_padding_cuts(widths: np.ndarray, buckets: int) -> list[tuple[int, int
 
 
 def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool,
-                        skips: SkipCounter) -> list:
-    return [wds.decode("pilrgb", handler=skips),
+                        skips: SkipCounter, draft_size: int | None = None) -> list:
+    decoders = ([draft_jpeg_decoder(draft_size)] if draft_size else []) + ["pilrgb"]
+    return [wds.decode(*decoders, handler=skips),
             wds.to_tuple("jpg", "txt", "json", handler=skips),
             wds.map_tuple(preprocess, lambda t: t, lambda j: j, handler=skips),
             wds.batched(batch_size, collation_fn=collate, partial=partial)]
@@ -145,8 +147,9 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int, prefetch_factor: int) 
 
 def train_batches(shard_base: str | Path, preprocess: Callable, collate: CaptionCollator, batch_size: int, seed: int,
                   rank: int, num_workers: int = 0, prefetch_factor: int = 2, shuffle_buffer: int = 1000,
-                  skips: SkipCounter | None = None) -> Iterator[Batch]:
-    """An endless stream of training batches for ``rank``, the same for the same seed."""
+                  skips: SkipCounter | None = None, draft_size: int | None = None) -> Iterator[Batch]:
+    """An endless stream of training batches for ``rank``, the same for the same seed. With ``draft_size``
+    (the model's input side) JPEGs decode in draft mode as small as a crop at that size allows."""
     urls = shard_urls(shard_base, "train")
     if not urls:
         raise DataError(f"the train split in {shard_base} has no samples")
@@ -159,7 +162,7 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=skips),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(f"{seed}:{rank}")),
-        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips),
+        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, draft_size=draft_size),
     )
     return _loader(pipeline, num_workers, prefetch_factor)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import deepspeed
-import open_clip
 import torch
 from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 from open_clip.loss import ClipLoss
@@ -29,6 +28,7 @@ from transformers import AutoTokenizer
 
 from ..model.build import WEIGHTS_NAME, create_model, save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, length_buckets, train_batches
+from ..shards.transform import to_model_input, train_image_transform
 from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
 from .schedule import cosine_schedule
 
@@ -216,7 +216,7 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     # Counted on the host copies: the same sum on the device would make every step wait for the GPU.
     tokens = sum(int((texts != pad_token_id).sum()) for _, texts in host) * world  # ranks alike on average
     samples = sum(images.shape[0] for images, _ in host) * world
-    batches = [(images.to(engine.device, non_blocking=True),
+    batches = [(to_model_input(images.to(engine.device, non_blocking=True)),
                  [group.to(engine.device, non_blocking=True) for group in length_buckets(texts, pad_token_id, text_buckets)]
                  if text_buckets > 1 else texts.to(engine.device, non_blocking=True)) for images, texts in host]
     cached: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -314,8 +314,8 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
         _, client_state = engine.load_checkpoint(str(checkpoint_dir))
         start, loss_value = int(client_state["step"]), float(client_state.get("loss", "nan"))
 
-    preprocess = open_clip.image_transform(model.visual.image_size, is_train=True,
-                                           mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+    image_size = model.visual.image_size[0]
+    preprocess = train_image_transform(image_size)  # uint8 out; normalised on the device in train_step
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     collate = CaptionCollator(tokenizer, tokenizer.model_max_length,  # the context length (init_model_dir)
                               sort_by_length=cfg.text_buckets > 1)
@@ -327,7 +327,8 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
     for begin, end in segments(start, cfg.steps, cfg.checkpoint_every):
         torch.manual_seed(segment_seed(cfg.seed, begin))
         batches = train_batches(shard_dir, preprocess, collate, cfg.micro_batch_size, seed=segment_seed(cfg.seed, begin),
-                                rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, skips=skips)
+                                rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, skips=skips,
+                                draft_size=image_size)
         micro_batches = ((images, texts) for images, texts, _ in batches)
         for done in range(begin + 1, end + 1):
             t_step, lr = time.perf_counter(), scheduler.get_last_lr()[0]  # the rate this step runs at
