@@ -62,12 +62,19 @@ def _mark(folder: Path, item: int) -> int:
 
 @pytest.mark.slow
 def test_dask_mapper_yields_each_batch_as_it_finishes_in_order(prefect_api, tmp_path):
-    """A killed multi-hour Dask run keeps what finished: results arrive per batch, not at the end."""
-    results = dask_map("batches", None, 2, batch=3)(partial(_mark, tmp_path), list(range(8)))
+    """A killed multi-hour Dask run keeps what finished: results arrive per batch, not at the end; each
+    Prefect task run holds a chunk of items, not one (the server's bookkeeping per task run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    results = dask_map("batches", None, 2, batch=3, chunk=2)(partial(_mark, tmp_path), list(range(8)))
     first = [next(results) for _ in range(3)]
     assert first == [0, 10, 20] and sorted(int(p.name) for p in tmp_path.iterdir()) == [0, 1, 2]
     assert list(results) == [30, 40, 50, 60, 70]
     assert len(list(tmp_path.iterdir())) == 8
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="batches-articles")))
+    assert len(runs) == 5  # batches of 3, 3, 2 items in chunks of 2: 2 + 2 + 1 task runs
 
 
 def test_a_bad_runner_is_a_params_error():

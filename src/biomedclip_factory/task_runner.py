@@ -7,9 +7,9 @@
 - ``tcp://host:8786`` (any Dask scheduler address): the same flow on an existing Dask cluster;
   its workers must see this project's folders at the same paths (a shared filesystem).
 
-Both Dask forms go through Prefect's ``DaskTaskRunner``, so every article is a Prefect task run
-(visible in the Prefect UI when ``PREFECT_API_URL`` points at a server), ``DASK_BATCH`` articles
-per flow run on one cluster.
+Both Dask forms go through Prefect's ``DaskTaskRunner``: every ``DASK_CHUNK`` articles are one
+Prefect task run (visible in the Prefect UI when ``PREFECT_API_URL`` points at a server),
+``DASK_BATCH`` articles one flow run on one cluster.
 """
 from __future__ import annotations
 
@@ -21,13 +21,18 @@ from .parallel import Mapper, process_map, thread_map
 from .params import Section
 
 
-def _call(fn: Callable[[Any], Any], item: Any) -> Any:
-    return fn(item)
+def _call_each(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
+    return [fn(item) for item in chunk]
 
 
 # Items per Prefect flow run on Dask: results (and align's journal entries) arrive batch by batch,
 # so a run killed after hours keeps what finished, at ~1 s of flow-run overhead per batch.
 DASK_BATCH = 2000
+# Items per Prefect task run. Every task run is several API calls and database rows on the Prefect
+# server (benchmarks/prefect_tasks.py); one per article would bound a PMC-scale run by the server's
+# bookkeeping. The per-article code never raises for bad input, so a task fails only when its
+# worker does, and results arrive per batch either way: a chunk costs no retry granularity.
+DASK_CHUNK = 50
 
 
 @contextmanager
@@ -42,9 +47,11 @@ def _scheduler(address: str | None, workers: int) -> Iterator[str]:
         yield cluster.scheduler_address
 
 
-def dask_map(flow_name: str, address: str | None, workers: int, batch: int = DASK_BATCH) -> Mapper:
-    """A mapper running each item as a Prefect task on Dask (a local cluster when ``address`` is None),
-    ``batch`` items per flow run, yielding each batch's results as soon as it is done."""
+def dask_map(flow_name: str, address: str | None, workers: int, batch: int = DASK_BATCH,
+             chunk: int = DASK_CHUNK) -> Mapper:
+    """A mapper running items as Prefect tasks on Dask (a local cluster when ``address`` is None),
+    ``chunk`` items per task run and ``batch`` per flow run, yielding each batch's results as soon as
+    it is done."""
 
     def mapper(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         from prefect import flow, task, unmapped
@@ -52,16 +59,18 @@ def dask_map(flow_name: str, address: str | None, workers: int, batch: int = DAS
         from prefect_dask import DaskTaskRunner
 
         # No caching: a rerun must look at the source again (the per-article code skips what is done).
-        article = task(_call, name=f"{flow_name}-article", cache_policy=NO_CACHE, persist_result=False)
+        articles = task(_call_each, name=f"{flow_name}-articles", cache_policy=NO_CACHE, persist_result=False)
         with _scheduler(address, workers) as scheduler:
 
             @flow(name=flow_name, task_runner=DaskTaskRunner(address=scheduler), persist_result=False,
                   log_prints=False)
-            def run(chunk: list[Any]) -> list[Any]:
-                return [future.result() for future in article.map(unmapped(fn), chunk)]
+            def run(chunks: list[list[Any]]) -> list[list[Any]]:
+                return [future.result() for future in articles.map(unmapped(fn), chunks)]
 
             for start in range(0, len(items), batch):
-                yield from run(list(items[start:start + batch]))
+                part = list(items[start:start + batch])
+                for results in run([part[i:i + chunk] for i in range(0, len(part), chunk)]):
+                    yield from results
 
     return mapper
 

@@ -80,13 +80,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> None:
-    """Join the launcher's process group, or make a one-rank group when run as a plain process."""
-    if "RANK" not in os.environ:
+_ONE_RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_distributed() -> bool:
+    """Join the launcher's process group, or make a one-rank group when run as a plain process;
+    returns whether it set the one-rank group's environment itself."""
+    own = "RANK" not in os.environ
+    if own:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return own
 
 
 @contextmanager
@@ -95,13 +101,17 @@ def distributed() -> Iterator[None]:
 
     A rank that exits with the group still alive can abort in C++ teardown ("terminate called without
     an active exception", SIGABRT) after its work succeeded, and the launcher then fails the whole run.
+    A one-rank group's environment goes with it, so processes started later pick their own port.
     """
-    init_distributed()
+    own = init_distributed()
     try:
         yield
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        if own:
+            for key in _ONE_RANK_ENV:
+                os.environ.pop(key, None)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
