@@ -7,6 +7,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from ..corpus.records import image_path
+from ..io import write_bytes_atomic
+
 
 ARROWS = {"image_to_text": "image→text", "text_to_image": "text→image"}
 
@@ -83,8 +86,8 @@ def examples_grid(examples: list[tuple[Path, str, str]], width: int = 320) -> Im
     row_h = 200
     canvas = Image.new("RGB", (width * 3, max(1, len(examples)) * row_h), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (image_path, truth, retrieved) in enumerate(examples):
-        with Image.open(image_path) as img:
+    for i, (path, truth, retrieved) in enumerate(examples):
+        with Image.open(path) as img:
             img.thumbnail((width - 10, row_h - 10))
             canvas.paste(img.convert("RGB"), (5, i * row_h + 5))
         mark = "correct" if truth == retrieved else "wrong"
@@ -104,4 +107,18 @@ def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
             out[name] = float(value)
     return out
+
+
+def write_plots(ours: dict, kept: dict, split: str, plots: Path, pairs: Path) -> None:
+    """DVC's plots of our model: a confusion CSV per zero-shot set, and a grid of ``split``'s retrieval
+    examples (each image with its own caption and the one ranked first), images from the pairs folder."""
+    for task, res in ours["zeroshot"].items():
+        if "confusion" in res:
+            write_bytes_atomic(plots / "confusion" / f"{task}.csv", confusion_rows(res["confusion"], res["classes"]).encode())
+    meta, sim = kept.get(split, ([], None))
+    if meta:
+        top1 = sim.argmax(dim=1).tolist()
+        examples = [(pairs / image_path(m["pair_id"]), m["caption"], meta[j]["caption"]) for m, j in zip(meta, top1)]
+        plots.mkdir(exist_ok=True)
+        examples_grid(examples).save(plots / "retrieval_examples.png")
 

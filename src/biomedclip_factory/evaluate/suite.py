@@ -16,6 +16,7 @@ from ..params import Section
 from ..shards.loader import CaptionCollator, eval_batches
 from .embed import Encoder
 from .linear_probe import ProbeTask, evaluate_linear_probe
+from .models import load_encoder
 from .retrieval import retrieval_metrics
 from .vqa import VqaTask, evaluate_vqa
 from .zeroshot import METRICS, ZeroShotTask, evaluate_zeroshot
@@ -139,6 +140,32 @@ def evaluate_model(encoder: Encoder, suite: Suite, shards: Path, keep: dict | No
             result[kind][name] = {"error": str(exc)}
             print(f"evaluate: {exc}", flush=True)
     return result
+
+
+def evaluate_models(models: dict[str, tuple[str, str | None]], suite: Suite, root: Path, shards: Path,
+                    keep: dict) -> dict:
+    """The report of every model in ``models``; one that cannot be loaded is reported by name and the
+    rest still run, except ours (``OURS``), whose absence is the stage's error. ``keep`` gets our
+    retrieval examples."""
+    report: dict = {}
+    for name, (spec, text_dir) in models.items():
+        try:
+            encoder = load_encoder(spec, root, text_dir)
+        except DataError as exc:
+            if name == OURS:
+                raise
+            report[name] = {"error": str(exc), "source": spec}
+            print(f"evaluate: {exc}", flush=True)
+            continue
+        report[name] = {"source": spec, **evaluate_model(encoder, suite, shards, keep if name == OURS else None)}
+    return report
+
+
+def failures(report: dict) -> int:
+    """Models that could not be loaded plus datasets that could not be scored."""
+    return sum(1 for r in report.values() if "error" in r) + sum(
+        1 for r in report.values() for kind in ("zeroshot", "linear_probe", "vqa")
+        for task in r.get(kind, {}).values() if "error" in task)
 
 
 def items_scored(report: dict, splits: list[str]) -> int:
