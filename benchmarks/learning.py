@@ -76,7 +76,8 @@ def held_out_tasks(pairs: Path, dest: Path) -> dict:
     return tasks
 
 
-def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, vision: str, vqa_rad: Path) -> dict:
+def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, vision: str, vqa_rad: Path,
+                     seed: int = 0) -> dict:
     """The embedded default, pointed at MedPix and sized to learn on 2 CPU cores in minutes."""
     params = json.loads(json.dumps(base))
     params["scrape"].update(source=str(medpix / "pairs.jsonl"), layout="pairs", pairs_group_by="case",
@@ -87,7 +88,7 @@ def benchmark_params(base: dict, medpix: Path, zeroshot: dict, steps: int, visio
     params["model"]["vision"]["timm_model_name"] = vision
     params["model"]["text"].update(context_length=64, layers=4, width=256, heads=4)
     params["pretrain"].update(steps=steps, micro_batch_size=64, lr=1e-3, warmup_steps=max(1, steps // 10),
-                              log_every=50, checkpoint_every=0, num_workers=1)
+                              log_every=50, checkpoint_every=0, num_workers=1, seed=seed)
     vqa = {"vqa_rad": {"images": str(vqa_rad / "images"), "train": str(vqa_rad / "trainset.json"),
                        "test": str(vqa_rad / "testset.json"), "answers": str(vqa_rad / "answer_all_list.json"),
                        "epochs": 200, "hidden": 256, "lr": 0.001, "seed": 0}} if (vqa_rad / "testset.json").is_file() else {}
@@ -144,6 +145,7 @@ def main() -> None:
     ap.add_argument("--vision", default="test_vit", help="timm image tower (its default input size is used)")
     ap.add_argument("--vqa-rad", type=Path, default=VQA_RAD)
     ap.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temp dir)")
+    ap.add_argument("--seed", type=int, default=0, help="pretrain.seed: rerun with others to see the spread")
     args = ap.parse_args()
     if not (args.medpix / "pairs.jsonl").is_file():
         sys.exit(f"learning: no MedPix pairs at {args.medpix} (pass --medpix DIR)")
@@ -157,7 +159,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
         zeroshot = held_out_tasks(args.medpix / "pairs.jsonl", project / "sample" / "labelled")
         params = benchmark_params(yaml.safe_load((ROOT / "params.yaml").read_text()), args.medpix, zeroshot,
-                                  args.steps, args.vision, args.vqa_rad)
+                                  args.steps, args.vision, args.vqa_rad, args.seed)
         for tower in args.towers:
             rows.append(run_dag(project, params, tower))
             print(json.dumps(rows[-1]), flush=True)
@@ -169,7 +171,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "learning", "baseline": "chance (held-out R@10 = 10 / gallery size)",
                       "ratio": round(r10_over_chance(best), 2), "target": 2.0, "best_tower": best["tower"],
                       "measure": "held-out mean R@10 (image→text, text→image) over chance", "steps": args.steps,
-                      "vision": args.vision, "runs": rows}))
+                      "vision": args.vision, "seed": args.seed, "runs": rows}))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,21 @@ def test_zero_1_and_2_on_one_rank_run_as_stage_0_unless_offloading():
                       (3, 1, True): 3, **{(s, 2, o): s for s in (1, 2, 3) for o in (False, True)}}
 
 
+def _loss_and_grads(model: torch.nn.Module, images: torch.Tensor, texts) -> tuple[torch.Tensor, dict]:
+    loss = contrastive_loss(1)(*model(images, texts))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_step(results: list, atol: float) -> None:
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=atol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
     images, texts = torch.randn(4, 3, 160, 160), torch.randint(5, 100, (4, 10))
     results = []
@@ -87,14 +102,8 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
         if checkpointing:  # open_clip's HF tower *enables* checkpointing on set_grad_checkpointing(False)
             model.set_grad_checkpointing()
         assert model.visual.trunk.grad_checkpointing == model.text.transformer.is_gradient_checkpointing == checkpointing
-        loss = contrastive_loss(1)(*model(images, texts))
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        results.append(_loss_and_grads(model, images, texts))
+    _assert_same_step(results, atol=1e-6)
 
 
 def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
@@ -115,14 +124,8 @@ def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
     for text_input in (texts, groups):
         model = create_model(model_dir, load_weights=True).eval()
         accept_length_buckets(model)
-        loss = contrastive_loss(1)(*model(images, text_input))
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")  # other GEMM widths, other rounding
+        results.append(_loss_and_grads(model, images, text_input))
+    _assert_same_step(results, atol=1e-5)  # other GEMM widths, other rounding
 
 
 @pytest.mark.slow  # two DeepSpeed engines in this process (~25 s)
