@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir  # noqa: E402
+from biomedclip_factory.model.build import ModelSpec, init_model_dir  # noqa: E402
 from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, build_engine,  # noqa: E402
@@ -150,9 +150,8 @@ def main() -> None:
     init_distributed()
     with tempfile.TemporaryDirectory() as tmp:
         train_wordpiece(CAPTIONS, Path(tmp) / "tok", 1000, 1, True, spec.context_length)
-        init_model_dir(spec, Path(tmp) / "tok", Path(tmp) / "clip")
         torch.manual_seed(cfg.seed)
-        template = create_model(Path(tmp) / "clip", load_weights=False)
+        template = init_model_dir(spec, Path(tmp) / "tok", Path(tmp) / "clip")
     image_size = template.visual.image_size[0] if isinstance(template.visual.image_size, tuple) \
         else template.visual.image_size
     data = batches(4, args.batch, image_size, template.text.vocab_size, spec.context_length)

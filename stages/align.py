@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from argparse import Namespace
 
 import mlflow
 
@@ -18,15 +19,11 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-RAW = ROOT / "data" / "raw"
-PAIRS = ROOT / "data" / "pairs"
-JOURNAL = ROOT / "data" / "align_journal"  # per-article results kept across runs (resume, incremental)
 
-
-def main() -> None:
+def main(a: Namespace) -> None:
     p = load_section("align", ROOT / "params.yaml")
     cfg = AlignConfig.from_params(p)
-    manifest = RAW / "manifest.jsonl"
+    manifest = a.raw / "manifest.jsonl"
     if not manifest.is_file():
         raise DataError(f"align: {manifest} is missing (run the scrape stage)")
     digests = {r["prefix"]: article_digest(r) for r in iter_jsonl(manifest) if r["status"] == "ok"}
@@ -34,25 +31,25 @@ def main() -> None:
     mapper = mapper_from_params(p, "align")
     with stage_run("align", ROOT, p.raw()):
         t0 = time.perf_counter()
-        staging = PAIRS.with_name("pairs.tmp")
+        staging = a.pairs.with_name(f"{a.pairs.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        journal = AlignJournal(JOURNAL, cfg, digests)
-        corpus = align_articles(RAW, prefixes, cfg, journal, mapper)
+        journal = AlignJournal(a.journal, cfg, digests)  # per-article results kept across runs
+        corpus = align_articles(a.raw, prefixes, cfg, journal, mapper)
         stats = corpus.export(staging)
         journal.close()
-        replace_dir(staging, PAIRS)
+        replace_dir(staging, a.pairs)
         seconds = time.perf_counter() - t0
         metrics = {"articles": len(prefixes), "articles_reused": corpus.reused,
                    "articles_aligned_per_s": (len(prefixes) - corpus.reused) / max(seconds, 1e-9),
                    "figures": corpus.figures, "pairs": stats.pairs, "rejects": sum(corpus.reject_reasons.values()),
                    "pairs_per_s": stats.pairs / max(seconds, 1e-9),
                    "rejects_by_reason": dict(corpus.reject_reasons), "pairs_by_split": dict(stats.by_split)}
-        write_json_atomic(ROOT / "metrics" / "align.json", metrics)
-        write_csv_atomic(ROOT / "plots" / "align_caption_length.csv", caption_length_rows(stats.caption_tokens))
-        write_csv_atomic(ROOT / "plots" / "align_pairs_per_article.csv", pairs_per_article_rows(stats.per_article))
+        write_json_atomic(a.metrics, metrics)
+        write_csv_atomic(a.caption_plot, caption_length_rows(stats.caption_tokens))
+        write_csv_atomic(a.articles_plot, pairs_per_article_rows(stats.per_article))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     summary("align", corpus.figures, stats.pairs, metrics["rejects"], seconds, "figures")
 
 
 if __name__ == "__main__":
-    run_stage("align", main)
+    run_stage("align", main, ("raw", "journal", "pairs", "metrics", "caption_plot", "articles_plot"))

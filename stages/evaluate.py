@@ -6,6 +6,7 @@ params → ``Suite`` (retrieval on the shard splits, zero-shot, linear probe, VQ
 from __future__ import annotations
 
 import time
+from argparse import Namespace
 
 import mlflow
 
@@ -17,25 +18,24 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-SHARDS, PAIRS, PLOTS = ROOT / "data" / "shards", ROOT / "data" / "pairs", ROOT / "plots"
 
-
-def main() -> None:
+def main(a: Namespace) -> None:
     p = load_section("evaluate", ROOT / "params.yaml")
-    suite, models = Suite.from_params(p, ROOT), models_from_params(p, "local-dir:models/clip")
+    suite, models = Suite.from_params(p, ROOT), models_from_params(p, f"local-dir:{a.model}")
     with stage_run("evaluate", ROOT, p.raw()):
         t0 = time.perf_counter()
         kept: dict = {}
-        report = evaluate_models(models, suite, ROOT, SHARDS, kept)
+        report = evaluate_models(models, suite, ROOT, a.shards, kept)
         seconds = time.perf_counter() - t0
-        write_json_atomic(ROOT / "metrics" / "eval.json", {"models": report})
-        write_bytes_atomic(ROOT / "metrics" / "eval.md", markdown_report(report).encode())
-        write_plots(report[OURS], kept, suite.splits[0] if suite.splits else "test", PLOTS, PAIRS)
+        write_json_atomic(a.metrics, {"models": report})
+        write_bytes_atomic(a.report, markdown_report(report).encode())
+        write_plots(report[OURS], kept, suite.splits[0] if suite.splits else "test", a.confusion, a.examples,
+                    a.pairs)
         for name, result in report.items():
             mlflow.log_metrics(flat_metrics(result, f"{name}."))
-        mlflow.log_artifact(str(ROOT / "metrics" / "eval.md"))
+        mlflow.log_artifact(str(a.report))
     summary("evaluate", items_scored(report, suite.splits), len(report), failures(report), seconds, "items")
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main)
+    run_stage("evaluate", main, ("model", "shards", "pairs", "metrics", "report", "confusion", "examples"))

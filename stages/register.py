@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from argparse import Namespace
 
 import mlflow
 import pandas as pd
@@ -20,33 +21,30 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-MODEL, PAIRS = ROOT / "models" / "clip", ROOT / "data" / "pairs"
 
-
-def main() -> None:
+def main(a: Namespace) -> None:
     p = load_section("register", ROOT / "params.yaml")
     name, alias = p.get("model_name", str), p.get("alias", str)
     gate_metric, margin = p.get("gate_metric", str), p.get("margin", float)
-    eval_file, train_file = ROOT / "metrics" / "eval.json", ROOT / "metrics" / "pretrain.json"
-    for needed in (MODEL / "open_clip_config.json", eval_file, train_file):
+    for needed in (a.model / "open_clip_config.json", a.eval, a.pretrain):
         if not needed.is_file():
             raise DataError(f"register: {needed} is missing (run the earlier stages)")
-    report = json.loads(eval_file.read_text())["models"]["ours"]
-    pairs = pd.read_parquet(PAIRS / TABLE_NAME, columns=["image", "split"])
-    example = PAIRS / next(iter(pairs.loc[pairs["split"] == "train", "image"]), pairs["image"].iloc[0])
-    tags = lineage_tags(ROOT, json.loads(train_file.read_text()).get("mlflow_run_id"),
-                        train_licence_mix(PAIRS / TABLE_NAME), flat_metrics(report))
+    report = json.loads(a.eval.read_text())["models"]["ours"]
+    pairs = pd.read_parquet(a.pairs / TABLE_NAME, columns=["image", "split"])
+    example = a.pairs / next(iter(pairs.loc[pairs["split"] == "train", "image"]), pairs["image"].iloc[0])
+    tags = lineage_tags(ROOT, json.loads(a.pretrain.read_text()).get("mlflow_run_id"),
+                        train_licence_mix(a.pairs / TABLE_NAME), flat_metrics(report))
     with stage_run("register", ROOT, p.raw()):
         t0 = time.perf_counter()
-        result = register_model(MODEL, name, alias, example, tags, pinned_requirements(ROOT / "requirements.txt"),
-                                ROOT / "src" / "biomedclip_factory", ServeLimits.from_params(p))
+        result = register_model(a.model, name, alias, example, tags, pinned_requirements(a.requirements), a.code,
+                                ServeLimits.from_params(p))
         mlflow.log_metrics(flat_metrics(report))
         client = mlflow.MlflowClient()
         decision = promote.decide(client, name, result.version, gate_metric, margin)
         promote.apply(client, name, result.version, decision)
         mlflow.set_tags({"promoted": str(decision.promote), "promotion_reason": decision.reason})
         seconds = time.perf_counter() - t0
-    write_json_atomic(ROOT / "metrics" / "register.json",
+    write_json_atomic(a.metrics,
                       {"model_name": result.name, "version": int(result.version), "alias": alias,
                        "promoted": int(decision.promote), "promotion_reason": decision.reason})
     print(f"register: {result.model_uri} → models:/{name}@{alias}")
@@ -55,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("register", main)
+    run_stage("register", main, ("model", "pairs", "eval", "pretrain", "requirements", "code", "metrics"))

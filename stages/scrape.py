@@ -8,6 +8,7 @@ a run with another selection starts from the listing again.
 from __future__ import annotations
 
 import time
+from argparse import Namespace
 
 import mlflow
 
@@ -20,27 +21,25 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-RAW = ROOT / "data" / "raw"
 
-
-def main() -> None:
+def main(a: Namespace) -> None:
     p = load_section("scrape", ROOT / "params.yaml")
     request, mapper = ScrapeRequest.from_params(p, ROOT), mapper_from_params(p, "scrape")
     with stage_run("scrape", ROOT, p.raw()):
         t0 = time.perf_counter()
-        result = scrape(request.source, RAW, request.policy, request.max_articles, mapper=mapper,
-                        previous=previous_manifest(RAW, request.selection), window=request.window)
+        result = scrape(request.source, a.raw, request.policy, request.max_articles, mapper=mapper,
+                        previous=previous_manifest(a.raw, request.selection), window=request.window)
         seconds = time.perf_counter() - t0
-        watermark = write_manifest(RAW, result, request.selection)
+        watermark = write_manifest(a.raw, result, request.selection)
         metrics = {"articles_listed": len(result.rows), "articles_ok": result.count("ok"),
                    "articles_failed": result.count("failed"),
                    "articles_skipped": len(result.rows) - result.count("ok") - result.count("failed"),
                    "articles_fetched": result.fetched_articles, "versions_removed": len(result.removed),
                    "bytes_fetched": result.fetched_bytes, "articles_per_s": result.fetched_articles / max(seconds, 1e-9)}
-        write_json_atomic(ROOT / "metrics" / "scrape.json", {**metrics, "watermark": watermark})
+        write_json_atomic(a.metrics, {**metrics, "watermark": watermark})
         mlflow.log_metrics(metrics)
     summary("scrape", len(result.rows), result.count("ok"), result.count("failed"), seconds, "articles")
 
 
 if __name__ == "__main__":
-    run_stage("scrape", main)
+    run_stage("scrape", main, ("raw", "metrics"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from argparse import Namespace
 
 import mlflow
 import pandas as pd
@@ -22,34 +23,31 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
-PAIRS = ROOT / "data" / "pairs" / TABLE_NAME
-OUT = ROOT / "models" / "tokenizer"
 
-
-def main() -> None:
+def main(a: Namespace) -> None:
     p = load_section("tokenizer", ROOT / "params.yaml")
     context_length = load_section("model", ROOT / "params.yaml").section("text").positive("context_length")
-    source = p.get("source", str, "train")
-    if not PAIRS.is_file():
-        raise DataError(f"tokenizer: {PAIRS} is missing (run the align stage)")
-    captions = int((pd.read_parquet(PAIRS, columns=["split"])["split"] == "train").sum())
+    source, table, out = p.get("source", str, "train"), a.pairs / TABLE_NAME, a.tokenizer
+    if not table.is_file():
+        raise DataError(f"tokenizer: {table} is missing (run the align stage)")
+    captions = int((pd.read_parquet(table, columns=["split"])["split"] == "train").sum())
     pretrained = None if source == "train" else resolve_pretrained_dir(source, "tokenizer.source", ROOT)
     with stage_run("tokenizer", ROOT, p.raw()):
         t0 = time.perf_counter()
-        staging = OUT.with_name(f"{OUT.name}.tmp")
+        staging = out.with_name(f"{out.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         if pretrained is None:
-            vocab = train_wordpiece(split_captions(PAIRS, "train"), staging, p.positive("vocab_size"),
+            vocab = train_wordpiece(split_captions(table, "train"), staging, p.positive("vocab_size"),
                                     p.positive("min_frequency"), p.get("lowercase", bool), context_length, progress=True)
         else:
             vocab = copy_tokenizer(pretrained, staging, context_length)
-        replace_dir(staging, OUT)
+        replace_dir(staging, out)
         seconds = time.perf_counter() - t0
         metrics = {"captions": captions, "vocab_size": vocab, "captions_per_s": captions / max(seconds, 1e-9)}
-        write_json_atomic(ROOT / "metrics" / "tokenizer.json", metrics)
+        write_json_atomic(a.metrics, metrics)
         mlflow.log_metrics(metrics)
     summary("tokenizer", captions, vocab, 0, seconds, "captions")
 
 
 if __name__ == "__main__":
-    run_stage("tokenizer", main)
+    run_stage("tokenizer", main, ("pairs", "tokenizer", "metrics"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,12 +60,24 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
-def run_module(project: Path, module: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m <module>`` inside ``project`` with the project's own code first on the path."""
-    env = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
-    proc = subprocess.run([sys.executable, "-m", module], cwd=project, env=env, capture_output=True, text=True)
+def project_env(project: Path) -> dict[str, str]:
+    """The environment a project's stages run in: its own code first on the path."""
+    return {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+
+
+def stage_command(project: Path, stage: str) -> list[str]:
+    """The stage's command exactly as the project's dvc.yaml gives it to DVC (this interpreter for ``python``)."""
+    cmd = shlex.split(yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    assert cmd[0] == "python", cmd
+    return [sys.executable, *cmd[1:]]
+
+
+def run_stage(project: Path, stage: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one stage inside ``project`` as DVC would, without DVC's bookkeeping."""
+    proc = subprocess.run(stage_command(project, stage), cwd=project, env=project_env(project), capture_output=True,
+                          text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"{stage} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 

@@ -7,6 +7,7 @@ hours of training when only its logging period changes. Both are computed here, 
 from __future__ import annotations
 
 import ast
+import shlex
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,46 @@ def test_package_inits_are_inert_or_listed() -> None:
     inert = REPO / "src/biomedclip_factory/__init__.py"
     assert is_inert(inert) and inert not in project_files("stages.pretrain")
     assert not is_inert(REPO / "stages/common.py")
+
+
+# What a stage keeps between runs to resume, neither a dep nor an out (dvc.yaml's header says why).
+RUN_STATE = {"align": {"data/align_journal"}, "pretrain": {"models/checkpoints"}}
+
+
+def _paths(entries: list) -> set[str]:
+    """The paths of a deps/outs/metrics/plots list (plain strings or one-key dicts with options)."""
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+
+def command_paths(spec: dict, stage: str) -> set[str]:
+    cmd = shlex.split(spec["cmd"])
+    assert cmd[:3] == ["python", "-m", f"stages.{stage}"], cmd
+    flags, values = cmd[3::2], cmd[4::2]
+    assert len(flags) == len(values) and all(f.startswith("--") for f in flags), f"{stage}: --name PATH pairs: {cmd}"
+    return set(values)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_command_passes_every_output_and_only_declared_paths(stage: str) -> None:
+    """Paths live in dvc.yaml alone: the command hands the stage each output, and nothing DVC does not track
+    (or that is not the stage's run state)."""
+    spec = dvc_stages()[stage]
+    passed = command_paths(spec, stage)
+    outs = _paths(spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []))
+    assert outs - passed == set(), f"{stage} writes these without being told where"
+    assert passed - outs - _paths(spec["deps"]) - RUN_STATE.get(stage, set()) == set(), f"{stage}: undeclared paths"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_names_a_project_path_itself(stage: str) -> None:
+    tops = {p.split("/")[0] for s in dvc_stages().values() for p in command_paths(s, s["cmd"].split()[2][7:])}
+    tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
+    joined = {side.value for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+              for side in (node.left, node.right) if isinstance(side, ast.Constant)}  # ROOT / "data" / ...
+    spelled = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               and "/" in node.value}  # "data/raw"
+    named = {s for s in joined | spelled if isinstance(s, str) and s.split("/")[0] in tops}
+    assert named == set(), f"stages/{stage}.py: take {named} from the command"
 
 
 def _sections_loaded(stage: str) -> set[str]:

@@ -15,7 +15,7 @@ from PIL import Image
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.zeroshot import ZeroShotTask, class_embeddings, classification_metrics, load_dataset
 
-from .conftest import REPO, run_module
+from .conftest import REPO, run_stage
 
 
 def test_auroc_and_balanced_accuracy_hand_computed():
@@ -69,7 +69,7 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     params["evaluate"]["models"] = {"copy": "local-dir:models/clip", "champion": "models:/biomedclip-factory@champion",
                                     "nope": "models:/biomedclip-factory@no-such-alias"}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = run_module(project, "stages.evaluate")
+    proc = run_stage(project, "evaluate")
     report = json.loads((project / "metrics/eval.json").read_text())["models"]
     assert set(report) == {"ours", "copy", "champion", "nope"}
     assert "cannot load from the registry" in report["nope"]["error"]

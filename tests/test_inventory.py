@@ -16,7 +16,7 @@ from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import scrape
 from biomedclip_factory.pmc.versions import newest_versions
 
-from .conftest import SAMPLE_MIRROR, make_project, run_module
+from .conftest import SAMPLE_MIRROR, make_project, run_stage
 from .s3_mirror import MirrorServer
 
 POLICY = SelectionPolicy.named("commercial")
@@ -100,9 +100,9 @@ def test_the_stage_reruns_incrementally_from_its_persisted_state(tmp_path):
     shutil.copytree(SAMPLE_MIRROR, mirror)
     write_inventory(mirror, "2026-11-27T01-00Z", {p: "2026-11-01T10:00:00.000Z" for p in ARTICLES})
     project = make_project(tmp_path / "p", {"scrape": {"source": str(mirror), "layout": "inventory"}})
-    run_module(project, "stages.scrape")
+    run_stage(project, "scrape")
     first = json.loads((project / "metrics/scrape.json").read_text())
-    run_module(project, "stages.scrape")
+    run_stage(project, "scrape")
     second = json.loads((project / "metrics/scrape.json").read_text())
     assert first["articles_fetched"] == len(ARTICLES) and second["articles_fetched"] == 0
     assert second["watermark"] == "2026-11-01T10:00:00.000Z" and second["articles_ok"] == first["articles_ok"]
@@ -129,10 +129,10 @@ def test_a_date_window_selects_on_each_versions_last_change(tmp_path):
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_a_date_window_needs_a_dated_layout(tmp_path):
     project = make_project(tmp_path / "p", {"scrape": {"since": "2026-01-01"}})
-    proc = run_module(project, "stages.scrape", check=False)
+    proc = run_stage(project, "scrape", check=False)
     assert proc.returncode == 2 and "'scrape.since'/'scrape.until' need layout inventory or legacy" in proc.stderr
     project = make_project(tmp_path / "q", {"scrape": {"layout": "inventory", "until": "Jan 1st"}})
-    proc = run_module(project, "stages.scrape", check=False)
+    proc = run_stage(project, "scrape", check=False)
     assert proc.returncode == 2 and "'scrape.until' must be a date YYYY-MM-DD" in proc.stderr
 
 

@@ -17,7 +17,7 @@ from biomedclip_factory.pmc.legacy import BadLine, LegacyEntry, LegacySource, pa
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import scrape
 
-from .conftest import SAMPLE_MIRROR, make_project, run_module
+from .conftest import SAMPLE_MIRROR, make_project, run_stage
 from .s3_mirror import MirrorServer
 
 HEADER = "File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),PMID,License\n"
@@ -141,7 +141,7 @@ def test_the_txt_file_list_and_bad_lists():
 def test_the_scrape_stage_reads_a_legacy_mirror_from_params(tmp_path):
     mirror = legacy_mirror(tmp_path / "mirror")
     project = make_project(tmp_path / "p", {"scrape": {"source": str(mirror), "layout": "legacy"}})
-    run_module(project, "stages.scrape")
+    run_stage(project, "scrape")
     rows = read_jsonl(project / "data" / "raw" / "manifest.jsonl")
     assert sorted(r["prefix"] for r in rows if r["status"] == "ok") == ["PMC2924383.0", "PMC2958805.0", "PMC3532326.0"]
     metrics = json.loads((project / "metrics" / "scrape.json").read_text())

@@ -15,7 +15,7 @@ from biomedclip_factory.pmc.local_pairs import LocalPairsSource, read_pairs
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import scrape
 
-from .conftest import make_project, run_module
+from .conftest import make_project, run_stage
 
 CAPTIONS = ["Axial CT shows an obstructing mass with collapse of the left upper lobe.",
             "Coronal MR: enlarged prostate with calcifications <and> no dominant mass.",
@@ -60,16 +60,16 @@ def test_bad_pairs_files_are_clear_errors(tmp_path):
 def test_the_stages_turn_a_pairs_file_into_pairs(tmp_path):
     data = pairs_file(tmp_path / "mine")
     project = make_project(tmp_path / "p", {"scrape": {"source": str(data), "layout": "pairs", "pairs_group_by": None}})
-    run_module(project, "stages.scrape")
-    run_module(project, "stages.align")
+    run_stage(project, "scrape")
+    run_stage(project, "align")
     pairs = pd.read_parquet(project / "data/pairs/pairs.parquet")
     assert sorted(pairs["caption"]) == sorted(CAPTIONS)  # markup-like characters survive the JATS round trip
     assert set(pairs["license_code"]) == {"CC BY"} and set(pairs["split"]) <= {"train", "test"}
     assert all((project / "data/pairs" / image).is_file() for image in pairs["image"])
     edited = data.read_text().replace("multiple shadowing stones", "a single large stone")
     data.write_text(edited)  # the user fixes a caption: align's journal must not hand back the old one
-    run_module(project, "stages.scrape")
-    run_module(project, "stages.align")
+    run_stage(project, "scrape")
+    run_stage(project, "align")
     pairs = pd.read_parquet(project / "data/pairs/pairs.parquet")
     assert sorted(pairs["caption"]) == sorted(c.replace("multiple shadowing stones", "a single large stone")
                                               for c in CAPTIONS)

@@ -117,8 +117,7 @@ def test_biomedclip_profile_takes_tokenizer_and_text_tower_from_one_biomedbert_d
     model_section = load_section("model", profile)
     init_dir, text_init = init_sources(model_section, tmp_path)
     assert init_dir is None and text_init == bert_dir
-    init_model_dir(ModelSpec.from_params(model_section), tmp_path / "tok", tmp_path / "clip", text_init)
-    text = create_model(tmp_path / "clip", load_weights=True).text.transformer
+    text = init_model_dir(ModelSpec.from_params(model_section), tmp_path / "tok", tmp_path / "clip", text_init).text.transformer
     assert (text.config.hidden_size, text.config.num_hidden_layers) == (48, 2)  # from the dir, not the profile
     for name, value in bert.state_dict().items():
         if not name.startswith("pooler."):
@@ -143,10 +142,10 @@ def test_continuing_at_384_px_resamples_the_position_embeddings(model_dir, tmp_p
 
     spec = ModelSpec(embed_dim=16, timm_model_name="vit_tiny_patch16_224", context_length=32, text_layers=1,
                      text_width=32, text_heads=2, text_mlp_ratio=2)
-    init_model_dir(spec, model_dir, tmp_path / "224")
     torch.manual_seed(0)
-    save_weights(create_model(tmp_path / "224", load_weights=False), tmp_path / "224")
-    init_from_model_dir(tmp_path / "224", model_dir, tmp_path / "384", "vit_tiny_patch16_384")
+    save_weights(init_model_dir(spec, model_dir, tmp_path / "224"), tmp_path / "224")
+    save_weights(init_from_model_dir(tmp_path / "224", model_dir, tmp_path / "384", "vit_tiny_patch16_384"),
+                 tmp_path / "384")  # the model starts in memory; pretraining writes it at its end
     config = json.loads((tmp_path / "384" / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
     assert (config["timm_model_name"], config["image_size"]) == ("vit_tiny_patch16_384", 384)
     old, new = load_file(tmp_path / "224" / WEIGHTS_NAME), load_file(tmp_path / "384" / WEIGHTS_NAME)
@@ -221,9 +220,9 @@ def test_a_hub_snapshot_converts_to_a_model_dir_with_identical_embeddings(model_
 
     model = Section({"init_from": f"local-dir:{snapshot}", "text": {"init_from": str(tmp_path / "bert")}}, "model")
     assert init_sources(model, tmp_path) == (snapshot, tmp_path / "bert")  # both: the snapshot and its BERT
-    init_from_model_dir(tmp_path / "converted", model_dir, tmp_path / "training")  # what pretrain then starts from
+    training = init_from_model_dir(tmp_path / "converted", model_dir, tmp_path / "training")  # what pretrain starts from
     with torch.no_grad():
-        torch.testing.assert_close(create_model(tmp_path / "training", True).eval().encode_image(image),
+        torch.testing.assert_close(training.eval().encode_image(image),
                                    a.encode_image(image), rtol=0, atol=0)
     both = Section({"init_from": f"local-dir:{model_dir}", "text": {"init_from": str(tmp_path / "bert")}}, "model")
     with pytest.raises(ParamsError, match="not both"):

@@ -7,7 +7,7 @@ import yaml
 from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.params import load_section
 
-from .conftest import make_project, run_module
+from .conftest import make_project, run_stage
 
 
 def test_missing_and_invalid_keys_are_named(tmp_path):
@@ -27,7 +27,7 @@ def test_missing_and_invalid_keys_are_named(tmp_path):
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_stage_exits_with_one_clear_line(tmp_path):
     project = make_project(tmp_path / "p", {"scrape": {"workers": "many"}})
-    proc = run_module(project, "stages.scrape", check=False)
+    proc = run_stage(project, "scrape", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("scrape: error: params: 'scrape.workers' must be int, got 'many'")
     assert "Traceback" not in proc.stderr
@@ -37,7 +37,7 @@ def test_stage_exits_with_one_clear_line(tmp_path):
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_align_filters_are_checked_before_any_work(tmp_path):
     project = make_project(tmp_path / "p", {"align": {"near_duplicate_distance": 40}})
-    proc = run_module(project, "stages.align", check=False)
+    proc = run_stage(project, "align", check=False)
     assert proc.returncode == 2 and "'align.near_duplicate_distance' must be 0..31 bits or null, got 40" in proc.stderr
 
 
@@ -72,7 +72,7 @@ def test_a_misspelt_key_fails_by_name_with_the_closest_known_one(tmp_path, secti
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_a_typo_stops_the_stage_before_any_work(tmp_path):
     project = make_project(tmp_path / "p", {"scrape": {"max_article": 2}})
-    proc = run_module(project, "stages.scrape", check=False)
+    proc = run_stage(project, "scrape", check=False)
     assert proc.returncode == 2 and "did you mean 'max_articles'?" in proc.stderr
     assert not (project / "data" / "raw").exists()
 
@@ -80,7 +80,7 @@ def test_a_typo_stops_the_stage_before_any_work(tmp_path):
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_a_non_numeric_split_ratio_is_one_line(tmp_path):
     project = make_project(tmp_path / "p", {"align": {"split": {"ratios": {"train": "x", "test": 0.3}}}})
-    proc = run_module(project, "stages.align", check=False)
+    proc = run_stage(project, "align", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("'align.split.ratios' must map split names to numbers >= 0, "
                                         "got {'train': 'x', 'val': 0.0, 'test': 0.3}")

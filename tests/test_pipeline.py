@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import run_module
+from .conftest import project_env, run_stage, stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -215,8 +215,7 @@ def test_pretrain_stage_killed_then_rerun_keeps_the_whole_loss_curve(built_proje
     project = tmp_path / "project"
     shutil.copytree(built_project, project, symlinks=True)
     shutil.rmtree(project / "models" / "checkpoints")
-    env = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
-    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=project, env=env,
+    proc = subprocess.Popen(stage_command(project, "pretrain"), cwd=project, env=project_env(project),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = project / "models" / "checkpoints" / "loss.jsonl"
     deadline = time.monotonic() + 300
@@ -227,7 +226,7 @@ def test_pretrain_stage_killed_then_rerun_keeps_the_whole_loss_curve(built_proje
     proc.kill()
     proc.wait()
     assert (project / "models" / "checkpoints" / "latest").read_text() in ("step50", "step100"), "killed too late"
-    run_module(project, "stages.pretrain")
+    run_stage(project, "pretrain")
     metrics = json.loads((project / "metrics" / "pretrain.json").read_text())
     assert metrics["resumed_from"] in (50, 100)
     for output in ("plots/pretrain_loss.csv", "models/clip/open_clip_model.safetensors"):
@@ -252,8 +251,7 @@ def test_align_stage_rerun_reuses_its_journal_and_resumes_a_cut_one(built_projec
     (journal,) = (project / "data/align_journal").glob("*/journal.jsonl")
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:5]) + lines[5][:40])
-    proc = subprocess.run([sys.executable, "-m", "stages.align"], cwd=project, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_stage(project, "align")
     assert json.loads((project / "metrics/align.json").read_text())["articles_reused"] == 5
     assert (project / "data/pairs/pairs.parquet").read_bytes() == built
     images = sorted(p.name for p in (project / "data/pairs/images").iterdir())
@@ -285,7 +283,7 @@ def test_a_failed_stage_leaves_the_last_good_outputs_as_they_were(built_project:
     before = _tree_digest(project, outputs)
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump(_merge(params, bad), sort_keys=False))
-    proc = run_module(project, f"stages.{stage}", check=False)
+    proc = run_stage(project, stage, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert _tree_digest(project, outputs) == before
 

@@ -11,7 +11,7 @@ from biomedclip_factory.pmc.bucket import HttpBucket, LocalBucket, open_bucket
 from biomedclip_factory.pmc.metadata import SelectionPolicy
 from biomedclip_factory.pmc.scrape import CloudSource, scrape
 
-from .conftest import SAMPLE_MIRROR, run_module
+from .conftest import SAMPLE_MIRROR, run_stage
 from .s3_mirror import MirrorServer
 
 COMMERCIAL = SelectionPolicy.named("commercial")
@@ -160,18 +160,16 @@ def test_kill_9_mid_scrape_then_rerun_gives_the_same_result(tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    from .conftest import make_project
+    from .conftest import make_project, project_env, stage_command
 
     with MirrorServer(SAMPLE_MIRROR) as srv:
         srv.faults.latency = 0.1  # slow enough to be caught in the middle
         params = {"scrape": {"source": srv.url, "workers": 2, "rate_limit": 0}}
         straight, killed = make_project(tmp_path / "a", params), make_project(tmp_path / "b", params)
-        run_module(straight, "stages.scrape")
-        env = {**os.environ, "PYTHONPATH": f"{killed / 'src'}{os.pathsep}{killed}"}
-        proc = subprocess.Popen([sys.executable, "-m", "stages.scrape"], cwd=killed, env=env,
+        run_stage(straight, "scrape")
+        proc = subprocess.Popen(stage_command(killed, "scrape"), cwd=killed, env=project_env(killed),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         raw = killed / "data" / "raw"
         deadline = time.monotonic() + 120
@@ -180,7 +178,7 @@ def test_kill_9_mid_scrape_then_rerun_gives_the_same_result(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not (raw / "manifest.jsonl").exists(), "killed too late to test anything"
-        run_module(killed, "stages.scrape")
+        run_stage(killed, "scrape")
     assert _tree(raw) == _tree(straight / "data" / "raw")  # interrupted temp files swept, the rest completed
 
 

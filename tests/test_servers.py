@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from .conftest import stage_command
+
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,7 @@ def _run_register(project: Path, uri: str, user: str | None, password: str | Non
                HOME=str(project))  # no ~/.mlflow/credentials of whoever runs the tests
     if user is not None:
         env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or "")
-    return subprocess.run([sys.executable, "-m", "stages.register"], cwd=project, env=env, capture_output=True,
+    return subprocess.run(stage_command(project, "register"), cwd=project, env=env, capture_output=True,
                           text=True)
 
 

@@ -13,7 +13,7 @@ from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.params import Section
 from biomedclip_factory.task_runner import dask_map, mapper_from_params
 
-from .conftest import make_project, run_module
+from .conftest import make_project, run_stage
 
 
 @pytest.mark.slow
@@ -23,8 +23,8 @@ def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_p
     projects = {"threads": make_project(tmp_path / "threads", {}),
                 **{name: make_project(tmp_path / name, overrides) for name, overrides in runners.items()}}
     for name, project in projects.items():
-        for stage in ("stages.scrape", "stages.align"):
-            proc = run_module(project, stage)
+        for stage in ("scrape", "align"):
+            proc = run_stage(project, stage)
             log = proc.stdout + proc.stderr  # the Dask scheduler and the Prefect flow run announce themselves
             ran_on_dask = "distributed.scheduler" in log and "Finished in state Completed()" in log
             assert ran_on_dask == (name == "dask"), log[-2000:]

@@ -159,8 +159,7 @@ def _local_bert(dest: Path, tokenizer_dir: Path, vocab_size: int | None = None) 
 def test_text_tower_starts_from_a_local_bert_dir(model_dir, tmp_path):
     bert = _local_bert(tmp_path / "bert", model_dir)
     copy_tokenizer(tmp_path / "bert", tmp_path / "tok", model_max_length=32)
-    init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
-    model = create_model(tmp_path / "clip", load_weights=True)
+    model = init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
     text = model.text.transformer
     assert text.config.hidden_size == 48 and text.config.num_hidden_layers == 1  # sizes come from the BERT
     for name, value in bert.state_dict().items():
@@ -173,8 +172,8 @@ def test_text_tower_starts_from_a_local_bert_dir(model_dir, tmp_path):
 
 def test_continued_pretraining_starts_from_a_saved_model_dir(model_dir, tmp_path):
     before = (model_dir / WEIGHTS_NAME).read_bytes()
-    init_from_model_dir(model_dir, model_dir, tmp_path / "continued")
-    a, b = create_model(model_dir, load_weights=True).eval(), create_model(tmp_path / "continued", True).eval()
+    b = init_from_model_dir(model_dir, model_dir, tmp_path / "continued").eval()
+    a = create_model(model_dir, load_weights=True).eval()
     image, text = torch.rand(2, 3, 160, 160), torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
     with torch.no_grad():
         torch.testing.assert_close(a.encode_image(image), b.encode_image(image))

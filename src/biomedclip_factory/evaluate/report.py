@@ -109,16 +109,16 @@ def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def write_plots(ours: dict, kept: dict, split: str, plots: Path, pairs: Path) -> None:
+def write_plots(ours: dict, kept: dict, split: str, confusion: Path, examples_png: Path, pairs: Path) -> None:
     """DVC's plots of our model: a confusion CSV per zero-shot set, and a grid of ``split``'s retrieval
     examples (each image with its own caption and the one ranked first), images from the pairs folder."""
     for task, res in ours["zeroshot"].items():
         if "confusion" in res:
-            write_bytes_atomic(plots / "confusion" / f"{task}.csv", confusion_rows(res["confusion"], res["classes"]).encode())
+            write_bytes_atomic(confusion / f"{task}.csv", confusion_rows(res["confusion"], res["classes"]).encode())
     meta, sim = kept.get(split, ([], None))
     if meta:
         top1 = sim.argmax(dim=1).tolist()
         examples = [(pairs / image_path(m["pair_id"]), m["caption"], meta[j]["caption"]) for m, j in zip(meta, top1)]
-        plots.mkdir(exist_ok=True)
-        examples_grid(examples).save(plots / "retrieval_examples.png")
+        examples_png.parent.mkdir(parents=True, exist_ok=True)
+        examples_grid(examples).save(examples_png)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,11 +127,13 @@ def _check_vocabulary(text_config: PretrainedConfig, tokenizer: Any, source: Pat
             f"models/tokenizer has {len(tokenizer)}: set 'tokenizer.source' to the same dir")
 
 
-def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path, text_init: Path | None = None) -> None:
-    """Lay out a model dir: config, text config and tokenizer; with ``text_init``, starting weights too.
+def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path,
+                   text_init: Path | None = None) -> torch.nn.Module:
+    """Describe a new model in ``model_dir`` (configs and tokenizer) and return it with its starting weights.
 
-    ``text_init`` is a pretrained HF encoder dir (e.g. a BERT): its config replaces the text sizes in
-    ``spec`` and its weights start the text tower; the image tower starts from the seeded random init.
+    The weights stay in memory: training writes them once, at its end. ``text_init`` is a pretrained HF
+    encoder dir (e.g. a BERT): its config replaces the text sizes in ``spec`` and its weights start the
+    text tower; the image tower (and a text tower without ``text_init``) starts from torch's seeded init.
     """
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -148,17 +149,18 @@ def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path, text_i
     tokenizer.save_pretrained(model_dir)
     text_config.save_pretrained(model_dir)
     write_json_atomic(model_dir / CONFIG_NAME, open_clip_config(spec, model_dir))
-    if text_init is not None:
-        save_weights(create_model(model_dir, load_weights=False, text_weights=text_init), model_dir)
+    return create_model(model_dir, load_weights=False, text_weights=text_init)
 
 
-def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path, timm_model_name: str | None = None) -> None:
-    """Start a model dir from another open_clip ``local-dir:`` model (continued pretraining).
+def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path,
+                        timm_model_name: str | None = None) -> torch.nn.Module:
+    """Describe in ``model_dir`` a model continuing another open_clip ``local-dir:`` model, and return it
+    holding that model's weights (in memory, like ``init_model_dir``).
 
-    Architecture and weights come from ``source``; the vocabulary must be the source's own. With
-    ``timm_model_name`` naming the same ViT at another input size (``vit_base_patch16_224`` →
-    ``vit_base_patch16_384``, the paper's 384-px phase) the position embeddings are resampled to the
-    new patch grid (timm's ``resample_abs_pos_embed``, bicubic) and every other weight is kept.
+    The vocabulary must be the source's own. With ``timm_model_name`` naming the same ViT at another
+    input size (``vit_base_patch16_224`` → ``vit_base_patch16_384``, the paper's 384-px phase) the position
+    embeddings are resampled to the new patch grid (timm's ``resample_abs_pos_embed``, bicubic) and every
+    other weight is kept.
     """
     if not (source / WEIGHTS_NAME).is_file():
         raise ParamsError(f"params: 'model.init_from': {source} has no {WEIGHTS_NAME}")
@@ -172,18 +174,16 @@ def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path, timm
     text_config.save_pretrained(model_dir)
     here = str(model_dir.resolve())
     config["model_cfg"]["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
-    vision = config["model_cfg"]["vision_cfg"]
-    if timm_model_name is None or timm_model_name == vision.get("timm_model_name"):
-        write_json_atomic(model_dir / CONFIG_NAME, config)
-        shutil.copyfile(source / WEIGHTS_NAME, model_dir / WEIGHTS_NAME)
-        return
-    vision.update(timm_model_name=timm_model_name, image_size=timm_image_size(timm_model_name))
+    if timm_model_name is not None:
+        config["model_cfg"]["vision_cfg"].update(timm_model_name=timm_model_name,
+                                                 image_size=timm_image_size(timm_model_name))
     write_json_atomic(model_dir / CONFIG_NAME, config)
-    save_weights(_resized(source, model_dir), model_dir)
+    return _with_weights_of(source, model_dir)
 
 
-def _resized(source: Path, model_dir: Path) -> torch.nn.Module:
-    """The model ``model_dir``'s config describes, holding ``source``'s weights, position embeddings resampled."""
+def _with_weights_of(source: Path, model_dir: Path) -> torch.nn.Module:
+    """The model ``model_dir``'s config describes, holding ``source``'s weights (position embeddings
+    resampled when the image tower is the same ViT at another input size)."""
     from safetensors.torch import load_file
 
     model = create_model(model_dir, load_weights=False)

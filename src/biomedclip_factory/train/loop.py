@@ -26,7 +26,7 @@ from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
-from ..model.build import WEIGHTS_NAME, create_model, save_weights
+from ..model.build import save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, length_buckets, train_batches
 from ..shards.transform import to_model_input, train_image_transform
 from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
@@ -54,6 +54,11 @@ class TrainSummary:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {"steps": self.steps, "resumed_from": self.resumed_from, "final_loss": self.final_loss,
+                "samples_per_s": self.samples_per_s, "tokens_per_s": self.tokens_per_s,
+                "skipped_samples": self.skipped_samples}
 
 
 @dataclass(frozen=True)
@@ -307,17 +312,16 @@ def checkpoint_step(checkpoint_dir: Path) -> int:
     return int(latest.read_text().strip().removeprefix(_TAG)) if latest.is_file() else 0
 
 
-def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainConfig,
+def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainConfig,
              log: LogFn | None = None) -> TrainSummary:
-    """Train the model in ``model_dir`` on the train shards; writes its weights back to ``model_dir``.
+    """Train ``model`` (described by ``model_dir``: its configs and tokenizer) on the train shards, resuming
+    from ``checkpoint_dir`` when it holds a checkpoint; its weights are written into ``model_dir`` at the end.
 
-    Starts from the weights already in ``model_dir`` when it has them (continued pretraining, or a
-    pretrained text tower laid in by ``init_model_dir``), from a seeded random init otherwise.
+    With several ranks DeepSpeed starts every rank from rank 0's weights (the engine broadcasts them).
     """
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(cfg.seed)
-    model = create_model(model_dir, load_weights=(model_dir / WEIGHTS_NAME).is_file())
     engine, scheduler = build_engine(model, cfg, world)
     start, loss_value = 0, float("nan")
     if (checkpoint_dir / "latest").is_file():
@@ -327,7 +331,7 @@ def pretrain(model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainC
     image_size = model.visual.image_size[0]
     preprocess = train_image_transform(image_size)  # uint8 out; normalised on the device in train_step
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    collate = CaptionCollator(tokenizer, tokenizer.model_max_length,  # the context length (init_model_dir)
+    collate = CaptionCollator(tokenizer, tokenizer.model_max_length,  # the context length
                               sort_by_length=cfg.text_buckets > 1)
     skips = SkipCounter()  # counts what the main process decodes (num_workers=0); workers log theirs
     loss_fn = contrastive_loss(world)
