@@ -12,8 +12,9 @@ from biomedclip_factory.corpus.assemble import align_articles
 from biomedclip_factory.corpus.journal import AlignJournal, article_digest
 from biomedclip_factory.corpus.stats import caption_length_rows, pairs_per_article_rows
 from biomedclip_factory.errors import DataError
-from biomedclip_factory.io import iter_jsonl, replace_dir, write_csv_atomic, write_json_atomic
+from biomedclip_factory.io import replace_dir, write_csv_atomic, write_json_atomic
 from biomedclip_factory.params import load_section
+from biomedclip_factory.pmc.manifest import MANIFEST, OK, iter_manifest
 from biomedclip_factory.task_runner import mapper_from_params
 from biomedclip_factory.tracking import stage_run
 
@@ -23,10 +24,9 @@ from .common import ROOT, run_stage, summary
 def main(a: Namespace) -> None:
     p = load_section("align", ROOT / "params.yaml")
     cfg = AlignConfig.from_params(p)
-    manifest = a.raw / "manifest.jsonl"
-    if not manifest.is_file():
-        raise DataError(f"align: {manifest} is missing (run the scrape stage)")
-    digests = {r["prefix"]: article_digest(r) for r in iter_jsonl(manifest) if r["status"] == "ok"}
+    if not (a.raw / MANIFEST).is_file():
+        raise DataError(f"align: {a.raw / MANIFEST} is missing (run the scrape stage)")
+    digests = {r.prefix: article_digest(r.row()) for r in iter_manifest(a.raw) if r.status == OK}
     prefixes = list(digests)
     mapper = mapper_from_params(p, "align")
     with stage_run("align", ROOT, p.raw()):

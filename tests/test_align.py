@@ -30,7 +30,7 @@ def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("raw")
     result = scrape(CloudSource(LocalBucket(SAMPLE_MIRROR)), out, SelectionPolicy.named("commercial"),
                     progress=False)
-    return out, [r["prefix"] for r in result.rows if r["status"] == "ok"]
+    return out, [r["prefix"] for r in result.lines() if r["status"] == "ok"]
 
 
 def test_sample_gives_every_figure_with_an_image(raw, tmp_path):

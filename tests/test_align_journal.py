@@ -27,7 +27,7 @@ class Killed(Exception):
 def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("raw")
     rows = scrape(CloudSource(LocalBucket(SAMPLE_MIRROR)), out, SelectionPolicy.named("commercial"),
-                  progress=False).rows
+                  progress=False).lines()
     return out, {r["prefix"]: article_digest(r) for r in rows if r["status"] == "ok"}
 
 

@@ -78,7 +78,7 @@ def test_only_changed_versions_are_fetched_and_stale_ones_leave(tmp_path):
         fresh = scrape(InventorySource(bucket), tmp_path / "fresh", POLICY, progress=False)
 
     assert update.fetched_articles == 2  # the new version and the retracted one; nothing else
-    rows = {r["prefix"]: r for r in update.rows}
+    rows = {r["prefix"]: r for r in update.lines()}
     assert rows["PMC3532326.1"]["status"] == "skipped:superseded" and rows["PMC3532326.1"]["superseded_by"] == newer
     assert rows[newer]["status"] == "ok" and rows["PMC2924383.1"]["status"] == "skipped:retracted"
     assert sorted(update.removed) == ["PMC2924383.1", "PMC3532326.1"]
@@ -120,7 +120,7 @@ def test_a_date_window_selects_on_each_versions_last_change(tmp_path):
     with MirrorServer(mirror) as server:
         bucket = HttpBucket(server.url, timeout=5, retries=1, backoff=0.01)
         result = scrape(InventorySource(bucket), tmp_path / "raw", POLICY, progress=False, window=("2026-11-01", None))
-    rows = {r["prefix"]: r for r in result.rows}
+    rows = {r["prefix"]: r for r in result.lines()}
     assert {p for p, r in rows.items() if r["status"] == "ok"} == set(recent)
     assert {p for p, r in rows.items() if r["status"] == "skipped:outside_date_window"} == set(old)
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(recent)

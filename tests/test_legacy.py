@@ -81,7 +81,7 @@ def _source(url: str) -> LegacySource:
 
 def test_legacy_packages_become_article_versions_that_align(mirror, tmp_path):
     result = scrape(_source(mirror.url), tmp_path / "raw", SelectionPolicy.named("commercial"), progress=False)
-    rows = {r["prefix"]: r for r in result.rows}
+    rows = {r["prefix"]: r for r in result.lines()}
     assert {p for p, r in rows.items() if r["status"] == "ok"} == {"PMC2924383.0", "PMC3532326.0", "PMC2958805.0"}
     assert rows["PMC13900.0"]["status"] == "skipped:licence_excluded:NO-CC CODE"
     assert "points outside the package" in rows["PMC777.0"]["error"]
@@ -118,10 +118,10 @@ def test_a_rerun_fetches_only_updated_packages(mirror, tmp_path):
                                "oa_package/ee/ee/PMC777.tar.gz"]  # the changed one, and the failures retried
     changed = mirror.root / "oa_package/01/a1/PMC3532326.tar.gz"  # requests arrive in any order (workers)
     assert updated.fetched_bytes == changed.stat().st_size + evil
-    before, after = ({**r, "last_modified": None} for rows in (first.rows, updated.rows) for r in rows
+    before, after = ({**r, "last_modified": None} for rows in (first.lines(), updated.lines()) for r in rows
                      if r["prefix"] == "PMC3532326.0")
     assert before == after  # the same files, now stamped with the new Last Updated
-    assert next(r for r in updated.rows if r["prefix"] == "PMC3532326.0")["last_modified"] == "2026-11-01 08:00:00"
+    assert next(r for r in updated.lines() if r["prefix"] == "PMC3532326.0")["last_modified"] == "2026-11-01 08:00:00"
 
 
 def test_the_txt_file_list_and_bad_lists():

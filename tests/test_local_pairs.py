@@ -40,11 +40,11 @@ def pairs_file(root: Path, missing: bool = False) -> Path:
 def test_pairs_become_articles_grouped_by_a_field(tmp_path):
     source = LocalPairsSource(pairs_file(tmp_path / "data", missing=True), "CC BY", group_by="case")
     result = scrape(source, tmp_path / "raw", SelectionPolicy.named("commercial"), progress=False)
-    rows = {r["group"]: r for r in result.rows}
+    rows = {r["group"]: r for r in result.lines()}
     assert rows["A"]["status"] == "ok" and len(rows["A"]["files"]) == 4  # 3 images and the JATS of their captions
     assert rows["B"]["status"] == "failed" and "img/none.png" in rows["B"]["error"] and "pairs.jsonl:5" in rows["B"]["error"]
     excluded = scrape(source, tmp_path / "raw2", SelectionPolicy.named(["CC0"]), progress=False)
-    assert {r["status"] for r in excluded.rows} == {"skipped:licence_excluded:CC BY"}
+    assert {r["status"] for r in excluded.lines()} == {"skipped:licence_excluded:CC BY"}
 
 
 def test_bad_pairs_files_are_clear_errors(tmp_path):
@@ -91,10 +91,10 @@ def test_pairs_may_only_name_regular_image_files_under_their_folder(tmp_path):
                                                  for i, image in enumerate(bad)))
     result = scrape(LocalPairsSource(pairs, "CC BY"), tmp_path / "raw", SelectionPolicy.named("commercial"),
                     progress=False)
-    errors = {row["error"].split("image ")[1].split(":")[0].strip("'"): row["error"] for row in result.rows
+    errors = {row["error"].split("image ")[1].split(":")[0].strip("'"): row["error"] for row in result.lines()
               if row["status"] == "failed"}
     assert errors.keys() == bad.keys()
     for image, reason in bad.items():
         assert reason in errors[image] and "pairs.jsonl:" in errors[image], errors[image]
-    assert sum(row["status"] == "ok" for row in result.rows) == len(CAPTIONS)  # the good pairs still come through
+    assert sum(row["status"] == "ok" for row in result.lines()) == len(CAPTIONS)  # the good pairs still come through
     assert not any(f.read_bytes() == outside.read_bytes() for f in (tmp_path / "raw").rglob("*.png"))

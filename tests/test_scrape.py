@@ -69,7 +69,7 @@ def test_transient_errors_retry_and_honour_retry_after(server, tmp_path):
 
 
 def _ok_except(result, prefix: str | None = None) -> dict:
-    rows = {r["prefix"]: r for r in result.rows}
+    rows = {r["prefix"]: r for r in result.lines()}
     assert all(r["status"] == "ok" for p, r in rows.items() if p != prefix), "a good article was lost"
     return rows
 
@@ -90,7 +90,7 @@ def test_persistent_faults_fail_only_their_article_with_the_reason(server, tmp_p
     server.faults.delays["PMC3532326.1/PMC3532326.1.xml"] = 1.5  # beyond the 0.5 s timeout, every time
     bucket = HttpBucket(server.url, timeout=0.5, retries=2, backoff=0.01)
     result = scrape(CloudSource(bucket), tmp_path, COMMERCIAL, progress=False)
-    rows = {r["prefix"]: r for r in result.rows}
+    rows = {r["prefix"]: r for r in result.lines()}
     assert "ConnectionError" in rows["PMC2924383.1"]["error"]
     assert "gave up after 3 attempts" in rows["PMC2924383.1"]["error"]
     assert "IncompleteRead" in rows["PMC2958805.1"]["error"]  # the body stopped short of its Content-Length
@@ -112,7 +112,7 @@ def test_the_rate_limit_holds_across_workers(server, tmp_path):
 def test_wrong_md5_fails_only_that_article(server, tmp_path):
     server.faults.corrupt.add("PMC2958805.1/pcbi.1000960.g002.jpg")
     result = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
-    bad = [r for r in result.rows if r["status"] == "failed"]
+    bad = [r for r in result.lines() if r["status"] == "failed"]
     assert [r["prefix"] for r in bad] == ["PMC2958805.1"] and "md5 mismatch" in bad[0]["error"]
     assert result.count("ok") == len(ARTICLES) - 1
     assert not (tmp_path / "PMC2958805.1" / "pcbi.1000960.g002.jpg").exists()
@@ -124,7 +124,7 @@ def test_persistent_404_and_malformed_metadata_are_recorded(server, tmp_path):
     (mirror / "PMC3166277.1" / "PMC3166277.1.json").write_text("{not json")
     (mirror / "PMC2924383.1" / "pone.0012255.g003.jpg").unlink()
     with MirrorServer(mirror) as srv:
-        rows = {r["prefix"]: r for r in scrape(_cloud(srv.url), tmp_path / "raw", COMMERCIAL, progress=False).rows}
+        rows = {r["prefix"]: r for r in scrape(_cloud(srv.url), tmp_path / "raw", COMMERCIAL, progress=False).lines()}
     assert "malformed metadata JSON" in rows["PMC3166277.1"]["error"]
     assert "HTTP 404" in rows["PMC2924383.1"]["error"]
     assert sum(r["status"] == "ok" for r in rows.values()) == len(ARTICLES) - 2
@@ -137,7 +137,7 @@ def test_licence_policy_and_retraction(tmp_path):
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "is_retracted": True}))
     rows = {r["prefix"]: r for r in scrape(CloudSource(LocalBucket(mirror)), tmp_path / "raw",
-                                          SelectionPolicy.named(["CC0"]), progress=False).rows}
+                                          SelectionPolicy.named(["CC0"]), progress=False).lines()}
     assert rows["PMC3532326.1"]["status"] == "skipped:retracted"
     assert rows["PMC12330557.1"]["status"] == "ok" and rows["PMC12330557.1"]["license_code"] == "CC0"
     assert rows["PMC2924383.1"]["status"] == "skipped:licence_excluded:CC BY"
@@ -201,3 +201,25 @@ def test_what_a_killed_run_half_wrote_is_swept_when_the_article_is_fetched_again
     _ok_except(scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False))
     assert sorted(p.name for p in tmp_path.glob(".*")) == [".notes.txt.tmp"]
     assert not list(article.glob(".*"))
+
+
+def test_a_manifest_line_reads_back_as_written_and_keeps_its_contract(tmp_path):
+    """The align journal keys each article's reuse on its manifest line's digest: a key added, dropped or
+    renamed would re-align the whole corpus, so the fields are pinned here."""
+    from biomedclip_factory.errors import DataError
+    from biomedclip_factory.pmc.manifest import ManifestRow, iter_manifest
+    from biomedclip_factory.pmc.scrape import write_manifest
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(SAMPLE_MIRROR, mirror)
+    (mirror / ARTICLES[0] / f"{ARTICLES[0]}.json").write_text("{not json")
+    result = scrape(CloudSource(LocalBucket(mirror)), tmp_path / "raw", SelectionPolicy.named(["CC0"]), progress=False)
+    write_manifest(tmp_path / "raw", result, {"source": "test"})
+    assert list(iter_manifest(tmp_path / "raw")) == result.rows
+    assert [ManifestRow.from_row(line).row() for line in result.lines()] == result.lines()
+    keys = {row.status.split(":")[0]: set(line) for row, line in zip(result.rows, result.lines())}
+    assert keys["ok"] == {"prefix", "pmcid", "version", "pmid", "license_code", "is_retracted", "files", "status"}
+    assert keys["skipped"] == keys["ok"]
+    assert keys["failed"] == {"prefix", "pmcid", "files", "status", "error"}  # it failed before its metadata
+    with pytest.raises(DataError, match="no prefix or status"):
+        ManifestRow.from_row({"pmcid": "PMC1"})

@@ -16,10 +16,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..errors import SourceError
 from .bucket import Bucket
+from .manifest import ManifestRow
 from .metadata import SelectionPolicy
 from .scrape import scrape_article
 
@@ -77,6 +78,6 @@ class InventorySource:
     def items(self) -> Iterator[InventoryItem]:
         return iter(read_inventory(self.bucket, self.folder or latest_inventory(self.bucket)))
 
-    def fetch(self, item: InventoryItem, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
+    def fetch(self, item: InventoryItem, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
         row, fetched = scrape_article(self.bucket, item.prefix, out_dir, policy)
-        return {**row, "last_modified": item.last_modified}, fetched
+        return row.with_meta(last_modified=item.last_modified), fetched

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from ..errors import ArticleError, SourceError
 from ..io import write_bytes_atomic
 from .bucket import Bucket
+from .manifest import FAILED, ManifestRow
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row
 from .package import extract_package
 
@@ -81,7 +82,7 @@ class LegacySource:
     def items(self) -> Iterator[LegacyEntry | BadLine]:
         return iter(parse_file_list(self.bucket.read(self.file_list), self.file_list))
 
-    def fetch(self, item: LegacyEntry | BadLine, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
+    def fetch(self, item: LegacyEntry | BadLine, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
         return scrape_legacy_article(self.bucket, item, out_dir, policy)
 
 
@@ -132,26 +133,22 @@ def _is_kept(rel: str) -> bool:
 
 
 def scrape_legacy_article(bucket: Bucket, entry: LegacyEntry | BadLine, out_dir: Path,
-                          policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
-    """Fetch and lay out one legacy package; always returns a manifest row, never raises for bad input."""
+                          policy: SelectionPolicy) -> tuple[ManifestRow, int]:
+    """Fetch and lay out one legacy package; always returns its manifest row, never raises for bad input."""
     if isinstance(entry, BadLine):
-        return {"prefix": entry.prefix, "status": "failed", "error": entry.problem, "files": []}, 0
-    row: dict[str, Any] = {"prefix": entry.prefix, "pmcid": entry.pmcid, "version": LEGACY_VERSION,
-                           "pmid": entry.pmid, "license_code": entry.license_code, "is_retracted": False,
-                           "last_modified": entry.last_modified, "files": []}
+        return ManifestRow(entry.prefix, FAILED, error=entry.problem), 0
+    row = ManifestRow.new(entry.prefix, pmcid=entry.pmcid, version=LEGACY_VERSION, pmid=entry.pmid,
+                          license_code=entry.license_code, is_retracted=False, last_modified=entry.last_modified)
     reason = policy.rejection(entry.meta())
     if reason:
-        row["status"] = f"skipped:{reason}"
-        return row, 0
+        return row.skipped(reason), 0
     fetched = 0
     try:  # an unchanged package is not asked for at all: scrape() reuses its row from the last run
         blob = bucket.read(entry.key)
         fetched = len(blob)
-        row["files"] = _lay_out(blob, entry, out_dir / entry.prefix)
-        row["status"] = "ok"
+        return row.ok(_lay_out(blob, entry, out_dir / entry.prefix)), fetched
     except (ArticleError, SourceError) as exc:
-        row["status"], row["error"] = "failed", str(exc)
-    return row, fetched
+        return row.failed(str(exc)), fetched
 
 
 def _lay_out(blob: bytes, entry: LegacyEntry, target: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from ..errors import ArticleError, SourceError
 from ..io import write_bytes_atomic
+from .manifest import ManifestRow
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -92,15 +93,15 @@ class LocalPairsSource:
             raise ArticleError(f"{where}: {info.st_size} bytes, over the {MAX_IMAGE_BYTES}-byte limit")
         return source
 
-    def fetch(self, item: PairGroup, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
-        row: dict[str, Any] = {"prefix": item.prefix, "pmcid": item.prefix.split(".")[0], "version": 1,
-                               "group": item.key, "license_code": self.licence, "files": []}
-        meta = ArticleMeta(pmcid=row["pmcid"], version=1, pmid=None, doi=None, license_code=self.licence,
+    def fetch(self, item: PairGroup, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
+        row = ManifestRow.new(item.prefix, version=1, group=item.key, license_code=self.licence)
+        pmcid, files = row.meta["pmcid"], []
+        meta = ArticleMeta(pmcid=pmcid, version=1, pmid=None, doi=None, license_code=self.licence,
                            is_pmc_openaccess=True, is_historical_ocr=False, is_retracted=False,
                            xml=RemoteFile(str(self.path), None))
         reason = policy.rejection(meta)
         if reason:
-            return {**row, "status": f"skipped:{reason}"}, 0
+            return row.skipped(reason), 0
         target, copied, names = out_dir / item.prefix, 0, []
         try:
             for pair in item.rows:
@@ -110,13 +111,13 @@ class LocalPairsSource:
                 write_bytes_atomic(target / name, data)
                 names.append(name)
                 copied += len(data)
-                row["files"].append(file_row(name, data))
+                files.append(file_row(name, data))
         except ArticleError as exc:
-            return {**row, "status": "failed", "error": str(exc)}, copied
+            return row.failed(str(exc), files), copied
         xml = _jats(item, names)
         write_bytes_atomic(target / f"{item.prefix}.xml", xml)
-        row["files"].append(file_row(f"{item.prefix}.xml", xml))  # the captions: an edit changes the row
+        files.append(file_row(f"{item.prefix}.xml", xml))  # the captions: an edit changes the row
         write_bytes_atomic(target / f"{item.prefix}.json", json.dumps(
-            {"pmcid": row["pmcid"], "version": 1, "license_code": self.licence, "is_pmc_openaccess": True,
+            {"pmcid": pmcid, "version": 1, "license_code": self.licence, "is_pmc_openaccess": True,
              "source": str(self.path), "group": item.key}, sort_keys=True).encode())
-        return {**row, "status": "ok"}, copied
+        return row.ok(files), copied

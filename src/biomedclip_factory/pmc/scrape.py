@@ -16,22 +16,27 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from ..errors import ArticleError, SourceError
-from ..io import read_jsonl, sweep_partial_writes, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
+from ..io import sweep_partial_writes, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
+from .manifest import FAILED, MANIFEST, OK, ManifestRow, iter_manifest
 from .metadata import ArticleMeta, RemoteFile, SelectionPolicy, file_row, parse_metadata
 from .versions import item_prefix, newest_versions, prune
 
 
 @dataclass
 class ScrapeResult:
-    rows: list[dict[str, Any]]
+    rows: list[ManifestRow]
     fetched_bytes: int
     fetched_articles: int = 0  # looked at this run (the rest reused from the previous manifest)
     removed: list[str] = field(default_factory=list)  # version folders deleted (superseded, retracted, dropped)
 
     def count(self, status: str) -> int:
-        return sum(1 for r in self.rows if r["status"] == status)
+        return sum(1 for r in self.rows if r.status == status)
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The manifest's lines, as written."""
+        return [r.row() for r in self.rows]
 
 
 def _md5_of(path: Path) -> str | None:
@@ -56,30 +61,27 @@ def _fetch_file(bucket: Bucket, remote: RemoteFile, dest: Path) -> tuple[dict[st
     return row, len(data)
 
 
-def scrape_article(bucket: Bucket, prefix: str, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
-    """Scrape one article version; always returns a manifest row, never raises for bad input."""
-    row: dict[str, Any] = {"prefix": prefix, "pmcid": prefix.split(".")[0], "files": []}
+def scrape_article(bucket: Bucket, prefix: str, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
+    """Scrape one article version; always returns its manifest row, never raises for bad input."""
+    row, files = ManifestRow.new(prefix), []
     meta_key = f"{prefix}/{prefix}.json"
     fetched = 0
     try:
         meta_blob = bucket.read(meta_key)
         meta = parse_metadata(meta_blob, meta_key)
-        row.update(_meta_fields(meta))
+        row = row.with_meta(**_meta_fields(meta))
         reason = policy.rejection(meta)
         if reason:
-            row["status"] = f"skipped:{reason}"
-            return row, 0
+            return row.skipped(reason), 0
         target = out_dir / meta.prefix
         write_bytes_atomic(target / f"{meta.prefix}.json", meta_blob)
         for remote in (meta.xml, *meta.media):
             file_row, n = _fetch_file(bucket, remote, target / remote.name)
-            row["files"].append(file_row)
+            files.append(file_row)
             fetched += n
-        row["status"] = "ok"
+        return row.ok(files), fetched
     except (ArticleError, SourceError) as exc:
-        row["status"] = "failed"
-        row["error"] = str(exc)
-    return row, fetched
+        return row.failed(str(exc), files), fetched
 
 
 def _meta_fields(meta: ArticleMeta) -> dict[str, Any]:
@@ -93,7 +95,7 @@ class ArticleSource(Protocol):
     def items(self) -> Iterator[Any]:
         """The article versions on offer, in a stable order."""
 
-    def fetch(self, item: Any, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
+    def fetch(self, item: Any, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
         """Fetch one into ``out_dir``; its manifest row and the bytes fetched. Never raises for bad input."""
 
 
@@ -106,11 +108,11 @@ class CloudSource:
     def items(self) -> Iterator[str]:
         return self.bucket.list_prefixes()
 
-    def fetch(self, item: str, out_dir: Path, policy: SelectionPolicy) -> tuple[dict[str, Any], int]:
+    def fetch(self, item: str, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
         return scrape_article(self.bucket, item, out_dir, policy)
 
 
-def _fetch_one(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, item: Any) -> tuple[dict[str, Any], int]:
+def _fetch_one(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, item: Any) -> tuple[ManifestRow, int]:
     # What a killed run left half-written for this article: temp files in its folder, staging dirs beside it.
     prefix = item_prefix(item)
     sweep_partial_writes(out_dir / prefix)
@@ -129,19 +131,19 @@ def in_window(date: str | None, window: DateWindow) -> bool:
     return date is not None and (since is None or date >= since) and (until is None or date <= until)
 
 
-def _reusable(previous: dict[str, dict[str, Any]], item: Any, out_dir: Path) -> dict[str, Any] | None:
+def _reusable(previous: dict[str, ManifestRow], item: Any, out_dir: Path) -> ManifestRow | None:
     """The previous run's row for ``item`` if the source says it has not changed since (sources that
     date their items, like the inventory) and its files are still there; else None: fetch it."""
     stamp = getattr(item, "last_modified", None)
     row = previous.get(item_prefix(item))
-    if stamp is None or row is None or row.get("last_modified") != stamp or row["status"] == "failed":
+    if stamp is None or row is None or row.meta.get("last_modified") != stamp or row.status == FAILED:
         return None
-    return row if row["status"] != "ok" or (out_dir / row["prefix"]).is_dir() else None
+    return row if row.status != OK or (out_dir / row.prefix).is_dir() else None
 
 
 def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
            workers: int = 8, progress: bool = True, mapper: Mapper | None = None,
-           previous: list[dict[str, Any]] | None = None, window: DateWindow = (None, None)) -> ScrapeResult:
+           previous: list[ManifestRow] | None = None, window: DateWindow = (None, None)) -> ScrapeResult:
     """Scrape the newest version of up to ``max_articles`` articles from ``source`` into ``out_dir``.
 
     ``previous`` (the last run's manifest, same policy) lets dated sources skip unchanged versions;
@@ -150,14 +152,12 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
     versions whose row is ``ok`` (or ``failed``, kept for the retry). Per-article work runs through ``mapper`` (default: threads here).
     """
     items, superseded = newest_versions(islice(source.items(), max_articles))
-    before = {r["prefix"]: r for r in previous or ()}
-    rows: list[dict[str, Any]] = [{"prefix": old, "pmcid": old.split(".")[0], "status": "skipped:superseded",
-                                   "superseded_by": new, "files": []} for old, new in superseded.items()]
+    before = {r.prefix: r for r in previous or ()}
+    rows = [ManifestRow.new(old, superseded_by=new).skipped("superseded") for old, new in superseded.items()]
     todo = []
     for item in items:
         if hasattr(item, "date") and not in_window(item.date, window):  # undated items (bad lines) pass on
-            rows.append({"prefix": item_prefix(item), "pmcid": item_prefix(item).split(".")[0], "files": [],
-                         "date": item.date, "status": "skipped:outside_date_window"})
+            rows.append(ManifestRow.new(item_prefix(item), date=item.date).skipped("outside_date_window"))
             continue
         reused = _reusable(before, item, out_dir)
         if reused is not None:
@@ -169,20 +169,20 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
                                      todo, "scrape", "article", progress):
         rows.append(row)
         total += fetched
-    rows.sort(key=lambda r: r["prefix"])
+    rows.sort(key=lambda r: r.prefix)
     # A failed version keeps what it had (the next run retries it); skipped and superseded ones go.
-    removed = prune(out_dir, {r["prefix"] for r in rows if r["status"] in ("ok", "failed")})
+    removed = prune(out_dir, {r.prefix for r in rows if r.kept})
     return ScrapeResult(rows=rows, fetched_bytes=total, fetched_articles=len(todo), removed=removed)
 
 
-MANIFEST, STATE = "manifest.jsonl", "state.json"
+STATE = "state.json"
 
 
-def previous_manifest(raw_dir: Path, selection: dict[str, Any]) -> list[dict[str, Any]] | None:
+def previous_manifest(raw_dir: Path, selection: dict[str, Any]) -> list[ManifestRow] | None:
     """The last run's rows, if it made the same selection from the same source."""
     try:
         state = json.loads((raw_dir / STATE).read_text())
-        return read_jsonl(raw_dir / MANIFEST) if state.get("selection") == selection else None
+        return list(iter_manifest(raw_dir)) if state.get("selection") == selection else None
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -191,7 +191,7 @@ def write_manifest(raw_dir: Path, result: ScrapeResult, selection: dict[str, Any
     """The manifest and the state the next run starts from; returns the watermark (newest LastModified seen)."""
     for name in (MANIFEST, STATE):  # a write a killed run left half done
         sweep_partial_writes(raw_dir, f"{name}.")
-    write_jsonl_atomic(raw_dir / MANIFEST, result.rows)
-    watermark = max((r["last_modified"] for r in result.rows if r.get("last_modified")), default=None)
+    write_jsonl_atomic(raw_dir / MANIFEST, result.lines())
+    watermark = max((r.meta["last_modified"] for r in result.rows if r.meta.get("last_modified")), default=None)
     write_json_atomic(raw_dir / STATE, {"selection": selection, "watermark": watermark})
     return watermark
