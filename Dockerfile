@@ -2,7 +2,8 @@
 #   docker build --target cpu -t biomedclip-factory:cpu .   # the embedded default on CPU
 #   docker build --target gpu -t biomedclip-factory:gpu .   # GPU training, DeepSpeed ops prebuilt
 #   docker run --gpus all -v $PWD/data:/app/data biomedclip-factory:gpu \
-#       .venv/bin/deepspeed --num_gpus 8 --module stages.pretrain
+#       .venv/bin/deepspeed --num_gpus 8 --module stages.pretrain --shards data/shards --tokenizer models/tokenizer \
+#       --checkpoints models/checkpoints --model models/clip --metrics metrics/pretrain.json --plot plots/pretrain_loss.csv
 
 FROM python:3.11-slim AS cpu
 RUN apt-get update \

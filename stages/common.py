@@ -3,6 +3,7 @@ print a summary."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,9 +27,22 @@ def stage_paths(stage: str, names: tuple[str, ...], argv: list[str] | None = Non
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}",
                                      description=f"The {stage} stage (dvc.yaml's command passes every path).")
     for name in names:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="PATH",
-                            type=lambda p: ROOT / p)  # an absolute PATH stays itself under ``/``
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="PATH", type=_project_path)
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed's launcher adds it
     return parser.parse_args(argv)
+
+
+def _project_path(text: str) -> Path:
+    # Normalised, not resolved: a DVC out may be a link into the cache, and must be replaced, not written through.
+    path = Path(os.path.normpath(ROOT / Path(text).expanduser()))  # an absolute PATH stays itself under ``/``
+    if path == ROOT or path in ROOT.parents:
+        raise argparse.ArgumentTypeError(f"{text!r} is the project or above it, not a stage's input or output")
+    return path
+
+
+def relative_to_project(path: Path) -> str:
+    """How a path appears in committed metrics: relative to the project wherever it is checked out."""
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def run_stage(stage: str, body: Callable[[argparse.Namespace], None], paths: tuple[str, ...]) -> None:

@@ -16,12 +16,12 @@ from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
 
-from .common import ROOT, run_stage, summary
+from .common import ROOT, relative_to_project, run_stage, summary
 
 
 def main(a: Namespace) -> None:
     p = load_section("evaluate", ROOT / "params.yaml")
-    suite, models = Suite.from_params(p, ROOT), models_from_params(p, f"local-dir:{a.model}")
+    suite, models = Suite.from_params(p, ROOT), models_from_params(p, f"local-dir:{relative_to_project(a.model)}")
     with stage_run("evaluate", ROOT, p.raw()):
         t0 = time.perf_counter()
         kept: dict = {}

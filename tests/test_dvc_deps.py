@@ -197,3 +197,17 @@ def test_every_profile_has_every_listed_param(profile: str) -> None:
             for part in path.split("."):
                 assert isinstance(node, dict) and part in node, f"{profile} lacks '{path}' ({stage} lists it)"
                 node = node[part]
+
+
+def test_stage_paths_take_deepspeeds_rank_argument_and_refuse_the_project_itself(capsys) -> None:
+    """DeepSpeed's launcher appends ``--local_rank=N`` to every rank's command; ``--model .`` would swap the
+    project for a model dir."""
+    from stages.common import ROOT, relative_to_project, stage_paths
+
+    args = stage_paths("pretrain", ("model",), ["--model", "models/clip", "--local_rank=3"])
+    assert args.model == ROOT / "models" / "clip" and relative_to_project(args.model) == "models/clip"
+    assert stage_paths("pretrain", ("model",), ["--model", "/elsewhere/clip"]).model == Path("/elsewhere/clip")
+    for bad in (".", "", "..", "models/.."):
+        with pytest.raises(SystemExit):
+            stage_paths("pretrain", ("model",), ["--model", bad])
+        assert "is the project or above it" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 from .conftest import REPO
 
@@ -42,3 +43,16 @@ def test_the_build_context_is_the_source_without_run_state(tmp_path):
     if tracked:  # every file the repository holds reaches the image (a clean clone in CI)
         real = set(exclude_paths(str(REPO), _dockerignore(), dockerfile="Dockerfile"))
         assert [f for f in tracked if f not in real and f != ".dockerignore"] == []
+
+
+def test_the_gpu_machines_wheels_are_the_versions_this_project_pins() -> None:
+    """scripts/device_check.sh installs scripts/device-requirements.txt from the wheelhouse on the GPU machine:
+    a pin there that drifted from constraints.txt would measure another DeepSpeed than the one CI tests."""
+    def pins(path: Path) -> dict[str, str]:
+        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        return {name.lower().replace("_", "-"): version for name, _, version in
+                (line.partition("==") for line in lines if "==" in line)}
+
+    device, constraints = pins(REPO / "scripts" / "device-requirements.txt"), pins(REPO / "constraints.txt")
+    assert {"deepspeed", "open-clip-torch", "webdataset", "pytest"} <= device.keys()
+    assert {name: v for name, v in device.items() if constraints.get(name) != v} == {}

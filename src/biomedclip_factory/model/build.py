@@ -174,7 +174,7 @@ def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path,
     text_config.save_pretrained(model_dir)
     here = str(model_dir.resolve())
     config["model_cfg"]["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
-    if timm_model_name is not None:
+    if timm_model_name not in (None, config["model_cfg"]["vision_cfg"].get("timm_model_name")):
         config["model_cfg"]["vision_cfg"].update(timm_model_name=timm_model_name,
                                                  image_size=timm_image_size(timm_model_name))
     write_json_atomic(model_dir / CONFIG_NAME, config)
