@@ -45,12 +45,12 @@ step imports 120 "$PY" -c "import torch, deepspeed, open_clip, webdataset, pyarr
 print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(), \
 'device': torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'deepspeed': deepspeed.__version__}))"
 if [[ $DRY == 1 ]]; then  # here the CUDA tests skip; the same selection runs
-    step cuda_tests 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py -k "gpu or cuda" -rs
+    step cuda_tests 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_gpu_evaluation.py -k "gpu or cuda" -rs
     step train 300 "$PY" benchmarks/train.py --profile params.yaml --batch 8 --steps 2 --rounds 1
     step loader 300 "$PY" benchmarks/loader.py --workers 1 --batch-size 8 --batches 3 --samples 48
 else
-    step cuda_tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py -k "gpu or cuda" -rs
-    step train 240 "$PY" benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 10 --rounds 2
+    step cuda_tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_gpu_evaluation.py -k "gpu or cuda" -rs
+    step train 300 "$PY" benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 10 --rounds 2
     step loader 120 "$PY" benchmarks/loader.py --workers 8 --batch-size 256 --batches 12 --samples 2048
 fi
 echo "device_check: results in $RESULTS"

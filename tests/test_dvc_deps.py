@@ -26,8 +26,8 @@ OPERATIONAL = {
     "scrape": {"workers", "runner", "timeout_s", "retries", "rate_limit"},
     "align": {"workers", "runner"},
     "pretrain": {"log_every", "prefetch_factor", "grad_checkpointing", "offload_optimizer", "zero_stage",
-                 "text_buckets"},
-    "evaluate": {"batch_size"},
+                 "text_buckets", "compile"},
+    "evaluate": {"batch_size", "num_workers"},
 }
 
 

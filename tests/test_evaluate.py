@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,8 @@ def test_template_ensembling_is_the_renormalised_mean():
 
 def test_npz_and_imagefolder_datasets(tmp_path):
     np.savez(tmp_path / "d.npz", test_images=np.zeros((5, 28, 28), np.uint8), test_labels=np.array([[0], [1], [2], [1], [0]]))
-    images, labels, _ = load_dataset(ZeroShotTask("d", tmp_path / "d.npz", {"1": "b", "0": "a"}, ("{}",)))
-    assert labels == [1, 0, 0, 1] and images[0].size == (28, 28)  # label 2 is not in the suite: left out
+    images, labels = load_dataset(ZeroShotTask("d", tmp_path / "d.npz", {"1": "b", "0": "a"}, ("{}",)))
+    assert labels == [1, 0, 0, 1] and images[0].shape == (28, 28)  # label 2 is not in the suite: left out
     (tmp_path / "f" / "yes").mkdir(parents=True)
     (tmp_path / "f" / "no").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "f" / "yes" / "1.png")
@@ -55,8 +56,31 @@ def test_npz_and_imagefolder_datasets(tmp_path):
     with pytest.raises(DataError, match="class folder is empty or missing: .*f/no"):
         load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
     Image.new("RGB", (8, 8)).save(tmp_path / "f" / "no" / "1.png")
-    images, labels, problems = load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
-    assert labels == [0, 1] and len(problems) == 1 and "2.png" in problems[0]
+    images, labels = load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
+    assert labels == [0, 0, 1] and [p.name for p in images] == ["1.png", "2.png", "1.png"]  # paths: decoded later
+
+
+def test_datasets_stream_through_decoding_workers_and_skip_an_unreadable_image(tmp_path):
+    """A dataset is decoded as it is embedded (by DataLoader workers on the GPU machine): an image that
+    cannot be decoded is named and skipped, and the workers change nothing in the embeddings."""
+    from biomedclip_factory.evaluate.embed import Encoder
+
+    from .conftest import tiny_model_dir
+
+    encoder = Encoder.load(tiny_model_dir(tmp_path / "m"), torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    files = []
+    for i in range(7):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray((torch.rand(30 + i, 40, 3, generator=g) * 255).to(torch.uint8).numpy()).save(files[-1])
+    files[3].write_bytes(b"not a png")
+    inline = encoder.embed_files(files, batch_size=3)
+    assert inline.kept == [0, 1, 2, 4, 5, 6] and len(inline.problems) == 1 and "3.png" in inline.problems[0]
+    workers = replace(encoder, workers=2).embed_files(files, batch_size=3)
+    assert workers.kept == inline.kept and workers.problems == inline.problems
+    torch.testing.assert_close(workers.vectors, inline.vectors, rtol=0, atol=0)
+    with Image.open(files[5]) as img:  # the same as an image already in memory (a request's)
+        torch.testing.assert_close(inline.vectors[4:5], encoder.embed_images([img]), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -117,8 +141,8 @@ def test_multiclass_auroc_ranks_the_models_logit_scaled_probabilities(tmp_path):
             Image.fromarray(array).save(tmp_path / "set" / name / f"{i}.png")
     task = ZeroShotTask("set", tmp_path / "set", {"a": "nodule", "b": "fracture", "c": "effusion"}, ("{}", "a {}"),
                         metric="auroc")
-    images, labels, _ = load_dataset(task)
-    cosines = encoder.embed_images(images) @ class_embeddings(encoder, ["nodule", "fracture", "effusion"],
+    images, labels = load_dataset(task)
+    cosines = encoder.embed_files(images).vectors @ class_embeddings(encoder, ["nodule", "fracture", "effusion"],
                                                               task.templates).T
     for scale in (1.0, 100.0):
         with torch.no_grad():
@@ -184,3 +208,4 @@ def test_a_probe_class_missing_from_training_is_never_predicted_and_bad_params_a
     for bad, match in (({"fractions": ["x"], "seeds": [0]}, "fractions"), ({"fractions": [0.1], "seeds": ["a"]}, "seeds")):
         with pytest.raises(ParamsError, match=match):
             probe_tasks(Section({"linear_probe": {**bad, "sets": {}}}, "evaluate"), tmp_path)
+

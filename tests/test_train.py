@@ -28,7 +28,7 @@ from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_length_buckets, build_engine, checkpoint_step,
-                                           contrastive_loss, distributed, segments, train_step)
+                                           compile_towers, contrastive_loss, distributed, segments, train_step)
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 
@@ -104,6 +104,27 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
         assert model.visual.trunk.grad_checkpointing == model.text.transformer.is_gradient_checkpointing == checkpointing
         results.append(_loss_and_grads(model, images, texts))
     _assert_same_step(results, atol=1e-6)
+
+
+@pytest.mark.slow  # inductor compiles both towers, forward and backward: ~90 s on 2 cores
+def test_compiled_towers_give_the_same_loss_and_gradients_and_parameter_names(model_dir):
+    """``pretrain.compile``: inductor's fused kernels round differently, nothing else; the state dict (so the
+    checkpoints and the saved model) keeps its names, and length groups of new sizes run too."""
+    torch.manual_seed(0)
+    images, texts = torch.randn(4, 3, 160, 160), torch.randint(5, 100, (4, 10))
+    eager, compiled = (create_model(model_dir, load_weights=True).train() for _ in range(2))
+    for model in (eager, compiled):
+        accept_length_buckets(model)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # the two would draw different masks
+    compile_towers(compiled)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    _assert_same_step([_loss_and_grads(m, images, texts) for m in (eager, compiled)], atol=1e-5)
+    groups = [texts[:2, :6], texts[2:, :8]]
+    for model in (eager, compiled):
+        model.zero_grad()
+    _assert_same_step([_loss_and_grads(m, images, groups) for m in (eager, compiled)], atol=1e-5)
 
 
 def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):

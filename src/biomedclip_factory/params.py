@@ -29,9 +29,9 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
     "pretrain": dict.fromkeys(("seed", "steps", "epochs", "micro_batch_size", "gradient_accumulation_steps", "lr",
                                "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "precision", "zero_stage",
                                "log_every", "checkpoint_every", "num_workers", "prefetch_factor", "grad_checkpointing",
-                               "text_buckets", "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
+                               "text_buckets", "compile", "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
                                "lock_text_unlocked_layers")),
-    "evaluate": {"batch_size": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET},
+    "evaluate": {"batch_size": None, "num_workers": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET},
                  "linear_probe": {"fractions": None, "seeds": None, "sets": {"*": dict.fromkeys(
                      ("train", "test", "train_split", "test_split", "classnames", "metric"))}},
                  "vqa": {"*": dict.fromkeys(("images", "train", "test", "answers", "epochs", "hidden", "lr", "seed"))}},
@@ -85,6 +85,13 @@ class Section:
         value = self.get(key, kind, default)
         if value <= 0:  # type: ignore[operator]
             raise ParamsError(f"params: '{self.path}.{key}' must be > 0, got {value!r}")
+        return value
+
+    def count(self, key: str, default: Any = ...) -> int:
+        """A number of things that may be none (workers, retries): an int ≥ 0."""
+        value = self.get(key, int, default)
+        if value < 0:
+            raise ParamsError(f"params: '{self.path}.{key}' must be >= 0, got {value!r}")
         return value
 
     def choice(self, key: str, options: tuple[Any, ...], default: Any = ..., kind: type = str) -> Any:

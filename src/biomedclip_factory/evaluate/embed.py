@@ -1,16 +1,63 @@
-"""Load a model dir for inference and embed images and texts in batches (L2-normalised)."""
+"""Load a model dir for inference and embed images and texts in batches (L2-normalised).
+
+On a GPU the towers run there under bf16 autocast (the precision they were trained in) and datasets
+are decoded by DataLoader workers, streamed: a zero-shot set is never held decoded in memory. The
+embeddings come back as fp32 on the host either way.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import open_clip
 import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
 from ..model.build import create_model
+
+ImageSource = Path | np.ndarray  # an image file, or an HxW(x3) uint8 array (MedMNIST-style .npz)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def open_rgb(source: ImageSource) -> Image.Image:
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source).convert("RGB")
+    with Image.open(source) as img:
+        return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: torch.Tensor  # one row per readable image, in input order
+    kept: list[int]  # their positions in the input
+    problems: list[str]  # "<file>: <why>" for each image that could not be decoded (skipped)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Decoding and preprocessing in the DataLoader's workers; an unreadable image is reported, not raised."""
+
+    def __init__(self, sources: Sequence[ImageSource], preprocess: Any) -> None:
+        self.sources, self.preprocess = sources, preprocess
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.preprocess(open_rgb(self.sources[i])), ""
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return i, None, f"{self.sources[i]}: {exc}"
+
+
+def _collate(rows: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[str]]:
+    good = [(i, t) for i, t, _ in rows if t is not None]
+    return [i for i, _ in good], torch.stack([t for _, t in good]) if good else None, [p for *_, p in rows if p]
 
 
 @dataclass
@@ -19,14 +66,17 @@ class Encoder:
     preprocess: Any
     tokenizer: Any
     context_length: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 0  # DataLoader workers decoding datasets (0: in this process)
 
     @classmethod
-    def load(cls, model_dir: Path) -> "Encoder":
-        model = create_model(model_dir, load_weights=True).eval()
+    def load(cls, model_dir: Path, device: torch.device | None = None) -> "Encoder":
+        device = device or default_device()
+        model = create_model(model_dir, load_weights=True).eval().to(device)
         preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
                                                mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return cls(model, preprocess, tokenizer, tokenizer.model_max_length)
+        return cls(model, preprocess, tokenizer, tokenizer.model_max_length, device)
 
     @property
     def logit_scale(self) -> float:
@@ -37,24 +87,44 @@ class Encoder:
         return self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
                               return_tensors="pt")["input_ids"]
 
+    def _run(self, encode: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return encode(x, normalize=True).float().cpu()
+
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        chunks = [self.model.encode_text(self.tokenize(texts[i:i + batch_size]), normalize=True)
+        chunks = [self._run(self.model.encode_text, self.tokenize(texts[i:i + batch_size]))
                   for i in range(0, len(texts), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0)
 
     @torch.no_grad()
     def embed_images(self, images: Iterable[Image.Image], batch_size: int = 64) -> torch.Tensor:
+        """Images already in memory (a request's); datasets go through ``embed_files``."""
         out, batch = [], []
         for img in images:
             batch.append(self.preprocess(img.convert("RGB")))
             if len(batch) == batch_size:
-                out.append(self.model.encode_image(torch.stack(batch), normalize=True))
+                out.append(self._run(self.model.encode_image, torch.stack(batch)))
                 batch = []
         if batch:
-            out.append(self.model.encode_image(torch.stack(batch), normalize=True))
+            out.append(self._run(self.model.encode_image, torch.stack(batch)))
         return torch.cat(out) if out else torch.empty(0)
 
     @torch.no_grad()
+    def embed_files(self, sources: Sequence[ImageSource], batch_size: int = 64) -> Embedded:
+        """A dataset's images, decoded on the fly by ``workers``; unreadable ones are skipped and named."""
+        loader = torch.utils.data.DataLoader(_Decoded(sources, self.preprocess), batch_size=batch_size,
+                                             num_workers=self.workers, collate_fn=_collate,
+                                             pin_memory=self.device.type == "cuda")
+        vectors, kept, problems = [], [], []
+        for indices, pixels, bad in loader:
+            problems += bad
+            if pixels is not None:
+                vectors.append(self._run(self.model.encode_image, pixels))
+                kept += indices
+        return Embedded(torch.cat(vectors) if vectors else torch.empty(0), kept, problems)
+
+    @torch.no_grad()
     def embed_batch(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True))
+        return self._run(self.model.encode_image, images), self._run(self.model.encode_text, tokens)

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegressionCV
 
 from ..errors import DataError
 from .embed import Encoder
-from .zeroshot import ZeroShotTask, chance_levels, classification_metrics, load_dataset
+from .zeroshot import ZeroShotTask, chance_levels, classification_metrics, embed_labelled
 
 C_GRID = np.logspace(-4, 4, 9)
 
@@ -77,17 +77,13 @@ def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 
 def evaluate_linear_probe(encoder: Encoder, task: ProbeTask, batch_size: int) -> dict:
-    train_images, train_labels, train_bad = load_dataset(task.train)
-    test_images, test_labels, test_bad = load_dataset(task.test)
-    if not train_images or not test_images:
-        raise DataError(f"linear probe '{task.name}': no readable images in {task.train.path} or {task.test.path}")
-    train_y, test_y = np.array(train_labels), np.array(test_labels)
+    train, train_y = embed_labelled(encoder, task.train, batch_size, "linear probe")
     if len(np.unique(train_y)) < 2:
         raise DataError(f"linear probe '{task.name}': the train split holds fewer than two classes")
-    train_x = encoder.embed_images(train_images, batch_size).numpy()
-    test_x = encoder.embed_images(test_images, batch_size).numpy()
+    test, test_y = embed_labelled(encoder, task.test, batch_size, "linear probe")
+    train_x, test_x = train.vectors.numpy(), test.vectors.numpy()
     n_classes = len(task.train.classnames)
     return {"metric": task.train.metric, "chance": chance_levels(test_y, n_classes), "test_images": len(test_y),
             "fractions": probe_scores(train_x, train_y, test_x, test_y, n_classes, task.fractions, task.seeds,
                                       task.train.metric),
-            "classes": list(task.train.classnames.values()), "unreadable": train_bad + test_bad}
+            "classes": list(task.train.classnames.values()), "unreadable": train.problems + test.problems}

@@ -6,7 +6,7 @@ name in the result; the others still run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ OURS = "ours"
 class Suite:
     batch_size: int
     splits: list[str]
+    workers: int = 0  # decoding the datasets
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     probes: list[ProbeTask] = field(default_factory=list)
     vqa: list[VqaTask] = field(default_factory=list)
@@ -35,7 +36,7 @@ class Suite:
     @classmethod
     def from_params(cls, p: Section, root: Path) -> "Suite":
         """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
-        return cls(batch_size=p.positive("batch_size"), splits=[str(s) for s in p.get("retrieval_splits", list)],
+        return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0), splits=[str(s) for s in p.get("retrieval_splits", list)],
                    zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
 
 
@@ -112,7 +113,8 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
     (all the retrieval plot shows; the whole matrix would not fit at PMC scale)."""
     collate = CaptionCollator(encoder.tokenizer, encoder.context_length)
     images, texts, meta = [], [], []
-    for batch_images, tokens, batch_meta in eval_batches(shards, split, encoder.preprocess, collate, batch_size):
+    for batch_images, tokens, batch_meta in eval_batches(shards, split, encoder.preprocess, collate, batch_size,
+                                                         num_workers=encoder.workers):
         i, t = encoder.embed_batch(batch_images, tokens)
         images.append(i)
         texts.append(t)
@@ -150,7 +152,7 @@ def evaluate_models(models: dict[str, tuple[str, str | None]], suite: Suite, roo
     report: dict = {}
     for name, (spec, text_dir) in models.items():
         try:
-            encoder = load_encoder(spec, root, text_dir)
+            encoder = replace(load_encoder(spec, root, text_dir), workers=suite.workers)
         except DataError as exc:
             if name == OURS:
                 raise

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..errors import DataError
 from .embed import Encoder
@@ -111,13 +110,10 @@ def train_head(image: torch.Tensor, question: torch.Tensor, labels: torch.Tensor
 def _embed(encoder: Encoder, records: list[QA], images: Path, cache: dict[str, torch.Tensor], batch_size: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
     missing = sorted({r.image for r in records} - cache.keys())
-    for start in range(0, len(missing), batch_size):
-        names = missing[start:start + batch_size]
-        pictures = []
-        for name in names:
-            with Image.open(images / name) as img:
-                pictures.append(img.convert("RGB"))
-        cache.update(zip(names, encoder.embed_images(pictures, batch_size)))
+    embedded = encoder.embed_files([images / name for name in missing], batch_size)
+    if embedded.problems:
+        raise DataError(f"VQA images unreadable: {'; '.join(embedded.problems[:3])}")
+    cache.update(zip(missing, embedded.vectors))
     image = torch.stack([cache[r.image] for r in records])
     return image, encoder.embed_texts([r.question for r in records])
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from ..errors import DataError
-from .embed import Encoder
+from .embed import Embedded, Encoder, ImageSource
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif"}
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
@@ -32,40 +31,32 @@ class ZeroShotTask:
     npz_split: str = "test"
 
 
-def _imagefolder(task: ZeroShotTask) -> tuple[list[Image.Image], list[int], list[str]]:
-    images, labels, problems = [], [], []
+def _imagefolder(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:
+    images: list[ImageSource] = []
+    labels = []
     for index, folder in enumerate(task.classnames):
         class_dir = task.path / folder
         files = sorted(f for f in class_dir.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if class_dir.is_dir() else []
         if not files:
             raise DataError(f"zero-shot '{task.name}': class folder is empty or missing: {class_dir}")
-        for file in files:
-            try:
-                with Image.open(file) as img:
-                    images.append(img.convert("RGB"))
-                labels.append(index)
-            except OSError as exc:
-                problems.append(f"{file}: {exc}")
-    return images, labels, problems
+        images += files
+        labels += [index] * len(files)
+    return images, labels
 
 
-def _npz(task: ZeroShotTask) -> tuple[list[Image.Image], list[int], list[str]]:
+def _npz(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:
     try:
         data = np.load(task.path)
         arrays, raw_labels = data[f"{task.npz_split}_images"], data[f"{task.npz_split}_labels"].reshape(-1)
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"zero-shot '{task.name}': cannot read {task.path} split '{task.npz_split}': {exc}") from exc
     order = {int(k): i for i, k in enumerate(task.classnames)}
-    images, labels = [], []
-    for array, label in zip(arrays, raw_labels):
-        if int(label) in order:
-            images.append(Image.fromarray(array).convert("RGB"))
-            labels.append(order[int(label)])
-    return images, labels, []
+    kept = [i for i, label in enumerate(raw_labels) if int(label) in order]
+    return [arrays[i] for i in kept], [order[int(raw_labels[i])] for i in kept]
 
 
-def load_dataset(task: ZeroShotTask) -> tuple[list[Image.Image], list[int], list[str]]:
-    """Images, label indices and the unreadable files (reported by name, skipped)."""
+def load_dataset(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:
+    """The images (files, or a .npz's uint8 arrays: decoded later, as they are embedded) and label indices."""
     if task.path.suffix == ".npz" and task.path.is_file():
         return _npz(task)
     if not task.path.is_dir():
@@ -106,15 +97,22 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes
             "confusion": confusion_matrix(y, pred, labels=list(range(n_classes))).tolist()}
 
 
+def embed_labelled(encoder: Encoder, task: ZeroShotTask, batch_size: int, kind: str) -> tuple[Embedded, np.ndarray]:
+    """The set's readable images embedded (streamed) and their labels; the unreadable ones are in ``problems``."""
+    images, labels = load_dataset(task)
+    embedded = encoder.embed_files(images, batch_size)
+    if not embedded.kept:
+        raise DataError(f"{kind} '{task.name}': no readable images in {task.path}")
+    return embedded, np.array(labels)[embedded.kept]
+
+
 def evaluate_zeroshot(encoder: Encoder, task: ZeroShotTask, batch_size: int) -> dict:
-    images, labels, problems = load_dataset(task)
-    if not images:
-        raise DataError(f"zero-shot '{task.name}': no readable images in {task.path}")
-    image_emb = encoder.embed_images(images, batch_size)
+    embedded, labels = embed_labelled(encoder, task, batch_size, "zero-shot")
+    image_emb = embedded.vectors
     text_emb = class_embeddings(encoder, list(task.classnames.values()), task.templates)
     # The model's own scaled logits, as CLIP scores zero-shot: softmax over raw cosines would flatten the
     # class probabilities that multi-class AUROC ranks by (argmax metrics are unchanged by the scale).
     logits = encoder.logit_scale * image_emb @ text_emb.T
-    metrics = classification_metrics(logits, torch.tensor(labels), len(task.classnames))
-    return {**metrics, "metric": task.metric, "score": metrics[task.metric], "images": len(images),
-            "classes": list(task.classnames.values()), "unreadable": problems}
+    metrics = classification_metrics(logits, torch.from_numpy(labels), len(task.classnames))
+    return {**metrics, "metric": task.metric, "score": metrics[task.metric], "images": len(labels),
+            "classes": list(task.classnames.values()), "unreadable": embedded.problems}
