@@ -242,6 +242,16 @@ def test_zero_stages_on_gpus_in_bf16_match_stage_0(model_dir, tmp_path):
                                    rtol=2e-2, atol=2e-2, msg=variant)
 
 
+@pytest.mark.slow
+def test_every_rank_starts_from_rank_0s_model(model_dir, tmp_path):
+    """The pretrain stage builds the starting model on rank 0 only (in memory; its dir holds no weights yet) and
+    the other ranks an unseeded one of the same shape: the engine must give them rank 0's weights."""
+    _launch(["start", str(model_dir), str(tmp_path)], ranks=2)
+    start = json.loads((tmp_path / "start.json").read_text())
+    assert start["differed_before"] and start["equal_after"]
+    assert WEIGHTS_NAME not in start["staged"] and "open_clip_config.json" in start["staged"]
+
+
 def _weights(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(Path(model_dir) / WEIGHTS_NAME)
 

@@ -197,6 +197,36 @@ def run_pretrain(model_dir: Path, shards: Path, checkpoints: Path, steps: int, e
         f.write(json.dumps({"done": True, "resumed_from": summary.resumed_from, "tokens": summary.tokens}) + "\n")
 
 
+def run_start(tokenizer: Path, out: Path) -> None:
+    """The pretrain stage's start on every rank: rank 0 builds the seeded model, the others an unseeded one;
+    DeepSpeed's engine must leave every rank holding rank 0's weights."""
+    from biomedclip_factory.model.build import ModelSpec
+    from biomedclip_factory.train.resume import RunState
+    from biomedclip_factory.train.run import PretrainRun
+
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    spec = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
+                     text_heads=2, text_mlp_ratio=2)
+    run = PretrainRun(spec, config(seed=7), (None, None), tokenizer, out / "shards", out / "clip",
+                      RunState(out / "ckpt"), train_samples=8)
+    torch.manual_seed(100 + rank)  # whatever a rank's RNG holds: only rank 0's start may count
+    model = run.start()
+
+    def digests(module: torch.nn.Module) -> torch.Tensor:
+        local = torch.stack([p.detach().double().sum() for p in module.parameters()])
+        every = [torch.empty_like(local) for _ in range(world)]
+        torch.distributed.all_gather(every, local)
+        return torch.stack(every)
+
+    before = digests(model)
+    engine, _ = build_engine(model, config(seed=7), world)
+    after = digests(engine.module)
+    if rank == 0:
+        out.joinpath("start.json").write_text(json.dumps({
+            "differed_before": bool((before[1:] != before[0]).any()), "equal_after": bool((after == after[0]).all()),
+            "staged": sorted(p.name for p in run.staging.iterdir())}))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -210,6 +240,9 @@ if __name__ == "__main__":
         a.add_argument("out", type=Path)
         a.add_argument("stage")  # a ZeRO stage, "+offload" for ZeRO-Offload
     sub.add_parser("loss").add_argument("out", type=Path)
+    start = sub.add_parser("start")
+    start.add_argument("tokenizer", type=Path)
+    start.add_argument("out", type=Path)
     lock = sub.add_parser("lock")
     lock.add_argument("model_dir", type=Path)
     lock.add_argument("out", type=Path)
@@ -225,6 +258,8 @@ if __name__ == "__main__":
             run_zero(args.model_dir, args.variants, args.out)
         elif args.mode == "loss":
             run_loss(args.out)
+        elif args.mode == "start":
+            run_start(args.tokenizer, args.out)
         elif args.mode == "lock":
             run_lock(args.model_dir, args.out)
         elif args.mode in ("accum", "clamp"):
