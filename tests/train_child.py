@@ -192,7 +192,8 @@ def run_pretrain(model_dir: Path, shards: Path, checkpoints: Path, steps: int, e
         with log_file.open("a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
 
-    summary = pretrain(create_model(model_dir, load_weights=True), model_dir, shards, checkpoints, config(steps=steps, checkpoint_every=every, warmup_steps=2), log)
+    cfg = config(steps=steps, checkpoint_every=every, warmup_steps=2)
+    summary = pretrain(create_model(model_dir, load_weights=True), model_dir, shards, checkpoints, cfg, log)
     with log_file.open("a") as f:
         f.write(json.dumps({"done": True, "resumed_from": summary.resumed_from, "tokens": summary.tokens}) + "\n")
 
