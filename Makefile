@@ -38,12 +38,13 @@ test-fast: $(STAMP)
 # The wheels the GPU machine lacks, for Python 3.12 there (no package index there): see scripts/device_check.sh.
 WHEEL_TAGS := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
 	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
-wheelhouse: $(STAMP) scripts/device-requirements.txt
+wheelhouse: $(STAMP) scripts/device-requirements.txt scripts/device-fallbacks.txt
 	rm -rf wheelhouse && mkdir wheelhouse
 	DS_BUILD_OPS=0 $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w wheelhouse \
 		$$(grep -E '^deepspeed==' scripts/device-requirements.txt)
 	grep -vE '^(deepspeed==|#)' scripts/device-requirements.txt > wheelhouse/binary.txt
-	$(BIN)/pip download --quiet --no-deps $(WHEEL_TAGS) -d wheelhouse -r wheelhouse/binary.txt
+	$(BIN)/pip download --quiet --no-deps $(WHEEL_TAGS) -d wheelhouse -r wheelhouse/binary.txt \
+		-r scripts/device-fallbacks.txt
 	rm wheelhouse/binary.txt
 	du -sh wheelhouse
 

@@ -53,6 +53,7 @@ def test_the_gpu_machines_wheels_are_the_versions_this_project_pins() -> None:
         return {name.lower().replace("_", "-"): version for name, _, version in
                 (line.partition("==") for line in lines if "==" in line)}
 
-    device, constraints = pins(REPO / "scripts" / "device-requirements.txt"), pins(REPO / "constraints.txt")
-    assert {"deepspeed", "open-clip-torch", "webdataset", "pytest"} <= device.keys()
+    device = pins(REPO / "scripts" / "device-requirements.txt") | pins(REPO / "scripts" / "device-fallbacks.txt")
+    constraints = pins(REPO / "constraints.txt")
+    assert {"deepspeed", "open-clip-torch", "webdataset", "pytest", "pygments"} <= device.keys()
     assert {name: v for name, v in device.items() if constraints.get(name) != v} == {}

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from typing import Iterator
@@ -24,12 +27,22 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param
 from open_clip.loss import ClipLoss
 
-from biomedclip_factory.model.build import create_model
+from biomedclip_factory.model.build import WEIGHTS_NAME, create_model
 from biomedclip_factory.train.ds_config import TrainConfig
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, MicroBatch, build_engine, contrastive_loss,
                                            distributed, pretrain, save_consolidated, train_step)
 
 GLOBAL_BATCH, STEPS, TEXT_LEN = 8, 3, 12
+CHILD = Path(__file__)
+
+
+def launch(args: list[str], ranks: int) -> None:
+    """Run this script as ``ranks`` processes (torch's elastic launcher for more than one) and check it ended well."""
+    launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                    "--standalone", "--nproc_per_node", str(ranks)]
+    proc = subprocess.run(launcher + [str(CHILD), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
 def config(**overrides) -> TrainConfig:
@@ -193,7 +206,9 @@ def run_pretrain(model_dir: Path, shards: Path, checkpoints: Path, steps: int, e
             f.write(json.dumps({"step": step, **values}) + "\n")
 
     cfg = config(steps=steps, checkpoint_every=every, warmup_steps=2)
-    summary = pretrain(create_model(model_dir, load_weights=True), model_dir, shards, checkpoints, cfg, log)
+    torch.manual_seed(cfg.seed)  # a dir without weights starts from the seeded init, as the stage's does
+    model = create_model(model_dir, load_weights=(model_dir / WEIGHTS_NAME).is_file())
+    summary = pretrain(model, model_dir, shards, checkpoints, cfg, log)
     with log_file.open("a") as f:
         f.write(json.dumps({"done": True, "resumed_from": summary.resumed_from, "tokens": summary.tokens}) + "\n")
 

@@ -1,16 +1,19 @@
-"""Evaluation on a GPU (bf16 autocast, decoding workers), against the CPU path CI runs.
+"""The GPU paths, against the CPU paths CI runs: ZeRO stages and evaluation in bf16.
 
-Apart so that it imports only the encoder: the GPU machine's wheelhouse (scripts/device_check.sh)
-carries no scikit-learn.
+Apart, with light imports, because scripts/device_check.sh runs them on a machine whose wheelhouse
+carries no scikit-learn, pandas or pyarrow. Skipped without CUDA.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from .train_child import launch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CI has none; scripts/device_check.sh runs it)")
@@ -30,3 +33,16 @@ def test_evaluation_on_the_gpu_in_bf16_embeds_like_the_cpu(tmp_path):
                  (cpu.embed_texts(CAPTIONS), gpu.embed_texts(CAPTIONS))):
         assert b.dtype == torch.float32 and b.device.type == "cpu"
         assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99  # bf16 keeps ~3 significant digits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CI has none; scripts/device_check.sh runs it)")
+def test_zero_stages_on_gpus_in_bf16_match_stage_0(tmp_path):
+    from .conftest import tiny_model_dir
+
+    model_dir = tiny_model_dir(tmp_path / "m", dropout=0.0)  # ranks would draw other masks than one process
+    ranks = torch.cuda.device_count()
+    launch(["zero", str(model_dir), str(tmp_path / "gpu.json"), "0+bf16", "1+bf16", "2+bf16", "3+bf16"], ranks=ranks)
+    runs = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    for variant, run in runs.items():  # bf16 keeps ~3 significant digits
+        torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(runs["0+bf16"]["losses"]),
+                                   rtol=2e-2, atol=2e-2, msg=variant)
