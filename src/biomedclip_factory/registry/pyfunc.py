@@ -125,7 +125,8 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from ..evaluate.embed import Encoder
 
-        self.encoder = Encoder.load(Path(context.artifacts[ARTIFACT_KEY]))
+        # On the host, as the serving limits (memory per request, workers) were sized and tested for.
+        self.encoder = Encoder.load(Path(context.artifacts[ARTIFACT_KEY]), torch.device("cpu"))
         self.limits = ServeLimits.from_config(context.model_config)
 
     def _embed_images(self, images: list[Any], rows: list[int]) -> torch.Tensor | None:
