@@ -216,7 +216,7 @@ def test_a_manifest_line_reads_back_as_written_and_keeps_its_contract(tmp_path):
     result = scrape(CloudSource(LocalBucket(mirror)), tmp_path / "raw", SelectionPolicy.named(["CC0"]), progress=False)
     write_manifest(tmp_path / "raw", result, {"source": "test"})
     assert list(iter_manifest(tmp_path / "raw")) == result.rows
-    assert [ManifestRow.from_row(line).row() for line in result.lines()] == result.lines()
+    assert [ManifestRow.from_row(line).row() for line in result.lines()] == list(result.lines())
     keys = {row.status.split(":")[0]: set(line) for row, line in zip(result.rows, result.lines())}
     assert keys["ok"] == {"prefix", "pmcid", "version", "pmid", "license_code", "is_retracted", "files", "status"}
     assert keys["skipped"] == keys["ok"]

@@ -36,7 +36,8 @@ class Suite:
     @classmethod
     def from_params(cls, p: Section, root: Path) -> "Suite":
         """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
-        return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0), splits=[str(s) for s in p.get("retrieval_splits", list)],
+        return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0),
+                   splits=[str(s) for s in p.get("retrieval_splits", list)],
                    zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
 
 

@@ -34,9 +34,9 @@ class ScrapeResult:
     def count(self, status: str) -> int:
         return sum(1 for r in self.rows if r.status == status)
 
-    def lines(self) -> list[dict[str, Any]]:
-        """The manifest's lines, as written."""
-        return [r.row() for r in self.rows]
+    def lines(self) -> Iterator[dict[str, Any]]:
+        """The manifest's lines, as written (one at a time: millions of versions)."""
+        return (r.row() for r in self.rows)
 
 
 def _md5_of(path: Path) -> str | None:
