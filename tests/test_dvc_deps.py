@@ -153,7 +153,7 @@ def test_the_command_passes_every_output_and_only_declared_paths(stage: str) -> 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_no_stage_names_a_project_path_itself(stage: str) -> None:
-    tops = {p.split("/")[0] for s in dvc_stages().values() for p in command_paths(s, s["cmd"].split()[2][7:])}
+    tops = {p.split("/")[0] for name, spec in dvc_stages().items() for p in command_paths(spec, name)}
     tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
     joined = {side.value for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
               for side in (node.left, node.right) if isinstance(side, ast.Constant)}  # ROOT / "data" / ...
