@@ -6,10 +6,10 @@
 #     bash scripts/device_check.sh              # writes $OUT/device_check.jsonl (or ./device_check.jsonl)
 #     bash scripts/device_check.sh --dry-run    # this CPU, tiny sizes: `make device-dry-run`
 #
-# Steps, 8 minutes at most in all: install the missing wheels → imports and a torch.compile smoke test →
-# the GPU tests (ZeRO stages and evaluation in bf16) → the training benchmark at the paper profile
-# (ViT-B/16 224, BERT-base, context 256, bf16, micro-batch 512, compiled; synthetic batches of those
-# sizes: pairs/s, FLOPs per pair, the bf16 matmul peak measured in the same run, MFU). Each JSON line
+# Steps, 8 minutes at most in all: install the missing wheels → imports and a torch.compile
+# smoke test → the training benchmark at the paper profile (ViT-B/16 224, BERT-base, context 256, bf16,
+# micro-batch 512; synthetic batches of those sizes: pairs/s, FLOPs per pair, the bf16 matmul peak
+# measured in the same run, MFU), eager and then compiled → the GPU tests (ZeRO stages and evaluation in bf16). Each JSON line
 # is printed and kept; a step that fails or overruns its limit is reported and the rest still run.
 # The loader is measured per worker on CPU (benchmarks/loader.py): it needs pandas and pyarrow,
 # which the 64 MiB the device tool carries cannot hold beside the rest.
@@ -20,7 +20,8 @@ DRY=0
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-.}
 RESULTS="$OUT_DIR/device_check.jsonl"
-export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} \
+    PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # both loops' models share one GPU
 : > "$RESULTS"
 failed=0
 
@@ -43,20 +44,24 @@ if [[ $DRY == 1 ]]; then
     step wheelhouse 60 "$PY312" -m pip install --dry-run --quiet --no-index --no-deps --ignore-installed \
         --find-links wheelhouse --target "$(mktemp -d)" -r scripts/device-requirements.txt -r scripts/device-fallbacks.txt
 else  # with dependencies, resolved against what the machine has; the fallbacks only where it lacks them
-    step install 60 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
+    step install 40 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
 fi
 COMPILE=--compile
-step imports 60 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
+step imports 40 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 ok = bool((torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=dev)) == 3).all())
 print(json.dumps({'torch': torch.__version__, 'deepspeed': deepspeed.__version__, 'device':
       torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu', 'compile_ok': ok}))" || COMPILE=--no-compile
-if [[ $DRY == 1 ]]; then  # here the GPU tests skip; the same selection runs
-    step gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
-    step train 210 "$PY" benchmarks/train.py --profile params.yaml --batch 8 --steps 2 --rounds 1 --no-compile
+# Eager first: a figure in ~1 minute even if compiling overruns; then compiled (the profile's); then the tests.
+if [[ $DRY == 1 ]]; then  # tiny sizes; no compile (minutes of inductor on this CPU); the GPU tests skip
+    TRAIN=(benchmarks/train.py --profile params.yaml --batch 8 --steps 2 --rounds 1)
+    COMPILE=--no-compile
 else
-    step gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
-    step train 210 "$PY" benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 8 --rounds 2 $COMPILE
+    TRAIN=(benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 10 --rounds 3)
+    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
 fi
+step train_eager 100 "$PY" "${TRAIN[@]}" --no-compile
+[[ $COMPILE == --compile ]] && step train_compiled 180 "$PY" "${TRAIN[@]}" --compile
+step gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
 echo "device_check: results in $RESULTS"
 exit $failed
