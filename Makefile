@@ -46,6 +46,9 @@ wheelhouse: $(STAMP) scripts/device-requirements.txt scripts/device-fallbacks.tx
 	$(BIN)/pip download --quiet --no-deps $(WHEEL_TAGS) -d wheelhouse -r wheelhouse/binary.txt \
 		-r scripts/device-fallbacks.txt
 	rm wheelhouse/binary.txt
+	# Real captions' token counts for the GPU benchmark, where ../shared has them (benchmarks may read it).
+	if [ -d ../shared/data/text/roco_captions ]; then $(BIN)/python benchmarks/padding.py \
+		--lengths-out wheelhouse/caption_lengths.json > /dev/null; fi
 	du -sh wheelhouse
 
 # The device script on this CPU, tiny sizes: proves it (and the wheelhouse, against a real 3.12) before GPU time.

@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--multiple", type=int, default=8, help="bucket widths rounded up to this")
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--lengths-out", type=Path, default=None,
+                    help="write the joined set's token counts here (JSON), for benchmarks/train.py --caption-lengths")
     args = ap.parse_args()
     if not (TEXT / "roco_captions").is_dir():
         sys.exit(f"padding: {TEXT / 'roco_captions'} is missing (this benchmark reads ../shared/data)")
@@ -79,6 +81,8 @@ def main() -> None:
     for name, texts in (("roco", captions), ("roco_joined", longer)):
         lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=args.context)["input_ids"]]
         baseline, ours = ratios(lengths, args.batch, args.buckets, args.multiple, args.batches, seed=1)
+        if name == "roco_joined" and args.lengths_out:
+            args.lengths_out.write_text(json.dumps(lengths))
         report[name] = {"captions": len(texts), "median_tokens": sorted(lengths)[len(lengths) // 2],
                         "at_context": sum(n >= args.context for n in lengths) / len(lengths),
                         "padded_per_real": {"baseline": round(baseline, 2), "ours": round(ours, 2)}}

@@ -39,20 +39,28 @@ sys.path.insert(0, str(ROOT))
 from biomedclip_factory.model.build import ModelSpec, init_model_dir  # noqa: E402
 from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
-from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, build_engine,  # noqa: E402
-                                           contrastive_loss, distributed, train_step)
+from biomedclip_factory.shards.loader import length_buckets  # noqa: E402
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, accept_length_buckets,  # noqa: E402
+                                           build_engine, contrastive_loss, distributed, train_step)
 from biomedclip_factory.train.ds_config import TrainConfig, effective_zero_stage  # noqa: E402
 
 CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
             "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm."]
 
 
-def batches(n: int, batch: int, image_size: int, vocab: int, context: int,
-            pin: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """On the host, pinned where there is a GPU, as both trainers' loaders hand them over."""
+def batches(n: int, batch: int, image_size: int, vocab: int, context: int, pin: bool,
+            lengths: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """On the host, pinned where there is a GPU, as both trainers' loaders hand them over. Captions fill
+    the context, or take token counts drawn from ``lengths`` (padded with 0 to the context, as open_clip's
+    tokenizer pads), sorted within the batch as pretrain's length-grouping collator sorts them."""
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(batch, 3, image_size, image_size, generator=g),
-             torch.randint(5, vocab, (batch, context), generator=g)) for _ in range(n)]
+    data = []
+    for _ in range(n):
+        texts = torch.randint(5, vocab, (batch, context), generator=g)
+        if lengths is not None:
+            drawn = lengths[torch.randint(len(lengths), (batch,), generator=g)].clamp(1, context).sort().values
+            texts[torch.arange(context)[None, :] >= drawn[:, None]] = 0
+        data.append((torch.randn(batch, 3, image_size, image_size, generator=g), texts))
     return [(images.pin_memory(), texts.pin_memory()) for images, texts in data] if pin else data
 
 
@@ -93,11 +101,13 @@ def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device, accumula
 
 
 def ours_loop(model: torch.nn.Module, cfg, data, accumulation: int = 1) -> callable:
+    """Our step, given the number of text length groups: one engine (one compile) for every count."""
     cfg = type(cfg)(**{**cfg.__dict__, "gradient_accumulation_steps": accumulation})
     engine, _ = build_engine(model, cfg, world_size=1)
     loss_fn = contrastive_loss(1)
     stream = iter(data[i % len(data)] for i in range(10**9))
-    return lambda: train_step(engine, loss_fn, stream, accumulation, pad_token_id=0)
+    return lambda buckets: lambda: train_step(engine, loss_fn, stream, accumulation, pad_token_id=0,
+                                              text_buckets=buckets)
 
 
 def steps_per_s(step, n: int, device: torch.device) -> float:
@@ -110,10 +120,13 @@ def steps_per_s(step, n: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool) -> int:
+def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool, text_buckets: int) -> int:
+    """The FLOPs of our step on ``data[0]``: the text tower in its length groups, as ``train_step`` runs it."""
     images, texts = data[0]
+    accept_length_buckets(model)
+    groups = [group.to(device) for group in length_buckets(texts, 0, text_buckets)]
     with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        ClipLoss()(*model(images.to(device), texts.to(device))).backward()
+        ClipLoss()(*model(images.to(device), groups)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -145,6 +158,12 @@ def main() -> None:
     ap.add_argument("--accumulation", type=int, default=1, help="micro-batches per step, contrasted as one batch")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="override the profile's pretrain.compile (both loops)")
+    ap.add_argument("--also-text-buckets", type=lambda v: [int(n) for n in v.split(",")], default=[],
+                    help="other text length group counts to time on the same engine (comma-separated), "
+                         "beside the profile's pretrain.text_buckets")
+    ap.add_argument("--caption-lengths", type=Path, default=None,
+                    help="a JSON list of caption token counts (benchmarks/padding.py --lengths-out) to draw from, "
+                         "rather than captions that fill the context")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = ModelSpec.from_params(load_section("model", args.profile))
@@ -166,23 +185,29 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
         template = init_model_dir(spec, Path(tmp) / "tok", Path(tmp) / "clip")
     image_size = template.visual.image_size[0] if isinstance(template.visual.image_size, tuple) \
         else template.visual.image_size
+    lengths = torch.tensor(json.loads(args.caption_lengths.read_text())) if args.caption_lengths else None
     data = batches(4, args.batch, image_size, template.text.vocab_size, spec.context_length,
-                   pin=device.type == "cuda")
+                   pin=device.type == "cuda", lengths=lengths)
 
     def fresh() -> torch.nn.Module:  # the same seeded init for both loops
         return copy.deepcopy(template).to(device)
 
     k = args.accumulation
     plain = plain_loop(fresh(), cfg, data, device, k)
-    ours = ours_loop(fresh(), cfg, data, k)
-    single = ours_loop(fresh(), cfg, data) if k > 1 else None
+    counts = list(dict.fromkeys([cfg.text_buckets, *args.also_text_buckets]))
+    ours_with = ours_loop(fresh(), cfg, data, k)
+    ours, others = ours_with(counts[0]), {n: ours_with(n) for n in counts[1:]}
+    single = ours_loop(fresh(), cfg, data)(counts[0]) if k > 1 else None
     ratios, ours_rates, plain_rates, single_rates = [], [], [], []
+    other_rates: dict[int, list[float]] = {n: [] for n in others}
     for _ in range(args.rounds):
         plain_rates.append(steps_per_s(plain, args.steps, device))
         ours_rates.append(steps_per_s(ours, args.steps, device))
         ratios.append(ours_rates[-1] / plain_rates[-1])
         if single:
             single_rates.append(steps_per_s(single, args.steps * k, device))
+        for n, step in others.items():
+            other_rates[n].append(steps_per_s(step, args.steps, device))
     result = {"benchmark": "train", "device": str(device), "profile": str(args.profile.name), "batch": args.batch,
               "accumulation": k, "precision": cfg.precision, "compile": cfg.compile, "zero_stage": cfg.zero_stage,
               "zero_stage_run": effective_zero_stage(cfg, 1),
@@ -190,13 +215,20 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
               "ours_steps_per_s": statistics.median(ours_rates), "baseline_steps_per_s": statistics.median(plain_rates),
               "ratio": round(statistics.median(ratios), 3), "target": 0.95,
               "pairs_per_s": statistics.median(ours_rates) * args.batch * k}
-    result["captions"] = "synthetic, every one fills the context: length groups not exercised"
+    result["captions"] = ("synthetic, every one fills the context: length groups not exercised" if lengths is None else
+                          f"synthetic at the token counts of {args.caption_lengths.name} (median "
+                          f"{int(lengths.median())}); ours in {counts[0]} length groups, the baseline "
+                          "padded to the context as open_clip's tokenizer pads")
     print(json.dumps({**result, "phase": "rates"}), flush=True)  # kept if the MFU part overruns a time limit
+    result["text_buckets"] = counts[0]
+    if other_rates:  # the same engine at other group counts: per-group launch cost against padding saved
+        result["pairs_per_s_by_text_buckets"] = {str(n): round(statistics.median(r) * args.batch * k) for n, r in
+                                                 {counts[0]: ours_rates, **other_rates}.items()}
     if single_rates:  # time per pair, accumulating vs one micro-batch per step: the recompute's price
         result["recompute_cost"] = round(statistics.median(single_rates) / (statistics.median(ours_rates) * k) - 1, 3)
     # MFU against the matmul peak measured now: bf16 on a GPU (the paper's setting), fp32 on a CPU.
     bf16 = cfg.precision == "bf16"
-    flops = step_flops(fresh(), data, device, bf16)
+    flops = step_flops(fresh(), data, device, bf16, counts[0])
     peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32, *((8192, 50) if device.type == "cuda"
                                                                               else (1024, 5)))
     result.update(step_tflop=round(flops / 1e12, 4), peak_tflops=round(peak / 1e12, 3),

@@ -44,15 +44,18 @@ if [[ $DRY == 1 ]]; then
     step wheelhouse 60 "$PY312" -m pip install --dry-run --quiet --no-index --no-deps --ignore-installed \
         --find-links wheelhouse --target "$(mktemp -d)" -r scripts/device-requirements.txt -r scripts/device-fallbacks.txt
 else  # with dependencies, resolved against what the machine has; the fallbacks only where it lacks them
-    step install 40 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
+    step install 30 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
 fi
 COMPILE=--compile
-step imports 40 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
+step imports 50 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 ok = bool((torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=dev)) == 3).all())
 print(json.dumps({'torch': torch.__version__, 'deepspeed': deepspeed.__version__, 'device':
       torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu', 'compile_ok': ok}))" || COMPILE=--no-compile
-# Eager first: a figure in ~1 minute even if compiling overruns; then compiled (the profile's); then the tests.
+# Eager first, captions filling the context: a figure in ~1 minute even if compiling overruns. Then compiled
+# (the profile's) at real captions' token counts where `make wheelhouse` could write them (it reads
+# ../shared/data/text), the profile's text length groups timed against others on the same engine. Then the tests.
+LENGTHS=(); [[ -f wheelhouse/caption_lengths.json ]] && LENGTHS=(--caption-lengths wheelhouse/caption_lengths.json)
 if [[ $DRY == 1 ]]; then  # tiny sizes; no compile (minutes of inductor on this CPU); the GPU tests skip
     TRAIN=(benchmarks/train.py --profile params.yaml --batch 8 --steps 2 --rounds 1)
     COMPILE=--no-compile
@@ -60,8 +63,8 @@ else
     TRAIN=(benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 10 --rounds 3)
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
 fi
-step train_eager 100 "$PY" "${TRAIN[@]}" --no-compile
-[[ $COMPILE == --compile ]] && step train_compiled 180 "$PY" "${TRAIN[@]}" --compile
-step gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
+step train_eager 80 "$PY" "${TRAIN[@]}" --no-compile
+step train_profile 240 "$PY" "${TRAIN[@]}" "$COMPILE" "${LENGTHS[@]}" --also-text-buckets 1,3,12
+step gpu_tests 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
 echo "device_check: results in $RESULTS"
 exit $failed
