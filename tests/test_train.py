@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -176,6 +177,68 @@ def test_training_steps_on_length_buckets_follow_the_padded_batch(model_dir):
             stream = iter(batches)
             losses.append([train_step(engine, contrastive_loss(1), stream, 1, 0, buckets).loss for _ in batches])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0][0] != losses[0][-1]
+
+
+def test_a_step_is_open_clip_trainers_step(model_dir):
+    """Stage 0 against open_clip_train's train_one_epoch, written out from its source: cosine_lr set
+    before each step, ClipLoss, backward, clip_grad_norm_ over every gradient, AdamW over its weight-decay
+    groups, then the logit-scale clamp. Clipping is engaged at every step; with 2 micro-batches it
+    applies once, to the whole batch's gradient."""
+    import math
+
+    from open_clip.loss import ClipLoss
+    from open_clip_train.scheduler import cosine_lr
+
+    cfg = config(micro_batch_size=8, lr=1e-3, warmup_steps=1, grad_clip=1e-3)
+    reference = _decay_shows(create_model(model_dir, load_weights=True))
+    batches = global_batches(reference.text.vocab_size, reference.visual.image_size[0])
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    named = list(reference.named_parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+                                   {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": cfg.weight_decay}],
+                                  lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    scheduler, norms = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.steps), []
+    for step, (images, texts) in enumerate(batches):
+        scheduler(step)
+        optimizer.zero_grad()
+        ClipLoss()(*reference(images, texts)).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip, norm_type=2.0)))
+        optimizer.step()
+        with torch.no_grad():
+            reference.logit_scale.clamp_(0, math.log(100))
+    assert min(norms) > cfg.grad_clip, norms  # every step clipped
+
+    with distributed():
+        for k in (1, 2):
+            engine, _ = build_engine(_decay_shows(create_model(model_dir, load_weights=True)),
+                                     replace(cfg, micro_batch_size=8 // k, gradient_accumulation_steps=k), 1)
+            stream = (micro for images, texts in batches for micro in zip(images.chunk(k), texts.chunk(k)))
+            for _ in batches:
+                train_step(engine, contrastive_loss(1), stream, k, pad_token_id=0)
+            ours = dict(engine.module.named_parameters())
+            for name, p in reference.named_parameters():
+                torch.testing.assert_close(ours[name].detach().reshape(p.shape), p.detach(), rtol=1e-5, atol=5e-6,
+                                           msg=lambda m: f"{name}, {k} micro-batches: {m}")
+
+
+def test_runs_one_after_another_in_one_process(model_dir):
+    """A long-lived process (a Prefect worker, a notebook) can train twice: the first run's process group
+    goes with everything DeepSpeed cached of it, and the second builds its engine on a fresh one."""
+    for _ in range(2):
+        with distributed():
+            engine, _ = build_engine(create_model(model_dir, load_weights=True), config(micro_batch_size=8), 1)
+            batches = iter(global_batches(engine.module.text.vocab_size, 160))
+            assert torch.isfinite(torch.tensor(train_step(engine, contrastive_loss(1), batches, 1, 0).loss))
+
+
+def _decay_shows(model: torch.nn.Module) -> torch.nn.Module:
+    """Gains and biases moved off their 1s and 0s (seeded), so that decaying them would show."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim < 2:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return model
 
 
 def _local_bert(dest: Path, tokenizer_dir: Path, vocab_size: int | None = None) -> BertModel:

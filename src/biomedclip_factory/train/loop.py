@@ -112,8 +112,8 @@ def distributed() -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
+            deepspeed.comm.destroy_process_group()  # which a second run in this process would find stale
         if own:
             for key in _ONE_RANK_ENV:
                 os.environ.pop(key, None)
@@ -196,7 +196,23 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps),
         config=deepspeed_config(cfg, world_size))
+    if stage == 0:
+        clip_like_open_clip(engine, cfg.grad_clip)
     return engine, scheduler
+
+
+def clip_like_open_clip(engine: Any, max_norm: float) -> None:
+    """Clip stage 0's gradients with torch's ``clip_grad_norm_``, as open_clip's trainer does.
+
+    DeepSpeed's own stage-0 clip builds two small tensors from host memory every step; each such copy
+    waits for the GPU to finish the backward, so the host cannot queue the next step's kernels meanwhile.
+    torch's does the same maths (one norm over all gradients, coefficient max_norm / (norm + 1e-6), at
+    most 1) without leaving the device. The engine calls it where it called its own: at the accumulation
+    boundary, after the gradients are averaged over ranks (identical on every rank, so the norm needs no
+    collective) and unscaled, before the optimizer steps. ZeRO 1–3 keep DeepSpeed's, over their partitions.
+    """
+    trainable = [p for p in engine.module.parameters() if p.requires_grad]
+    engine.clip_fp32_gradients = lambda: torch.nn.utils.clip_grad_norm_(trainable, max_norm)
 
 
 def contrastive_loss(world_size: int) -> ClipLoss:
