@@ -121,12 +121,14 @@ def steps_per_s(step, n: int, device: torch.device) -> float:
 
 
 def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool, text_buckets: int) -> int:
-    """The FLOPs of our step on ``data[0]``: the text tower in its length groups, as ``train_step`` runs it."""
+    """The FLOPs of our step on ``data[0]``, the text tower's input as ``train_step`` gives it: in length
+    groups, or (one group) the batch as it came."""
     images, texts = data[0]
     accept_length_buckets(model)
-    groups = [group.to(device) for group in length_buckets(texts, 0, text_buckets)]
+    text = [group.to(device) for group in length_buckets(texts, 0, text_buckets)] if text_buckets > 1 \
+        else texts.to(device)
     with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        ClipLoss()(*model(images.to(device), groups)).backward()
+        ClipLoss()(*model(images.to(device), text)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -200,7 +202,27 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
     single = ours_loop(fresh(), cfg, data)(counts[0]) if k > 1 else None
     ratios, ours_rates, plain_rates, single_rates = [], [], [], []
     other_rates: dict[int, list[float]] = {n: [] for n in others}
-    for _ in range(args.rounds):
+
+    def summary() -> dict:
+        median = statistics.median
+        result = {"benchmark": "train", "device": str(device), "profile": str(args.profile.name), "batch": args.batch,
+                  "accumulation": k, "precision": cfg.precision, "compile": cfg.compile, "zero_stage": cfg.zero_stage,
+                  "zero_stage_run": effective_zero_stage(cfg, 1),
+                  "baseline": "plain torch loop (open_clip style" + (", --accum-freq)" if k > 1 else ")"),
+                  "ours_steps_per_s": median(ours_rates), "baseline_steps_per_s": median(plain_rates),
+                  "ratio": round(median(ratios), 3), "target": 0.95, "pairs_per_s": median(ours_rates) * args.batch * k,
+                  "captions": "synthetic, every one fills the context: length groups not exercised" if lengths is None
+                  else f"synthetic at the token counts of {args.caption_lengths.name} (median {int(lengths.median())});"
+                       f" ours in {counts[0]} length groups, the baseline padded to the context as open_clip's "
+                       "tokenizer pads", "text_buckets": counts[0]}
+        if other_rates:  # the same engine at other group counts: per-group launch cost against padding saved
+            result["pairs_per_s_by_text_buckets"] = {str(n): round(median(r) * args.batch * k) for n, r in
+                                                     {counts[0]: ours_rates, **other_rates}.items()}
+        if single_rates:  # time per pair, accumulating vs one micro-batch per step: the recompute's price
+            result["recompute_cost"] = round(median(single_rates) / (median(ours_rates) * k) - 1, 3)
+        return result
+
+    for done in range(1, args.rounds + 1):
         plain_rates.append(steps_per_s(plain, args.steps, device))
         ours_rates.append(steps_per_s(ours, args.steps, device))
         ratios.append(ours_rates[-1] / plain_rates[-1])
@@ -208,24 +230,9 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
             single_rates.append(steps_per_s(single, args.steps * k, device))
         for n, step in others.items():
             other_rates[n].append(steps_per_s(step, args.steps, device))
-    result = {"benchmark": "train", "device": str(device), "profile": str(args.profile.name), "batch": args.batch,
-              "accumulation": k, "precision": cfg.precision, "compile": cfg.compile, "zero_stage": cfg.zero_stage,
-              "zero_stage_run": effective_zero_stage(cfg, 1),
-              "baseline": "plain torch loop (open_clip style" + (", --accum-freq)" if k > 1 else ")"),
-              "ours_steps_per_s": statistics.median(ours_rates), "baseline_steps_per_s": statistics.median(plain_rates),
-              "ratio": round(statistics.median(ratios), 3), "target": 0.95,
-              "pairs_per_s": statistics.median(ours_rates) * args.batch * k}
-    result["captions"] = ("synthetic, every one fills the context: length groups not exercised" if lengths is None else
-                          f"synthetic at the token counts of {args.caption_lengths.name} (median "
-                          f"{int(lengths.median())}); ours in {counts[0]} length groups, the baseline "
-                          "padded to the context as open_clip's tokenizer pads")
-    print(json.dumps({**result, "phase": "rates"}), flush=True)  # kept if the MFU part overruns a time limit
-    result["text_buckets"] = counts[0]
-    if other_rates:  # the same engine at other group counts: per-group launch cost against padding saved
-        result["pairs_per_s_by_text_buckets"] = {str(n): round(statistics.median(r) * args.batch * k) for n, r in
-                                                 {counts[0]: ours_rates, **other_rates}.items()}
-    if single_rates:  # time per pair, accumulating vs one micro-batch per step: the recompute's price
-        result["recompute_cost"] = round(statistics.median(single_rates) / (statistics.median(ours_rates) * k) - 1, 3)
+        # Every round's rates are printed: what a time limit cuts short keeps the rounds it finished.
+        print(json.dumps({**summary(), "phase": "rates", "rounds": done}), flush=True)
+    result = summary()
     # MFU against the matmul peak measured now: bf16 on a GPU (the paper's setting), fp32 on a CPU.
     bf16 = cfg.precision == "bf16"
     flops = step_flops(fresh(), data, device, bf16, counts[0])

@@ -46,3 +46,31 @@ def test_zero_stages_on_gpus_in_bf16_match_stage_0(tmp_path):
     for variant, run in runs.items():  # bf16 keeps ~3 significant digits
         torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(runs["0+bf16"]["losses"]),
                                    rtol=2e-2, atol=2e-2, msg=variant)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CI has none; scripts/device_check.sh runs it)")
+def test_a_training_step_never_waits_for_the_gpu(tmp_path):
+    """The host queues step after step: no copy from pageable memory, no value read back, nothing that
+    synchronises (torch's sync debug mode makes any such call an error). Pinned uint8 images and length
+    groups, as the loader hands them over; the first step may set things up."""
+    from biomedclip_factory.model.build import create_model
+    from biomedclip_factory.train.loop import build_engine, contrastive_loss, distributed, train_step
+
+    from .conftest import tiny_model_dir
+    from .train_child import config, global_batches
+
+    model_dir = tiny_model_dir(tmp_path / "m")
+    with distributed():
+        engine, _ = build_engine(create_model(model_dir, load_weights=True),
+                                 config(micro_batch_size=8, precision="bf16", text_buckets=3, steps=10), 1)
+        batches = [((images * 40 + 128).clamp(0, 255).to(torch.uint8).pin_memory(), texts.pin_memory())
+                   for images, texts in global_batches(engine.module.text.vocab_size, 160)]
+        stream = iter(batches * 3)
+        train_step(engine, contrastive_loss(1), stream, 1, 0, 3)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            results = [train_step(engine, contrastive_loss(1), stream, 1, 0, 3) for _ in range(3)]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert all(torch.isfinite(torch.tensor([r.loss for r in results])))

@@ -179,6 +179,7 @@ def test_training_steps_on_length_buckets_follow_the_padded_batch(model_dir):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0][0] != losses[0][-1]
 
 
+@pytest.mark.slow  # two DeepSpeed engines in this process
 def test_a_step_is_open_clip_trainers_step(model_dir):
     """Stage 0 against open_clip_train's train_one_epoch, written out from its source: cosine_lr set
     before each step, ClipLoss, backward, clip_grad_norm_ over every gradient, AdamW over its weight-decay
@@ -215,12 +216,14 @@ def test_a_step_is_open_clip_trainers_step(model_dir):
             stream = (micro for images, texts in batches for micro in zip(images.chunk(k), texts.chunk(k)))
             for _ in batches:
                 train_step(engine, contrastive_loss(1), stream, k, pad_token_id=0)
+            assert not engine.tput_timer.config.enabled  # on, DeepSpeed's timer syncs the device every step
             ours = dict(engine.module.named_parameters())
             for name, p in reference.named_parameters():
                 torch.testing.assert_close(ours[name].detach().reshape(p.shape), p.detach(), rtol=1e-5, atol=5e-6,
                                            msg=lambda m: f"{name}, {k} micro-batches: {m}")
 
 
+@pytest.mark.slow  # two DeepSpeed engines in this process
 def test_runs_one_after_another_in_one_process(model_dir):
     """A long-lived process (a Prefect worker, a notebook) can train twice: the first run's process group
     goes with everything DeepSpeed cached of it, and the second builds its engine on a fresh one."""

@@ -10,6 +10,7 @@ and std on the device, where it costs nothing.
 """
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any, Callable
 
@@ -61,12 +62,18 @@ def train_image_transform(image_size: int) -> Callable[[Image.Image], torch.Tens
     return TrainImageTransform(image_size)
 
 
-_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1) * 255
-_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1) * 255
+@functools.cache
+def _mean_and_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """open_clip's normalisation on ``device``, copied there once: a copy from host memory per batch
+    would make the host wait for the device's queued work every step."""
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1) * 255
+    return mean.to(device), std.to(device)
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels (on the device) → the float input open_clip's towers expect; float input passes."""
     if images.dtype != torch.uint8:
         return images
-    return (images.float() - _MEAN.to(images.device)) / _STD.to(images.device)
+    mean, std = _mean_and_std(images.device)
+    return (images.float() - mean) / std

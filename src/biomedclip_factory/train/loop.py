@@ -27,7 +27,7 @@ from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
 from ..model.build import save_weights
-from ..shards.loader import CaptionCollator, SkipCounter, length_buckets, train_batches
+from ..shards.loader import CaptionCollator, SkipCounter, bucket_cuts, train_batches
 from ..shards.transform import to_model_input, train_image_transform
 from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
 from .schedule import cosine_schedule
@@ -112,8 +112,10 @@ def distributed() -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.distributed.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
+        if deepspeed.comm.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
             deepspeed.comm.destroy_process_group()  # which a second run in this process would find stale
+        elif torch.distributed.is_initialized():  # a caller's group that never reached DeepSpeed
+            torch.distributed.destroy_process_group()
         if own:
             for key in _ONE_RANK_ENV:
                 os.environ.pop(key, None)
@@ -258,8 +260,7 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     tokens = sum(int((texts != pad_token_id).sum()) for _, texts in host) * world  # ranks alike on average
     samples = sum(images.shape[0] for images, _ in host) * world
     batches = [(to_model_input(images.to(engine.device, non_blocking=True)),
-                 [group.to(engine.device, non_blocking=True) for group in length_buckets(texts, pad_token_id, text_buckets)]
-                 if text_buckets > 1 else texts.to(engine.device, non_blocking=True)) for images, texts in host]
+                _text_input(texts, engine.device, pad_token_id, text_buckets)) for images, texts in host]
     cached: list[tuple[torch.Tensor, torch.Tensor]] = []
     states = []
     if accumulation > 1:
@@ -288,6 +289,15 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
         torch.distributed.all_reduce(loss)
         loss /= world
     return StepResult(loss_tensor=loss, logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
+
+
+def _text_input(texts: torch.Tensor, device: torch.device, pad_token_id: int,
+                text_buckets: int) -> torch.Tensor | list[torch.Tensor]:
+    """The batch's tokens on the device, as one tensor or cut into length groups there."""
+    on_device = texts.to(device, non_blocking=True)
+    if text_buckets == 1:
+        return on_device
+    return [on_device[start:stop, :width] for start, stop, width in bucket_cuts(texts, pad_token_id, text_buckets)]
 
 
 def clamp_logit_scale(engine: Any) -> None:
