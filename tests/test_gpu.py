@@ -51,8 +51,9 @@ def test_zero_stages_on_gpus_in_bf16_match_stage_0(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CI has none; scripts/device_check.sh runs it)")
 def test_a_training_step_never_waits_for_the_gpu(tmp_path):
     """The host queues step after step: no copy from pageable memory, no value read back, nothing that
-    synchronises (torch's sync debug mode makes any such call an error). Pinned uint8 images and length
-    groups, as the loader hands them over; the first step may set things up."""
+    synchronises (torch's sync debug mode makes any such call an error). As the profile trains: compiled
+    towers (uncompiled, transformers' BERT reads its padding mask back on every call), pinned uint8 images
+    and length groups as the loader hands them over. A first pass over the batches compiles every shape."""
     from biomedclip_factory.model.build import create_model
     from biomedclip_factory.train.loop import build_engine, contrastive_loss, distributed, train_step
 
@@ -62,15 +63,16 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path):
     model_dir = tiny_model_dir(tmp_path / "m")
     with distributed():
         engine, _ = build_engine(create_model(model_dir, load_weights=True),
-                                 config(micro_batch_size=8, precision="bf16", text_buckets=3, steps=10), 1)
+                                 config(micro_batch_size=8, precision="bf16", text_buckets=3, steps=10, compile=True), 1)
         batches = [((images * 40 + 128).clamp(0, 255).to(torch.uint8).pin_memory(), texts.pin_memory())
                    for images, texts in global_batches(engine.module.text.vocab_size, 160)]
-        stream = iter(batches * 3)
-        train_step(engine, contrastive_loss(1), stream, 1, 0, 3)
+        stream = iter(batches * 2)
+        for _ in batches:
+            train_step(engine, contrastive_loss(1), stream, 1, 0, 3)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            results = [train_step(engine, contrastive_loss(1), stream, 1, 0, 3) for _ in range(3)]
+            results = [train_step(engine, contrastive_loss(1), stream, 1, 0, 3) for _ in batches]
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert all(torch.isfinite(torch.tensor([r.loss for r in results])))
