@@ -211,7 +211,7 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
                   "baseline": "plain torch loop (open_clip style" + (", --accum-freq)" if k > 1 else ")"),
                   "ours_steps_per_s": median(ours_rates), "baseline_steps_per_s": median(plain_rates),
                   "ratio": round(median(ratios), 3), "target": 0.95, "pairs_per_s": median(ours_rates) * args.batch * k,
-                  "captions": "synthetic, every one fills the context: length groups not exercised" if lengths is None
+                  "captions": "synthetic, every one fills the context (any length groups all at its width)" if lengths is None
                   else f"synthetic at the token counts of {args.caption_lengths.name} (median {int(lengths.median())});"
                        f" ours in {counts[0]} length groups, the baseline padded to the context as open_clip's "
                        "tokenizer pads", "text_buckets": counts[0]}

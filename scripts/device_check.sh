@@ -45,7 +45,7 @@ if [[ $DRY == 1 ]]; then
     step wheelhouse 60 "$PY312" -m pip install --dry-run --quiet --no-index --no-deps --ignore-installed \
         --find-links wheelhouse --target "$(mktemp -d)" -r scripts/device-requirements.txt -r scripts/device-fallbacks.txt
 else  # with dependencies, resolved against what the machine has; the fallbacks only where it lacks them
-    step install 25 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
+    step install 30 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
 fi
 COMPILE=--compile
 step imports 50 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
@@ -64,7 +64,8 @@ else
     TRAIN=(benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 10 --rounds 3)
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
 fi
-step train_profile 300 "$PY" "${TRAIN[@]}" "$COMPILE" "${LENGTHS[@]}" --also-text-buckets 1,3,12
-step gpu_tests 105 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
+step train_profile 270 "$PY" "${TRAIN[@]}" "$COMPILE" "${LENGTHS[@]}" --also-text-buckets 1,3,12
+step gpu_tests 70 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs -k "not never_waits"
+step sync_test 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs -k never_waits  # compiles: apart
 echo "device_check: results in $RESULTS"
 exit $failed

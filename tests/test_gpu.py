@@ -49,11 +49,13 @@ def test_zero_stages_on_gpus_in_bf16_match_stage_0(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CI has none; scripts/device_check.sh runs it)")
-def test_a_training_step_never_waits_for_the_gpu(tmp_path):
+def test_a_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
     """The host queues step after step: no copy from pageable memory, no value read back, nothing that
-    synchronises (torch's sync debug mode makes any such call an error). As the profile trains: compiled
+    synchronises (torch's sync debug mode makes any such call an error; an explicit device synchronize, which
+    that mode lets through, is made one). Copies from pageable memory it cannot see: the loader pins its
+    batches (``train_batches``), as these are. As the profile trains: compiled
     towers (uncompiled, transformers' BERT reads its padding mask back on every call), pinned uint8 images
-    and length groups as the loader hands them over. A first pass over the batches compiles every shape."""
+    and length groups. A first pass over the batches compiles every shape."""
     from biomedclip_factory.model.build import create_model
     from biomedclip_factory.train.loop import build_engine, contrastive_loss, distributed, train_step
 
@@ -70,9 +72,15 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path):
         for _ in batches:
             train_step(engine, contrastive_loss(1), stream, 1, 0, 3)
         torch.cuda.synchronize()
+
+        def refuse() -> None:
+            raise AssertionError("a training step synchronised the device")
+
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *_: refuse())
         torch.cuda.set_sync_debug_mode("error")
         try:
             results = [train_step(engine, contrastive_loss(1), stream, 1, 0, 3) for _ in batches]
         finally:
             torch.cuda.set_sync_debug_mode("default")
+            monkeypatch.undo()
         assert all(torch.isfinite(torch.tensor([r.loss for r in results])))

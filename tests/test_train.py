@@ -75,6 +75,11 @@ def test_compile_is_a_param_and_refused_with_zero_3():
     assert not TrainConfig.from_params(load_section("pretrain", REPO / "params.yaml"), train_samples=8).compile
 
 
+def test_deepspeeds_throughput_timer_is_off():
+    """On by default, it synchronises the device at every forward and step: the host could never run ahead."""
+    assert deepspeed_config(config(), 1)["timers"] == {"throughput": {"enabled": False}}
+
+
 def test_offload_is_in_the_deepspeed_config_and_needs_a_zero_stage():
     ds = deepspeed_config(config(zero_stage=2, offload_optimizer=True), world_size=2)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"

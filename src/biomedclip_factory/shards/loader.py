@@ -142,11 +142,17 @@ def _worker_id() -> int:
     return info.id if info is not None else 0
 
 
-def _loader(pipeline: wds.DataPipeline, num_workers: int, prefetch_factor: int) -> Iterator[Batch]:
+def _loader(pipeline: wds.DataPipeline, num_workers: int, prefetch_factor: int, pin: bool = False) -> Iterator[Batch]:
+    """Batches from ``num_workers`` processes (or this one); with ``pin``, in page-locked memory, so the trainer's
+    non-blocking copies to the GPU never make the host wait (from pageable memory they are staged and can)."""
     if num_workers == 0:
-        return iter(pipeline)
+        return (_pinned(batch) for batch in pipeline) if pin else iter(pipeline)
     return iter(wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
-                              persistent_workers=True))
+                              persistent_workers=True, pin_memory=pin))
+
+
+def _pinned(batch: Batch) -> Batch:
+    return tuple(part.pin_memory() if isinstance(part, torch.Tensor) else part for part in batch)
 
 
 def train_batches(shard_base: str | Path, preprocess: Callable, collate: CaptionCollator, batch_size: int, seed: int,
@@ -168,7 +174,7 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(f"{seed}:{rank}")),
         *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, draft_size=draft_size),
     )
-    return _loader(pipeline, num_workers, prefetch_factor)
+    return _loader(pipeline, num_workers, prefetch_factor, pin=torch.cuda.is_available())
 
 
 def eval_batches(shard_base: str | Path, split: str, preprocess: Callable, collate: CaptionCollator, batch_size: int,

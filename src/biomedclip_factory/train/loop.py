@@ -88,16 +88,13 @@ def _free_port() -> int:
 _ONE_RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def init_distributed() -> bool:
-    """Join the launcher's process group, or make a one-rank group when run as a plain process;
-    returns whether it set the one-rank group's environment itself."""
-    own = "RANK" not in os.environ
-    if own:
+def init_distributed() -> None:
+    """Join the launcher's process group, or make a one-rank group when run as a plain process."""
+    if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return own
 
 
 @contextmanager
@@ -108,8 +105,9 @@ def distributed() -> Iterator[None]:
     an active exception", SIGABRT) after its work succeeded, and the launcher then fails the whole run.
     A one-rank group's environment goes with it, so processes started later pick their own port.
     """
-    own = init_distributed()
+    own = "RANK" not in os.environ  # init_distributed then sets the one-rank environment, removed below
     try:
+        init_distributed()
         yield
     finally:
         if deepspeed.comm.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
@@ -293,11 +291,13 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
 
 def _text_input(texts: torch.Tensor, device: torch.device, pad_token_id: int,
                 text_buckets: int) -> torch.Tensor | list[torch.Tensor]:
-    """The batch's tokens on the device, as one tensor or cut into length groups there."""
+    """The batch's tokens on the device, as one tensor or cut into length groups there (each made contiguous
+    on the device: the compiled tower then meets the layout it was compiled for, not a view at an offset)."""
     on_device = texts.to(device, non_blocking=True)
-    if text_buckets == 1:
+    if text_buckets <= 1:
         return on_device
-    return [on_device[start:stop, :width] for start, stop, width in bucket_cuts(texts, pad_token_id, text_buckets)]
+    return [on_device[start:stop, :width].contiguous()
+            for start, stop, width in bucket_cuts(texts, pad_token_id, text_buckets)]
 
 
 def clamp_logit_scale(engine: Any) -> None:
