@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 from biomedclip_factory.model.build import ModelSpec, init_model_dir  # noqa: E402
 from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
-from biomedclip_factory.shards.loader import length_buckets  # noqa: E402
-from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, accept_length_buckets,  # noqa: E402
-                                           build_engine, contrastive_loss, distributed, train_step)
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, _text_input,  # noqa: E402
+                                           accept_length_buckets, build_engine, contrastive_loss, distributed,
+                                           train_step)
 from biomedclip_factory.train.ds_config import TrainConfig, effective_zero_stage  # noqa: E402
 
 CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
@@ -121,14 +121,11 @@ def steps_per_s(step, n: int, device: torch.device) -> float:
 
 
 def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool, text_buckets: int) -> int:
-    """The FLOPs of our step on ``data[0]``, the text tower's input as ``train_step`` gives it: in length
-    groups, or (one group) the batch as it came."""
+    """The FLOPs of our step on ``data[0]``, the text tower's input made as ``train_step`` makes it."""
     images, texts = data[0]
     accept_length_buckets(model)
-    text = [group.to(device) for group in length_buckets(texts, 0, text_buckets)] if text_buckets > 1 \
-        else texts.to(device)
     with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        ClipLoss()(*model(images.to(device), text)).backward()
+        ClipLoss()(*model(images.to(device), _text_input(texts, device, 0, text_buckets))).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
