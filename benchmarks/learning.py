@@ -137,6 +137,18 @@ def r10_over_chance(row: dict) -> float:
     return (row["image_to_text R@10"] + row["text_to_image R@10"]) / 2 / row["chance R@10"]
 
 
+def set_param(params: dict, setting: str) -> None:
+    """``section.key=value`` into ``params``; the key must already be there (a typo would change nothing)."""
+    path, sep, value = setting.partition("=")
+    *sections, key = path.split(".")
+    node = params
+    for name in sections:
+        node = node.get(name) if isinstance(node, dict) else None
+    if not sep or not isinstance(node, dict) or key not in node:
+        sys.exit(f"learning: --param {setting!r} names no param of params.yaml (SECTION.KEY=VALUE)")
+    node[key] = yaml.safe_load(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=600)
@@ -146,6 +158,8 @@ def main() -> None:
     ap.add_argument("--vqa-rad", type=Path, default=VQA_RAD)
     ap.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0, help="pretrain.seed: rerun with others to see the spread")
+    ap.add_argument("--param", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="set one more param (YAML value), e.g. pretrain.text_packing=true: the change under test")
     args = ap.parse_args()
     if not (args.medpix / "pairs.jsonl").is_file():
         sys.exit(f"learning: no MedPix pairs at {args.medpix} (pass --medpix DIR)")
@@ -160,6 +174,8 @@ def main() -> None:
         zeroshot = held_out_tasks(args.medpix / "pairs.jsonl", project / "sample" / "labelled")
         params = benchmark_params(yaml.safe_load((ROOT / "params.yaml").read_text()), args.medpix, zeroshot,
                                   args.steps, args.vision, args.vqa_rad, args.seed)
+        for setting in args.param:
+            set_param(params, setting)
         for tower in args.towers:
             rows.append(run_dag(project, params, tower))
             print(json.dumps(rows[-1]), flush=True)
@@ -168,7 +184,7 @@ def main() -> None:
     for row in rows:
         print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
     best = max(rows, key=r10_over_chance)
-    print(json.dumps({"benchmark": "learning", "baseline": "chance (held-out R@10 = 10 / gallery size)",
+    print(json.dumps({"benchmark": "learning", "baseline": "chance (held-out R@10 = 10 / gallery size)", "params": args.param,
                       "ratio": round(r10_over_chance(best), 2), "target": 2.0, "best_tower": best["tower"],
                       "measure": "held-out mean R@10 (image→text, text→image) over chance", "steps": args.steps,
                       "vision": args.vision, "seed": args.seed, "runs": rows}))

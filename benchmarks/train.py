@@ -40,9 +40,10 @@ from biomedclip_factory.model.build import ModelSpec, init_model_dir  # noqa: E4
 from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, _text_input,  # noqa: E402
-                                           accept_length_buckets, build_engine, contrastive_loss, distributed,
+                                           accept_text_layouts, build_engine, contrastive_loss, distributed,
                                            train_step)
-from biomedclip_factory.train.ds_config import TrainConfig, effective_zero_stage  # noqa: E402
+from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, effective_zero_stage  # noqa: E402
+from biomedclip_factory.train.packing import check_packable  # noqa: E402
 
 CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
             "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm."]
@@ -101,13 +102,25 @@ def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device, accumula
 
 
 def ours_loop(model: torch.nn.Module, cfg, data, accumulation: int = 1) -> callable:
-    """Our step, given the number of text length groups: one engine (one compile) for every count."""
+    """Our step, given the text tower's layout: one engine (one compile) for every layout."""
     cfg = type(cfg)(**{**cfg.__dict__, "gradient_accumulation_steps": accumulation})
     engine, _ = build_engine(model, cfg, world_size=1)
     loss_fn = contrastive_loss(1)
     stream = iter(data[i % len(data)] for i in range(10**9))
-    return lambda buckets: lambda: train_step(engine, loss_fn, stream, accumulation, pad_token_id=0,
-                                              text_buckets=buckets)
+    return lambda layout: lambda: train_step(engine, loss_fn, stream, accumulation, pad_token_id=0,
+                                             text_layout=layout)
+
+
+def _layout_names(value: str) -> list[str]:
+    names = value.split(",")
+    for name in names:
+        if name != "pack" and not (name.isdigit() and int(name) > 0):
+            raise argparse.ArgumentTypeError(f"{name!r} is neither a length group count nor 'pack'")
+    return names
+
+
+def _layout_words(name: str) -> str:
+    return "packed end to end into rows of the context" if name == "pack" else f"in {name} length groups"
 
 
 def steps_per_s(step, n: int, device: torch.device) -> float:
@@ -120,12 +133,12 @@ def steps_per_s(step, n: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool, text_buckets: int) -> int:
+def step_flops(model: torch.nn.Module, data, device: torch.device, bf16: bool, layout: TextLayout) -> int:
     """The FLOPs of our step on ``data[0]``, the text tower's input made as ``train_step`` makes it."""
     images, texts = data[0]
-    accept_length_buckets(model)
+    accept_text_layouts(model)
     with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        ClipLoss()(*model(images.to(device), _text_input(texts, device, 0, text_buckets))).backward()
+        ClipLoss()(*model(images.to(device), _text_input(texts, device, 0, layout))).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -157,9 +170,9 @@ def main() -> None:
     ap.add_argument("--accumulation", type=int, default=1, help="micro-batches per step, contrasted as one batch")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="override the profile's pretrain.compile (both loops)")
-    ap.add_argument("--also-text-buckets", type=lambda v: [int(n) for n in v.split(",")], default=[],
-                    help="other text length group counts to time on the same engine (comma-separated), "
-                         "beside the profile's pretrain.text_buckets")
+    ap.add_argument("--also-text-layouts", type=_layout_names, default=[],
+                    help="other text layouts to time on the same engine, comma-separated: a length group count, "
+                         "or 'pack' (captions end to end in rows of the context); beside the profile's own")
     ap.add_argument("--caption-lengths", type=Path, default=None,
                     help="a JSON list of caption token counts (benchmarks/padding.py --lengths-out) to draw from, "
                          "rather than captions that fill the context")
@@ -193,12 +206,16 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
 
     k = args.accumulation
     plain = plain_loop(fresh(), cfg, data, device, k)
-    counts = list(dict.fromkeys([cfg.text_buckets, *args.also_text_buckets]))
+    own = "pack" if cfg.text_packing else str(cfg.text_buckets)
+    layouts = {name: TextLayout(pack_width=spec.context_length) if name == "pack" else TextLayout(buckets=int(name))
+               for name in dict.fromkeys([own, *args.also_text_layouts])}
+    if "pack" in layouts:  # build_engine checks only a profile that packs
+        check_packable(template.text)
     ours_with = ours_loop(fresh(), cfg, data, k)
-    ours, others = ours_with(counts[0]), {n: ours_with(n) for n in counts[1:]}
-    single = ours_loop(fresh(), cfg, data)(counts[0]) if k > 1 else None
+    ours, others = ours_with(layouts[own]), {name: ours_with(layout) for name, layout in layouts.items() if name != own}
+    single = ours_loop(fresh(), cfg, data)(layouts[own]) if k > 1 else None
     ratios, ours_rates, plain_rates, single_rates = [], [], [], []
-    other_rates: dict[int, list[float]] = {n: [] for n in others}
+    other_rates: dict[str, list[float]] = {name: [] for name in others}
 
     def summary() -> dict:
         median = statistics.median
@@ -210,11 +227,11 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
                   "ratio": round(median(ratios), 3), "target": 0.95, "pairs_per_s": median(ours_rates) * args.batch * k,
                   "captions": "synthetic, every one fills the context (any length groups all at its width)" if lengths is None
                   else f"synthetic at the token counts of {args.caption_lengths.name} (median {int(lengths.median())});"
-                       f" ours in {counts[0]} length groups, the baseline padded to the context as open_clip's "
-                       "tokenizer pads", "text_buckets": counts[0]}
-        if other_rates:  # the same engine at other group counts: per-group launch cost against padding saved
-            result["pairs_per_s_by_text_buckets"] = {str(n): round(median(r) * args.batch * k) for n, r in
-                                                     {counts[0]: ours_rates, **other_rates}.items()}
+                       f" ours {_layout_words(own)}, the baseline padded to the context as open_clip's "
+                       "tokenizer pads", "text_layout": own}
+        if other_rates:  # the same engine in other layouts: per-group launch cost against padding saved
+            result["pairs_per_s_by_text_layout"] = {name: round(median(r) * args.batch * k) for name, r in
+                                                    {own: ours_rates, **other_rates}.items()}
         if single_rates:  # time per pair, accumulating vs one micro-batch per step: the recompute's price
             result["recompute_cost"] = round(median(single_rates) / (median(ours_rates) * k) - 1, 3)
         return result
@@ -232,7 +249,7 @@ def run(args: argparse.Namespace, spec: ModelSpec, cfg: TrainConfig, device: tor
     result = summary()
     # MFU against the matmul peak measured now: bf16 on a GPU (the paper's setting), fp32 on a CPU.
     bf16 = cfg.precision == "bf16"
-    flops = step_flops(fresh(), data, device, bf16, counts[0])
+    flops = step_flops(fresh(), data, device, bf16, layouts[own])
     peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32, *((8192, 50) if device.type == "cuda"
                                                                               else (1024, 5)))
     result.update(step_tflop=round(flops / 1e12, 4), peak_tflops=round(peak / 1e12, 3),

@@ -48,14 +48,14 @@ else  # with dependencies, resolved against what the machine has; the fallbacks 
     step install 30 "$PY" -m pip install --quiet --no-index --find-links wheelhouse -r scripts/device-requirements.txt
 fi
 COMPILE=--compile
-step imports 50 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
+step imports 40 "$PY" -c "import json, torch, deepspeed, open_clip, webdataset, pytest, timm, transformers
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 ok = bool((torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=dev)) == 3).all())
 print(json.dumps({'torch': torch.__version__, 'deepspeed': deepspeed.__version__, 'device':
       torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu', 'compile_ok': ok}))" || COMPILE=--no-compile
 # The profile's way (compiled) at real captions' token counts where `make wheelhouse` could write them (it
-# reads ../shared/data/text), its text length groups timed against 1 (every caption at the context), 3 and 12
-# on the same engine; each round's rates printed as it ends. Then the tests.
+# reads ../shared/data/text), its packed captions timed against 1 length group (every caption at the context),
+# 4 and 12 on the same engine (the dry run, on params.yaml, times packing against them); each round's rates printed as it ends. Then the tests.
 LENGTHS=(); [[ -f wheelhouse/caption_lengths.json ]] && LENGTHS=(--caption-lengths wheelhouse/caption_lengths.json)
 if [[ $DRY == 1 ]]; then  # tiny sizes; no compile (minutes of inductor on this CPU); the GPU tests skip
     TRAIN=(benchmarks/train.py --profile params.yaml --batch 8 --steps 2 --rounds 1)
@@ -64,8 +64,8 @@ else
     TRAIN=(benchmarks/train.py --profile params/biomedclip.yaml --batch 512 --steps 10 --rounds 3)
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
 fi
-step train_profile 270 "$PY" "${TRAIN[@]}" "$COMPILE" "${LENGTHS[@]}" --also-text-buckets 1,3,12
-step gpu_tests 70 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs -k "not never_waits"
-step sync_test 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs -k never_waits  # compiles: apart
+step train_profile 270 "$PY" "${TRAIN[@]}" "$COMPILE" "${LENGTHS[@]}" --also-text-layouts 1,4,12,pack
+step gpu_tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs -k "not never_waits"
+step sync_test 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs -k never_waits  # compiles: apart
 echo "device_check: results in $RESULTS"
 exit $failed

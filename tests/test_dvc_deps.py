@@ -26,7 +26,7 @@ OPERATIONAL = {
     "scrape": {"workers", "runner", "timeout_s", "retries", "rate_limit"},
     "align": {"workers", "runner"},
     "pretrain": {"log_every", "prefetch_factor", "grad_checkpointing", "offload_optimizer", "zero_stage",
-                 "text_buckets", "compile"},
+                 "text_buckets", "text_packing", "compile"},
     "evaluate": {"batch_size", "num_workers"},
 }
 

@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir, relocate
 from biomedclip_factory.model.tokenizer import train_wordpiece
-from biomedclip_factory.train.ds_config import TrainConfig
+from biomedclip_factory.train.ds_config import TextLayout, TrainConfig
+from biomedclip_factory.train.packing import check_packable
 
 from .conftest import CAPTIONS, tiny_model_dir
 
@@ -70,6 +71,8 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     config = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
     assert config["vision_cfg"]["image_size"] == 224 and config["text_cfg"]["context_length"] == 256
     assert config["text_cfg"]["hf_pooler_type"] == "cls_last_hidden_state_pooler" and config["embed_dim"] == 512
+    assert cfg.text_layout(spec.context_length) == TextLayout(pack_width=256)
+    check_packable(model.text)  # the profile packs captions: its tower must be one packing reproduces
     n_params = sum(p.numel() for p in model.parameters())
     # ViT-B/16 (86M) + BERT-base (110M with a 30522 vocab; ours is smaller, trained on 9 captions) + heads
     assert 85e6 + 85e6 < n_params < 200e6

@@ -26,10 +26,11 @@ from biomedclip_factory.model.build import (WEIGHTS_NAME, ModelSpec, create_mode
 from biomedclip_factory.model.tokenizer import copy_tokenizer
 from biomedclip_factory.shards.loader import length_buckets
 from biomedclip_factory.shards.writer import write_split
-from biomedclip_factory.train.ds_config import TrainConfig, deepspeed_config
+from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
-from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_length_buckets, build_engine, checkpoint_step,
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_text_layouts, build_engine, checkpoint_step,
                                            compile_towers, contrastive_loss, distributed, segments, train_step)
+from biomedclip_factory.train.packing import pack_captions
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 
@@ -126,12 +127,12 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
 @pytest.mark.slow  # inductor compiles both towers, forward and backward: ~90 s on 2 cores
 def test_compiled_towers_give_the_same_loss_and_gradients_and_parameter_names(model_dir):
     """``pretrain.compile``: inductor's fused kernels round differently, nothing else; the state dict (so the
-    checkpoints and the saved model) keeps its names, and length groups of new sizes run too."""
+    checkpoints and the saved model) keeps its names, and length groups of new sizes and packed rows run too."""
     torch.manual_seed(0)
     images, texts = torch.randn(4, 3, 160, 160), torch.randint(5, 100, (4, 10))
     eager, compiled = (create_model(model_dir, load_weights=True).train() for _ in range(2))
     for model in (eager, compiled):
-        accept_length_buckets(model)
+        accept_text_layouts(model)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0  # the two would draw different masks
@@ -139,10 +140,10 @@ def test_compiled_towers_give_the_same_loss_and_gradients_and_parameter_names(mo
     assert compiled.visual._compiled_call_impl is not None and compiled.text.transformer._compiled_call_impl is not None
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     _assert_same_step([_loss_and_grads(m, images, texts) for m in (eager, compiled)], atol=1e-5)
-    groups = [texts[:2, :6], texts[2:, :8]]
-    for model in (eager, compiled):
-        model.zero_grad()
-    _assert_same_step([_loss_and_grads(m, images, groups) for m in (eager, compiled)], atol=1e-5)
+    for text_input in ([texts[:2, :6], texts[2:, :8]], pack_captions(texts, 0, 32, torch.device("cpu"))):
+        for model in (eager, compiled):
+            model.zero_grad()
+        _assert_same_step([_loss_and_grads(m, images, text_input) for m in (eager, compiled)], atol=1e-5)
 
 
 def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
@@ -162,26 +163,28 @@ def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
     results = []
     for text_input in (texts, groups):
         model = create_model(model_dir, load_weights=True).eval()
-        accept_length_buckets(model)
+        accept_text_layouts(model)
         results.append(_loss_and_grads(model, images, text_input))
     _assert_same_step(results, atol=1e-5)  # other GEMM widths, other rounding
 
 
-@pytest.mark.slow  # two DeepSpeed engines in this process (~25 s)
-def test_training_steps_on_length_buckets_follow_the_padded_batch(model_dir):
-    """The DeepSpeed engine path: the same length-sorted micro-batches, text tower on 3 length groups or on
-    the batch padded whole, give the same losses step after step."""
+@pytest.mark.slow  # three DeepSpeed engines in this process (~35 s)
+def test_training_steps_on_length_buckets_or_packed_captions_follow_the_padded_batch(model_dir):
+    """The DeepSpeed engine path: the same length-sorted micro-batches, text tower on the batch padded whole,
+    on 3 length groups or on packed rows, give the same losses step after step."""
     losses = []
     with distributed():
-        for buckets in (1, 3):
+        for layout in (TextLayout(), TextLayout(buckets=3), TextLayout(pack_width=32)):
             model = create_model(model_dir, load_weights=True)
-            engine, _ = build_engine(model, config(micro_batch_size=8, text_buckets=buckets), 1)
+            engine, _ = build_engine(model, config(micro_batch_size=8, text_buckets=layout.buckets,
+                                                   text_packing=bool(layout.pack_width)), 1)
             batches = [(images[order], texts[order]) for images, texts in
                        global_batches(model.text.vocab_size, model.visual.image_size[0])
                        for order in [torch.argsort((texts != 0).sum(1), stable=True)]]
             stream = iter(batches)
-            losses.append([train_step(engine, contrastive_loss(1), stream, 1, 0, buckets).loss for _ in batches])
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0][0] != losses[0][-1]
+            losses.append([train_step(engine, contrastive_loss(1), stream, 1, 0, layout).loss for _ in batches])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[0][0] != losses[0][-1]
 
 
 @pytest.mark.slow  # two DeepSpeed engines in this process

@@ -29,7 +29,7 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
     "pretrain": dict.fromkeys(("seed", "steps", "epochs", "micro_batch_size", "gradient_accumulation_steps", "lr",
                                "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "precision", "zero_stage",
                                "log_every", "checkpoint_every", "num_workers", "prefetch_factor", "grad_checkpointing",
-                               "text_buckets", "compile", "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
+                               "text_buckets", "text_packing", "compile", "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
                                "lock_text_unlocked_layers")),
     "evaluate": {"batch_size": None, "num_workers": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET},
                  "linear_probe": {"fractions": None, "seeds": None, "sets": {"*": dict.fromkeys(

@@ -12,6 +12,15 @@ from ..params import Section
 
 
 @dataclass(frozen=True)
+class TextLayout:
+    """How the text tower meets a micro-batch's captions: padded to the longest, in ``buckets`` length groups
+    each padded to its own longest, or (``pack_width`` > 0) packed end to end into rows that wide."""
+
+    buckets: int = 1
+    pack_width: int = 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int
     steps: int
@@ -32,6 +41,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     compile: bool = False  # torch.compile both towers (kernels fused; the maths unchanged up to rounding)
     text_buckets: int = 1  # length groups the text tower runs a micro-batch in, each padded to its own longest
+    text_packing: bool = False  # captions packed end to end into rows of the context length (~1% pad tokens)
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the host (stage >= 1)
     lock_image: bool = False  # LiT: the image tower frozen (open_clip's --lock-image) ...
     lock_image_unlocked_groups: int = 0  # ... except its last N layer groups
@@ -60,6 +70,9 @@ class TrainConfig:
         for key in ("warmup_steps", "lock_image_unlocked_groups", "lock_text_unlocked_layers"):
             if p.get(key, int, 0) < 0:
                 raise ParamsError(f"params: 'pretrain.{key}' must be >= 0, got {p.get(key, int)!r}")
+        if p.get("text_packing", bool, False) and p.positive("text_buckets", int, 1) > 1:
+            raise ParamsError("params: set 'pretrain.text_packing' or 'pretrain.text_buckets' > 1, not both (packed "
+                              "rows hold every length; groups would only split them)")
         return cls(
             seed=p.get("seed", int), steps=steps, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
             lr=p.positive("lr", float), warmup_steps=p.get("warmup_steps", int), weight_decay=p.get("weight_decay", float),
@@ -68,10 +81,15 @@ class TrainConfig:
             zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int), log_every=p.positive("log_every"),
             checkpoint_every=p.get("checkpoint_every", int), num_workers=p.count("num_workers"),
             prefetch_factor=p.positive("prefetch_factor"), grad_checkpointing=p.get("grad_checkpointing", bool, False),
-            text_buckets=p.positive("text_buckets", int, 1), compile=p.get("compile", bool, False),
+            text_buckets=p.positive("text_buckets", int, 1), text_packing=p.get("text_packing", bool, False),
+            compile=p.get("compile", bool, False),
             offload_optimizer=p.get("offload_optimizer", bool, False), lock_image=p.get("lock_image", bool, False),
             lock_image_unlocked_groups=p.get("lock_image_unlocked_groups", int, 0),
             lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0))
+
+
+    def text_layout(self, context_length: int) -> TextLayout:
+        return TextLayout(buckets=self.text_buckets, pack_width=context_length if self.text_packing else 0)
 
 
 def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:

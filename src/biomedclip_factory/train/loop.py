@@ -29,7 +29,8 @@ from transformers import AutoTokenizer
 from ..model.build import save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, bucket_cuts, train_batches
 from ..shards.transform import to_model_input, train_image_transform
-from .ds_config import TrainConfig, deepspeed_config, effective_zero_stage
+from .ds_config import TextLayout, TrainConfig, deepspeed_config, effective_zero_stage
+from .packing import PackedCaptions, check_packable, pack_captions, packed_text_features
 from .schedule import cosine_schedule
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -154,15 +155,17 @@ def lock_towers(model: torch.nn.Module, cfg: TrainConfig) -> None:
             module.requires_grad_(False)
 
 
-def accept_length_buckets(model: torch.nn.Module) -> None:
+def accept_text_layouts(model: torch.nn.Module) -> None:
     """Let the text tower take a batch's captions as ``length_buckets`` (a list of token tensors, each
-    padded to its own longest) and return their features concatenated in order. BERT's attention mask
-    makes a caption's features independent of its padding, so this changes only the work done; a
-    plain tensor goes through as before."""
+    padded to its own longest) or ``PackedCaptions`` (end to end in rows), and return their features in
+    the batch's order. BERT's attention mask makes a caption's features independent of its padding and
+    of its row-mates, so either changes only the work done; a plain tensor goes through as before."""
     text = model.text
     plain = type(text).forward
 
-    def forward(self: torch.nn.Module, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def forward(self: torch.nn.Module, x: torch.Tensor | list[torch.Tensor] | PackedCaptions) -> torch.Tensor:
+        if isinstance(x, PackedCaptions):
+            return packed_text_features(self, x)
         if isinstance(x, (list, tuple)):
             return torch.cat([plain(self, group) for group in x])
         return plain(self, x)
@@ -181,7 +184,9 @@ def compile_towers(model: torch.nn.Module) -> None:
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> tuple[Any, Any]:
     """Wrap ``model`` in a DeepSpeed engine configured from ``cfg``; returns (engine, lr scheduler)."""
     lock_towers(model, cfg)
-    accept_length_buckets(model)
+    if cfg.text_packing:
+        check_packable(model.text)
+    accept_text_layouts(model)
     # DeepSpeed cannot flatten 0-dim parameters; a 1-element logit scale behaves the same in the loss.
     model.logit_scale = torch.nn.Parameter(model.logit_scale.detach().reshape(1))
     if cfg.grad_checkpointing:
@@ -239,7 +244,7 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
 
 
 def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatch], accumulation: int,
-               pad_token_id: int, text_buckets: int = 1) -> StepResult:
+               pad_token_id: int, text_layout: TextLayout = TextLayout()) -> StepResult:
     """One optimizer step on ``accumulation`` micro-batches contrasted as one batch, then the clamp.
 
     Accumulating gradients of per-micro-batch losses would contrast each image with only a
@@ -249,8 +254,8 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     gradients summed over micro-batches are the full batch's. Each rerun restores the RNG its first
     pass used, so dropout draws the same masks. The logit scale's gradient is split over the passes
     so it adds up to the batch's once (open_clip's loop adds it whole from every pass). It costs one
-    extra forward per micro-batch. With ``text_buckets`` > 1 (length-sorted micro-batches) the text
-    tower runs on that many length groups, each padded only to its own longest caption.
+    extra forward per micro-batch. ``text_layout`` says how the text tower meets the captions: padded
+    together, in length groups (of length-sorted micro-batches) or packed end to end.
     """
     world = torch.distributed.get_world_size()
     host = [next(micro_batches) for _ in range(accumulation)]
@@ -258,7 +263,7 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
     tokens = sum(int((texts != pad_token_id).sum()) for _, texts in host) * world  # ranks alike on average
     samples = sum(images.shape[0] for images, _ in host) * world
     batches = [(to_model_input(images.to(engine.device, non_blocking=True)),
-                _text_input(texts, engine.device, pad_token_id, text_buckets)) for images, texts in host]
+                _text_input(texts, engine.device, pad_token_id, text_layout)) for images, texts in host]
     cached: list[tuple[torch.Tensor, torch.Tensor]] = []
     states = []
     if accumulation > 1:
@@ -290,14 +295,17 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
 
 
 def _text_input(texts: torch.Tensor, device: torch.device, pad_token_id: int,
-                text_buckets: int) -> torch.Tensor | list[torch.Tensor]:
-    """The batch's tokens on the device, as one tensor or cut into length groups there (each made contiguous
-    on the device: the compiled tower then meets the layout it was compiled for, not a view at an offset)."""
+                layout: TextLayout) -> torch.Tensor | list[torch.Tensor] | PackedCaptions:
+    """The batch's tokens on the device, laid out as ``layout`` says. Length groups are cut from one device
+    copy and each made contiguous there (the compiled tower then meets the layout it was compiled for, not
+    a view at an offset); packed rows go over as one pinned buffer."""
+    if layout.pack_width:
+        return pack_captions(texts, pad_token_id, layout.pack_width, device, pin=device.type == "cuda")
     on_device = texts.to(device, non_blocking=True)
-    if text_buckets <= 1:
+    if layout.buckets <= 1:
         return on_device
     return [on_device[start:stop, :width].contiguous()
-            for start, stop, width in bucket_cuts(texts, pad_token_id, text_buckets)]
+            for start, stop, width in bucket_cuts(texts, pad_token_id, layout.buckets)]
 
 
 def clamp_logit_scale(engine: Any) -> None:
@@ -383,7 +391,7 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
         for done in range(begin + 1, end + 1):
             t_step, lr = time.perf_counter(), scheduler.get_last_lr()[0]  # the rate this step runs at
             result = train_step(engine, loss_fn, micro_batches, cfg.gradient_accumulation_steps,
-                                tokenizer.pad_token_id, cfg.text_buckets)
+                                tokenizer.pad_token_id, cfg.text_layout(tokenizer.model_max_length))
             samples, tokens = samples + result.samples, tokens + result.tokens
             if log and rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
                 elapsed = time.perf_counter() - t0
