@@ -203,6 +203,8 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
         config=deepspeed_config(cfg, world_size))
     if stage == 0:
         clip_like_open_clip(engine, cfg.grad_clip)
+        if world_size == 1:  # the mean over one rank is the gradient itself: skip DeepSpeed's flatten, all-reduce
+            engine.enable_backward_allreduce = False  # and copy-back of every gradient, as open_clip runs one GPU
     return engine, scheduler
 
 
