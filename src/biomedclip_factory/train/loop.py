@@ -205,6 +205,7 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
         clip_like_open_clip(engine, cfg.grad_clip)
         if world_size == 1:  # the mean over one rank is the gradient itself: skip DeepSpeed's flatten, all-reduce
             engine.enable_backward_allreduce = False  # and copy-back of every gradient, as open_clip runs one GPU
+            # (that path also zero-fills a trainable parameter that got no gradient; every one of ours gets one)
     return engine, scheduler
 
 
