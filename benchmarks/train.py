@@ -14,8 +14,12 @@ baseline then runs open_clip's ``--accum-freq`` (cached features, one recompute 
 and ours is also timed at accumulation 1 on the same micro-batches, to report what the recompute
 costs per pair (``recompute_cost``: extra time per pair over not accumulating).
 
+With ``--caption-lengths FILE`` the captions take real token counts instead of filling the context,
+and ``--also-text-layouts 1,4,12,pack`` times other text layouts (length group counts, or packed rows)
+on the same engine beside the profile's own (``pairs_per_s_by_text_layout``).
+
     .venv/bin/python benchmarks/train.py [--profile params.yaml] [--steps 10] [--rounds 3] [--batch 32]
-                                         [--accumulation 1]
+                                         [--accumulation 1] [--caption-lengths FILE] [--also-text-layouts 1,pack]
 """
 from __future__ import annotations
 
