@@ -104,5 +104,6 @@ def main() -> None:
                       "buckets_meet_target": worst["ours"] <= TARGET,
                       "batch": args.batch, "buckets": args.buckets, "multiple": args.multiple, "context": args.context, "sets": report}))
 
+
 if __name__ == "__main__":
     main()

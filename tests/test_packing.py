@@ -13,10 +13,11 @@ from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.model.build import create_model
 from biomedclip_factory.params import Section
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig
-from biomedclip_factory.train.loop import accept_text_layouts, contrastive_loss
+from biomedclip_factory.train.loop import accept_text_layouts
 from biomedclip_factory.train.packing import check_packable, first_fit_rows, pack_captions
 
 from .conftest import REPO, tiny_model_dir
+from .train_child import assert_same_step, loss_and_grads
 
 CPU = torch.device("cpu")
 
@@ -87,15 +88,9 @@ def test_packing_changes_the_work_not_the_loss_or_gradients(model_dir, checkpoin
         if checkpointing:  # open_clip's HF tower *enables* checkpointing on set_grad_checkpointing(False)
             model.set_grad_checkpointing()
         accept_text_layouts(model)
-        loss = contrastive_loss(1)(*model(images, text_input))
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
-    for name in grads_a:
-        # The inner pad leaves a sum out rather than adding a masked zero: rounding moves by ~1e-5 (fp64: < 1e-6)
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
+        results.append(loss_and_grads(model, images, text_input))
+    # The inner pad leaves a sum out rather than adding a masked zero: rounding moves by ~1e-5 (fp64: < 1e-6)
+    assert_same_step(results, atol=2e-5)
 
 
 def test_packing_refuses_a_caption_that_does_not_start_the_row():

@@ -36,7 +36,7 @@ from biomedclip_factory.train.schedule import cosine_schedule
 
 from .pairs import make_pair
 from .conftest import CAPTIONS, tiny_model_dir
-from .train_child import CHILD, config, global_batches, launch
+from .train_child import CHILD, assert_same_step, config, global_batches, launch, loss_and_grads
 
 SPEC = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
                  text_heads=2, text_mlp_ratio=2)
@@ -112,21 +112,6 @@ def test_zero_1_and_2_on_one_rank_run_as_stage_0_unless_offloading():
                       (3, 1, True): 3, **{(s, 2, o): s for s in (1, 2, 3) for o in (False, True)}}
 
 
-def _loss_and_grads(model: torch.nn.Module, images: torch.Tensor, texts) -> tuple[torch.Tensor, dict]:
-    loss = contrastive_loss(1)(*model(images, texts))
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _assert_same_step(results: list, atol: float) -> None:
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=atol,
-                                   msg=lambda m, name=name: f"{name}: {m}")
-
-
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
     images, texts = torch.randn(4, 3, 160, 160), torch.randint(5, 100, (4, 10))
     results = []
@@ -135,8 +120,8 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model_dir):
         if checkpointing:  # open_clip's HF tower *enables* checkpointing on set_grad_checkpointing(False)
             model.set_grad_checkpointing()
         assert model.visual.trunk.grad_checkpointing == model.text.transformer.is_gradient_checkpointing == checkpointing
-        results.append(_loss_and_grads(model, images, texts))
-    _assert_same_step(results, atol=1e-6)
+        results.append(loss_and_grads(model, images, texts))
+    assert_same_step(results, atol=1e-6)
 
 
 @pytest.mark.slow  # inductor compiles both towers, forward and backward: ~90 s on 2 cores
@@ -154,11 +139,11 @@ def test_compiled_towers_give_the_same_loss_and_gradients_and_parameter_names(mo
     compile_towers(compiled)
     assert compiled.visual._compiled_call_impl is not None and compiled.text.transformer._compiled_call_impl is not None
     assert compiled.state_dict().keys() == eager.state_dict().keys()
-    _assert_same_step([_loss_and_grads(m, images, texts) for m in (eager, compiled)], atol=1e-5)
+    assert_same_step([loss_and_grads(m, images, texts) for m in (eager, compiled)], atol=1e-5)
     for text_input in ([texts[:2, :6], texts[2:, :8]], pack_captions(texts, 0, 32, torch.device("cpu"))):
         for model in (eager, compiled):
             model.zero_grad()
-        _assert_same_step([_loss_and_grads(m, images, text_input) for m in (eager, compiled)], atol=1e-5)
+        assert_same_step([loss_and_grads(m, images, text_input) for m in (eager, compiled)], atol=1e-5)
 
 
 def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
@@ -179,8 +164,8 @@ def test_length_buckets_change_the_work_not_the_loss_or_gradients(model_dir):
     for text_input in (texts, groups):
         model = create_model(model_dir, load_weights=True).eval()
         accept_text_layouts(model)
-        results.append(_loss_and_grads(model, images, text_input))
-    _assert_same_step(results, atol=1e-5)  # other GEMM widths, other rounding
+        results.append(loss_and_grads(model, images, text_input))
+    assert_same_step(results, atol=1e-5)  # other GEMM widths, other rounding
 
 
 @pytest.mark.slow  # three DeepSpeed engines in this process (~35 s)

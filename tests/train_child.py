@@ -45,6 +45,22 @@ def launch(args: list[str], ranks: int) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
+def loss_and_grads(model: torch.nn.Module, images: torch.Tensor, texts) -> tuple[torch.Tensor, dict]:
+    """One contrastive loss and its gradients, for comparing two ways of computing the same step."""
+    loss = contrastive_loss(1)(*model(images, texts))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_step(results: list, atol: float) -> None:
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=atol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 def config(**overrides) -> TrainConfig:
     base = dict(seed=0, steps=STEPS, micro_batch_size=4, gradient_accumulation_steps=1, lr=1e-3, warmup_steps=0,
                 weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0, precision="fp32", zero_stage=0,

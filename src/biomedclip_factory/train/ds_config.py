@@ -87,8 +87,8 @@ class TrainConfig:
             lock_image_unlocked_groups=p.get("lock_image_unlocked_groups", int, 0),
             lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0))
 
-
     def text_layout(self, context_length: int) -> TextLayout:
+        """The layout ``train_step`` gives the text tower: packed rows are as wide as the context."""
         return TextLayout(buckets=self.text_buckets, pack_width=context_length if self.text_packing else 0)
 
 
