@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -290,12 +291,43 @@ def test_continued_pretraining_starts_from_a_saved_model_dir(model_dir, tmp_path
         init_from_model_dir(tmp_path / "continued" / "nowhere", model_dir, tmp_path / "x")
 
 
+def _jobs_in_one_launch(root: Path, ranks: int, jobs: dict[str, list[str]]) -> Path:
+    """Run train_child's ``jobs`` (each a command whose ``{out}`` is its own dir under ``root``) one after another
+    in one launch of ``ranks`` processes: DeepSpeed's import and the process group's start, ~5–8 s a launch on
+    2 cores, are paid once for every test below that compares runs."""
+    lines = []
+    for name, command in jobs.items():
+        (root / name).mkdir()
+        lines.append(shlex.join(arg.format(out=root / name) for arg in command))
+    launch(["jobs", *lines], ranks=ranks)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_rank(model_dir: Path, tmp_path_factory) -> Path:
+    m, out = str(model_dir), "{out}/out.json"
+    return _jobs_in_one_launch(tmp_path_factory.mktemp("one_rank"), 1, {
+        "zero": ["zero", m, out, "0"], "accum-0": ["accum", m, out, "0"], "clamp-0": ["clamp", m, out, "0"],
+        "lock": ["lock", m, out]})
+
+
+@pytest.fixture(scope="module")
+def two_ranks(model_dir: Path, tmp_path_factory) -> Path:
+    m, out = str(model_dir), "{out}/out.json"
+    return _jobs_in_one_launch(tmp_path_factory.mktemp("two_ranks"), 2, {
+        "zero": ["zero", m, out, "1", "2", "3", "2+offload"], "start": ["start", m, "{out}"],
+        **{f"accum-{stage}": ["accum", m, out, stage] for stage in ("2", "3", "2+offload")},
+        **{f"clamp-{stage}": ["clamp", m, out, stage] for stage in ("2", "3")}, "loss": ["loss", out]})
+
+
+def _result(one_rank: Path, two_ranks: Path, ranks: int, job: str) -> dict:
+    return json.loads(((one_rank if ranks == 1 else two_ranks) / job / "out.json").read_text())
+
+
 @pytest.mark.slow
-def test_zero_stages_on_two_ranks_match_one_process(model_dir, tmp_path):
-    launch(["zero", str(model_dir), str(tmp_path / "one.json"), "0"], ranks=1)
-    launch(["zero", str(model_dir), str(tmp_path / "two.json"), "1", "2", "3", "2+offload"], ranks=2)
-    one = json.loads((tmp_path / "one.json").read_text())["results"]["0"]
-    two = json.loads((tmp_path / "two.json").read_text())
+def test_zero_stages_on_two_ranks_match_one_process(one_rank: Path, two_ranks: Path):
+    one = json.loads((one_rank / "zero/out.json").read_text())["results"]["0"]
+    two = json.loads((two_ranks / "zero/out.json").read_text())
     assert two["world_size"] == 2
     assert one["losses"][0] != one["losses"][-1]  # the optimizer steps change the model
     for variant, run in two["results"].items():
@@ -311,11 +343,10 @@ def test_zero_stages_on_two_ranks_match_one_process(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_every_rank_starts_from_rank_0s_model(model_dir, tmp_path):
+def test_every_rank_starts_from_rank_0s_model(two_ranks: Path):
     """The pretrain stage builds the starting model on rank 0 only (in memory; its dir holds no weights yet) and
     the other ranks an unseeded one of the same shape: the engine must give them rank 0's weights."""
-    launch(["start", str(model_dir), str(tmp_path)], ranks=2)
-    start = json.loads((tmp_path / "start.json").read_text())
+    start = json.loads((two_ranks / "start/start.json").read_text())
     assert start["differed_before"] and start["equal_after"]
     assert WEIGHTS_NAME not in start["staged"] and "open_clip_config.json" in start["staged"]
 
@@ -328,11 +359,10 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
                                          pytest.param(2, "2", marks=pytest.mark.slow),
                                          pytest.param(2, "3", marks=pytest.mark.slow),
                                          pytest.param(2, "2+offload", marks=pytest.mark.slow)])
-def test_accumulated_micro_batches_train_like_one_batch(model_dir, tmp_path, ranks, stage):
+def test_accumulated_micro_batches_train_like_one_batch(one_rank, two_ranks, ranks, stage):
     """4 micro-batches of 4 (or 2 per rank) take the same steps as one batch of 16: every pair is
     contrasted with the whole global batch, not with its micro-batch."""
-    launch(["accum", str(model_dir), str(tmp_path / "out.json"), stage], ranks=ranks)
-    runs = json.loads((tmp_path / "out.json").read_text())
+    runs = _result(one_rank, two_ranks, ranks, f"accum-{stage}")
     one, four = runs["1"], runs["4"]
     assert one["losses"][0] != one["losses"][-1]
     torch.testing.assert_close(torch.tensor(four["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
@@ -346,11 +376,10 @@ def test_accumulated_micro_batches_train_like_one_batch(model_dir, tmp_path, ran
 @pytest.mark.parametrize("ranks,stage", [pytest.param(1, 0, marks=pytest.mark.slow),
                                          pytest.param(2, 2, marks=pytest.mark.slow),
                                          pytest.param(2, 3, marks=pytest.mark.slow)])
-def test_bf16_clamps_and_saves_the_fp32_masters(model_dir, tmp_path, ranks, stage):
+def test_bf16_clamps_and_saves_the_fp32_masters(one_rank, two_ranks, ranks, stage):
     """From a logit scale past log(100), bf16 steps leave the fp32 master clamped, and the saved model is
     the masters bit for bit, not a bf16 copy cast back."""
-    launch(["clamp", str(model_dir), str(tmp_path / "out.json"), str(stage)], ranks=ranks)
-    result = json.loads((tmp_path / "out.json").read_text())
+    result = _result(one_rank, two_ranks, ranks, f"clamp-{stage}")
     masters, saved = result["masters"], _weights(result["model_dir"])
     assert masters["logit_scale"][0] <= MAX_LOGIT_SCALE + 1e-6
     assert masters.keys() == saved.keys()
@@ -359,10 +388,9 @@ def test_bf16_clamps_and_saves_the_fp32_masters(model_dir, tmp_path, ranks, stag
 
 
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
-def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(tmp_path):
+def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(two_ranks: Path):
     """open_clip's local × global logits (the paper's --local-loss) against the global × global matrix."""
-    launch(["loss", str(tmp_path / "out.json")], ranks=2)
-    grads = json.loads((tmp_path / "out.json").read_text())
+    grads = json.loads((two_ranks / "loss/out.json").read_text())
     assert grads["ours_is_local"]
     assert grads["local"]["loss_mean"] == pytest.approx(grads["full"]["loss_mean"], rel=1e-6)
     for key in ("image", "text", "scale"):
@@ -371,11 +399,10 @@ def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(tmp_path):
 
 
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
-def test_locked_towers_keep_their_weights(model_dir, tmp_path):
+def test_locked_towers_keep_their_weights(one_rank: Path):
     """open_clip's --lock-image and --lock-text --lock-text-unlocked-layers 1: frozen weights are
     bit-identical after training, the last text layer and both projections train."""
-    launch(["lock", str(model_dir), str(tmp_path / "out.json")], ranks=1)
-    unchanged = json.loads((tmp_path / "out.json").read_text())
+    unchanged = json.loads((one_rank / "lock/out.json").read_text())
     trunk = [n for n in unchanged if n.startswith("visual.trunk.")]
     assert trunk and all(unchanged[n] for n in trunk)
     assert all(unchanged[n] for n in unchanged if n.startswith(("text.transformer.embeddings.",
