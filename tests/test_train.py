@@ -278,6 +278,18 @@ def test_text_tower_starts_from_a_local_bert_dir(model_dir, tmp_path):
         init_model_dir(SPEC, tmp_path / "tok", tmp_path / "bad", text_init=tmp_path / "other")
 
 
+def test_a_pretrained_text_tower_trains_in_training_mode(model_dir, tmp_path):
+    """transformers' from_pretrained hands the tower back in eval mode. The rank that loads it (rank 0 in the
+    pretrain stage) must still train with dropout, as the ranks that build it from its config do and as
+    open_clip's trainer does (it sets train mode every epoch)."""
+    _local_bert(tmp_path / "bert", model_dir)
+    copy_tokenizer(tmp_path / "bert", tmp_path / "tok", model_max_length=32)
+    model = init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
+    with distributed():
+        engine, _ = build_engine(model, config(), 1)
+    assert [name for name, module in engine.module.named_modules() if not module.training] == []
+
+
 def test_continued_pretraining_starts_from_a_saved_model_dir(model_dir, tmp_path):
     before = (model_dir / WEIGHTS_NAME).read_bytes()
     b = init_from_model_dir(model_dir, model_dir, tmp_path / "continued").eval()

@@ -183,6 +183,9 @@ def compile_towers(model: torch.nn.Module) -> None:
 
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> tuple[Any, Any]:
     """Wrap ``model`` in a DeepSpeed engine configured from ``cfg``; returns (engine, lr scheduler)."""
+    # Training mode, as open_clip's trainer sets every epoch: a text tower loaded with from_pretrained
+    # arrives in eval mode, and would train without dropout (and skip checkpointing) on the rank that loaded it.
+    model.train()
     lock_towers(model, cfg)
     if cfg.text_packing:
         check_packable(model.text)
