@@ -97,7 +97,8 @@ def plain_loop(model: torch.nn.Module, cfg, data, device: torch.device, accumula
                     text_f = torch.cat([text_f if k == j else c[1] for k, c in enumerate(cached)])
                     loss = loss_fn(image_f, text_f, scale)
                 loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

@@ -189,17 +189,18 @@ def test_training_steps_on_length_buckets_or_packed_captions_follow_the_padded_b
 
 
 @pytest.mark.slow  # two DeepSpeed engines in this process
-def test_a_step_is_open_clip_trainers_step(model_dir):
+@pytest.mark.parametrize("grad_clip", [1e-3, None], ids=["clipped", "unclipped"])
+def test_a_step_is_open_clip_trainers_step(model_dir, grad_clip):
     """Stage 0 against open_clip_train's train_one_epoch, written out from its source: cosine_lr set
-    before each step, ClipLoss, backward, clip_grad_norm_ over every gradient, AdamW over its weight-decay
-    groups, then the logit-scale clamp. Clipping is engaged at every step; with 2 micro-batches it
-    applies once, to the whole batch's gradient."""
+    before each step, ClipLoss, backward, clip_grad_norm_ over every gradient (only when a norm is set,
+    as --grad-clip-norm), AdamW over its weight-decay groups, then the logit-scale clamp. Clipping, when
+    set, is engaged at every step; with 2 micro-batches it applies once, to the whole batch's gradient."""
     import math
 
     from open_clip.loss import ClipLoss
     from open_clip_train.scheduler import cosine_lr
 
-    cfg = config(micro_batch_size=8, lr=1e-3, warmup_steps=1, grad_clip=1e-3)
+    cfg = config(micro_batch_size=8, lr=1e-3, warmup_steps=1, grad_clip=grad_clip)
     reference = _decay_shows(create_model(model_dir, load_weights=True))
     batches = global_batches(reference.text.vocab_size, reference.visual.image_size[0])
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
@@ -212,11 +213,12 @@ def test_a_step_is_open_clip_trainers_step(model_dir):
         scheduler(step)
         optimizer.zero_grad()
         ClipLoss()(*reference(images, texts)).backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip, norm_type=2.0)))
+        if cfg.grad_clip is not None:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip, norm_type=2.0)))
         optimizer.step()
         with torch.no_grad():
             reference.logit_scale.clamp_(0, math.log(100))
-    assert min(norms) > cfg.grad_clip, norms  # every step clipped
+    assert cfg.grad_clip is None or min(norms) > cfg.grad_clip, norms  # every step clipped
 
     with distributed():
         for k in (1, 2):
@@ -227,8 +229,11 @@ def test_a_step_is_open_clip_trainers_step(model_dir):
                 train_step(engine, contrastive_loss(1), stream, k, pad_token_id=0)
             assert not engine.tput_timer.config.enabled  # on, DeepSpeed's timer syncs the device every step
             ours = dict(engine.module.named_parameters())
+            # Two micro-batches sum the gradient in another order; unclipped, Adam's normalisation turns that
+            # noise on a near-zero gradient into up to ~1% of a step (clipped, eps damps such entries).
+            atol = 5e-6 if k == 1 or cfg.grad_clip is not None else 0.02 * cfg.lr
             for name, p in reference.named_parameters():
-                torch.testing.assert_close(ours[name].detach().reshape(p.shape), p.detach(), rtol=1e-5, atol=5e-6,
+                torch.testing.assert_close(ours[name].detach().reshape(p.shape), p.detach(), rtol=1e-5, atol=atol,
                                            msg=lambda m: f"{name}, {k} micro-batches: {m}")
 
 
@@ -449,7 +454,8 @@ def test_epochs_resolve_to_steps_from_the_train_split(tmp_path):
     assert TrainConfig.from_params(load_section("pretrain", params), train_samples=100, world_size=2).steps == 7  # ceil(2 x 100 / 32)
     for bad, match in (({"steps": 10}, "one of"), ({"epochs": None}, "one of"), ({"epochs": 0}, "epochs"),
                        ({"betas": [0.9, "x"]}, "betas"), ({"warmup_steps": -1}, "warmup_steps"),
-                       ({"lock_text_unlocked_layers": -2}, "lock_text_unlocked_layers")):
+                       ({"lock_text_unlocked_layers": -2}, "lock_text_unlocked_layers"),
+                       ({"grad_clip": 0}, "or null for no clipping")):
         params.write_text(yaml.safe_dump({"pretrain": {**base, **bad}}))
         with pytest.raises(ParamsError, match=match):
             TrainConfig.from_params(load_section("pretrain", params), train_samples=100)

@@ -31,7 +31,7 @@ class TrainConfig:
     weight_decay: float
     betas: tuple[float, float]
     eps: float
-    grad_clip: float
+    grad_clip: float | None  # None: no clipping (open_clip's default; the paper lists none)
     precision: str
     zero_stage: int
     log_every: int
@@ -70,6 +70,9 @@ class TrainConfig:
         for key in ("warmup_steps", "lock_image_unlocked_groups", "lock_text_unlocked_layers"):
             if p.get(key, int, 0) < 0:
                 raise ParamsError(f"params: 'pretrain.{key}' must be >= 0, got {p.get(key, int)!r}")
+        grad_clip = p.get("grad_clip", float, None)
+        if grad_clip is not None and grad_clip <= 0:
+            raise ParamsError(f"params: 'pretrain.grad_clip' must be > 0, or null for no clipping, got {grad_clip!r}")
         if p.get("text_packing", bool, False) and p.positive("text_buckets", int, 1) > 1:
             raise ParamsError("params: set 'pretrain.text_packing' or 'pretrain.text_buckets' > 1, not both (packed "
                               "rows hold every length; groups would only split them)")
@@ -77,7 +80,7 @@ class TrainConfig:
             seed=p.get("seed", int), steps=steps, micro_batch_size=micro, gradient_accumulation_steps=accumulation,
             lr=p.positive("lr", float), warmup_steps=p.get("warmup_steps", int), weight_decay=p.get("weight_decay", float),
             betas=(float(betas[0]), float(betas[1])), eps=p.positive("eps", float),
-            grad_clip=p.positive("grad_clip", float), precision=p.choice("precision", ("fp32", "bf16", "fp16")),
+            grad_clip=grad_clip, precision=p.choice("precision", ("fp32", "bf16", "fp16")),
             zero_stage=p.choice("zero_stage", (0, 1, 2, 3), kind=int), log_every=p.positive("log_every"),
             checkpoint_every=p.get("checkpoint_every", int), num_workers=p.count("num_workers"),
             prefetch_factor=p.positive("prefetch_factor"), grad_checkpointing=p.get("grad_checkpointing", bool, False),
@@ -123,7 +126,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
         "train_batch_size": cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size,
-        "gradient_clipping": cfg.grad_clip,
+        "gradient_clipping": cfg.grad_clip or 0.0,  # 0: DeepSpeed clips nothing
         "zero_optimization": {"stage": effective_zero_stage(cfg, world_size), **_offload(cfg)},
         # Without a GPU the host *is* the device: torch's AdamW is the CPU optimizer, no compile needed.
         "zero_force_ds_cpu_optimizer": torch.cuda.is_available(),

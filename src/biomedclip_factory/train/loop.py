@@ -205,7 +205,8 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
         model=model, optimizer=optimizer, lr_scheduler=cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps),
         config=deepspeed_config(cfg, world_size))
     if stage == 0:
-        clip_like_open_clip(engine, cfg.grad_clip)
+        if cfg.grad_clip is not None:
+            clip_like_open_clip(engine, cfg.grad_clip)
         if world_size == 1:  # the mean over one rank is the gradient itself: skip DeepSpeed's flatten, all-reduce
             engine.enable_backward_allreduce = False  # and copy-back of every gradient, as open_clip runs one GPU
             # (that path also zero-fills a trainable parameter that got no gradient; every one of ours gets one)
