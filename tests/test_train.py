@@ -30,7 +30,8 @@ from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_text_layouts, build_engine, checkpoint_step,
-                                           compile_towers, contrastive_loss, distributed, segments, train_step)
+                                           compile_towers, contrastive_loss, distributed, rank_seed, segment_seed,
+                                           segments, train_step)
 from biomedclip_factory.train.packing import pack_captions
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
@@ -426,6 +427,17 @@ def test_locked_towers_keep_their_weights(one_rank: Path):
                                                                 "text.transformer.encoder.layer.0.")))
     assert not all(unchanged[n] for n in unchanged if n.startswith("text.transformer.encoder.layer.1."))
     assert not any(unchanged[n] for n in unchanged if n.startswith(("visual.head.", "text.proj.")))
+
+
+def test_every_rank_draws_its_own_random_numbers_and_a_rerun_the_same():
+    """open_clip seeds each rank with seed + rank; one rank (and rank 0) keeps the segment's own seed."""
+    def draws(rank: int, step: int = 50) -> torch.Tensor:
+        torch.manual_seed(rank_seed(0, step, rank))
+        return torch.rand(8)
+
+    assert rank_seed(0, 50, 0) == segment_seed(0, 50)
+    assert torch.equal(draws(1), draws(1)) and not torch.equal(draws(0), draws(1))
+    assert not torch.equal(draws(1, step=100), draws(1))  # a resumed segment is a new stream, the same on a rerun
 
 
 def test_learning_rate_follows_open_clips_cosine_schedule():

@@ -345,6 +345,13 @@ def segment_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}@{step}".encode()).digest()[:4], "big")
 
 
+def rank_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of ``rank`` for the segment at ``step``: the segment's plus the rank, as open_clip's
+    ``random_seed(seed, rank)``. Each rank draws its own dropout masks and crops; one seed on every rank
+    would draw the same ones on each (same-shaped batches), correlating what should be independent."""
+    return segment_seed(seed, step) + rank
+
+
 def segments(start: int, steps: int, every: int) -> Iterator[tuple[int, int]]:
     """``[begin, end)`` step ranges cut at every checkpoint boundary: the unit of exact resumption."""
     begin = start
@@ -390,7 +397,7 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
     samples = tokens = 0
     t0 = time.perf_counter()
     for begin, end in segments(start, cfg.steps, cfg.checkpoint_every):
-        torch.manual_seed(segment_seed(cfg.seed, begin))
+        torch.manual_seed(rank_seed(cfg.seed, begin, rank))
         batches = train_batches(shard_dir, preprocess, collate, cfg.micro_batch_size, seed=segment_seed(cfg.seed, begin),
                                 rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, skips=skips,
                                 draft_size=image_size)
