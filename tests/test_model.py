@@ -65,6 +65,9 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
         "bf16", 2000, (0.9, 0.98), 1e-6, 5e-4, 0.2, 0, None)
     assert deepspeed_config(cfg, 8)["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
     assert cfg.steps == 117_188  # the paper's 32 epochs of 15M pairs at 4096 a step (512 x 8 ranks)
+    assert cfg.gradient_accumulation_steps == 1
+    one_gpu = TrainConfig.from_params(load_section("pretrain", profile), train_samples=15_000_000, world_size=1)
+    assert (one_gpu.gradient_accumulation_steps, one_gpu.steps) == (8, 117_188)  # still 4096 a step
     assert {t.name for t in Suite.from_params(load_section("evaluate", profile), REPO).zeroshot} == {
         "pcam", "lc25000_lung", "lc25000_colon", "tcga_til", "rsna_pneumonia"}
     align_on_processes = mapper_from_params(load_section("align", profile), "align")

@@ -464,10 +464,17 @@ def test_epochs_resolve_to_steps_from_the_train_split(tmp_path):
             "prefetch_factor": 2}
     params.write_text(yaml.safe_dump({"pretrain": base}))
     assert TrainConfig.from_params(load_section("pretrain", params), train_samples=100, world_size=2).steps == 7  # ceil(2 x 100 / 32)
+    # A global batch fixes the accumulation from the ranks: the same batch of negatives on any number of them.
+    for world, accumulation in ((1, 4), (2, 2), (4, 1)):
+        params.write_text(yaml.safe_dump({"pretrain": {**base, "global_batch_size": 32, "gradient_accumulation_steps": None}}))
+        cfg = TrainConfig.from_params(load_section("pretrain", params), train_samples=100, world_size=world)
+        assert (cfg.gradient_accumulation_steps, cfg.steps) == (accumulation, 7)
     for bad, match in (({"steps": 10}, "one of"), ({"epochs": None}, "one of"), ({"epochs": 0}, "epochs"),
                        ({"betas": [0.9, "x"]}, "betas"), ({"warmup_steps": -1}, "warmup_steps"),
                        ({"lock_text_unlocked_layers": -2}, "lock_text_unlocked_layers"),
-                       ({"grad_clip": 0}, "or null for no clipping")):
+                       ({"grad_clip": 0}, "or null for no clipping"),
+                       ({"global_batch_size": 36}, "not a multiple of micro_batch_size x ranks = 8 x 1"),
+                       ({"global_batch_size": 32}, "makes a batch of 16 on 1 rank.s., not global_batch_size 32: set it to 4")):
         params.write_text(yaml.safe_dump({"pretrain": {**base, **bad}}))
         with pytest.raises(ParamsError, match=match):
             TrainConfig.from_params(load_section("pretrain", params), train_samples=100)

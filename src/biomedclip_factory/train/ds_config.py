@@ -54,7 +54,12 @@ class TrainConfig:
         betas = p.get("betas", list)
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
             raise ParamsError(f"params: 'pretrain.betas' must be two numbers, got {betas!r}")
-        micro, accumulation = p.positive("micro_batch_size"), p.positive("gradient_accumulation_steps")
+        micro, global_batch = p.positive("micro_batch_size"), p.get("global_batch_size", int, None)
+        if global_batch is None:
+            accumulation = p.positive("gradient_accumulation_steps")
+        else:
+            accumulation = accumulation_for(global_batch, micro, world_size,
+                                            p.get("gradient_accumulation_steps", int, None))
         steps, epochs = p.get("steps", int, None), p.get("epochs", (int, float), None)
         if (steps is None) == (epochs is None):
             raise ParamsError("params: set one of 'pretrain.steps' and 'pretrain.epochs', the other null")
@@ -93,6 +98,21 @@ class TrainConfig:
     def text_layout(self, context_length: int) -> TextLayout:
         """The layout ``train_step`` gives the text tower: packed rows are as wide as the context."""
         return TextLayout(buckets=self.text_buckets, pack_width=context_length if self.text_packing else 0)
+
+
+def accumulation_for(global_batch: int, micro: int, world_size: int, given: int | None) -> int:
+    """The accumulation that makes micro-batch × accumulation × ranks the contrastive batch asked for, so
+    the paper's 4,096 negatives hold on 8 GPUs or on one; a batch that cannot be met is an error, not a
+    smaller batch trained silently at the large batch's learning rate."""
+    per_pass = micro * world_size
+    if global_batch <= 0 or global_batch % per_pass:
+        raise ParamsError(f"params: 'pretrain.global_batch_size' {global_batch} is not a multiple of "
+                          f"micro_batch_size x ranks = {micro} x {world_size}: change micro_batch_size or the ranks")
+    needed = global_batch // per_pass
+    if given is not None and given != needed:
+        raise ParamsError(f"params: 'pretrain.gradient_accumulation_steps' {given} makes a batch of {per_pass * given} "
+                          f"on {world_size} rank(s), not global_batch_size {global_batch}: set it to {needed} or null")
+    return needed
 
 
 def effective_zero_stage(cfg: TrainConfig, world_size: int) -> int:
