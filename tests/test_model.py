@@ -34,6 +34,23 @@ def test_dynamic_padding_gives_the_same_text_embeddings(model_dir):
         torch.testing.assert_close(model.encode_text(dynamic), model.encode_text(full), rtol=1e-5, atol=1e-5)
 
 
+def test_training_evaluation_and_serving_tokenise_as_open_clip(model_dir):
+    """open_clip's HFTokenizer (how the released BiomedCLIP is used) cleans text first: curly quotes,
+    HTML entities, thin and runs of spaces. The collator the loader and evaluation use must give its ids."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from biomedclip_factory.evaluate.embed import Encoder
+    from biomedclip_factory.shards.loader import CaptionCollator
+
+    texts = ["Descemet\u2019s \u201cmembrane\u201d at 53.2\u200aGy", "CT &amp;lt; 5\u2009mm,\n\tlobe", CAPTIONS[1]]
+    reference = HFTokenizer(str(model_dir), context_length=32)(texts)
+    _, ids, _ = CaptionCollator(AutoTokenizer.from_pretrained(model_dir), 32)([(torch.zeros(1), t, {}) for t in texts])
+    assert torch.equal(ids, reference[:, :ids.shape[1]]) and not reference[:, ids.shape[1]:].any()
+    assert torch.equal(Encoder.load(model_dir, torch.device("cpu")).tokenize(texts), ids)
+    raw = AutoTokenizer.from_pretrained(model_dir)(texts[:2], padding="longest", return_tensors="pt")["input_ids"]
+    assert not torch.equal(raw, ids[:2, :raw.shape[1]])  # the texts above are ones cleaning changes
+
+
 def test_copied_model_dir_loads_the_same_without_being_written(model_dir, tmp_path):
     copy = tmp_path / "elsewhere"
     shutil.copytree(model_dir, copy)

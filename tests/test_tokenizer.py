@@ -52,6 +52,14 @@ def test_trained_tokenizer_encodes_its_captions_without_unknowns(tmp_path):
     assert tok.unk_token_id not in {i for row in ids for i in row}
 
 
+def test_the_vocabulary_is_learnt_from_the_text_open_clip_tokenises(tmp_path):
+    """Captions are cleaned as open_clip's HFTokenizer cleans them before the words are counted: no
+    piece of the vocabulary is spent on a curly quote or an HTML entity the model never sees."""
+    train_wordpiece(["\u201cfreezing\u201d of the hind limb &amp; tail"] * 3, tmp_path / "tok", 300, 1, True, 32)
+    vocab = AutoTokenizer.from_pretrained(tmp_path / "tok").get_vocab()
+    assert '"' in vocab and "&" in vocab and not {"\u201c", "\u201d", "amp"} & set(vocab)
+
+
 def test_no_caption_with_a_word_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no training captions"):
         train_wordpiece(iter(["", "   "]), tmp_path / "tok", 300, 1, True, 32)

@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from ..model.build import create_model
+from ..model.text import tokenize
 
 ImageSource = Path | np.ndarray  # an image file, or an HxW(x3) uint8 array (MedMNIST-style .npz)
 
@@ -84,8 +85,7 @@ class Encoder:
         return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.context_length,
-                              return_tensors="pt")["input_ids"]
+        return tokenize(self.tokenizer, texts, self.context_length)["input_ids"]
 
     def _run(self, encode: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

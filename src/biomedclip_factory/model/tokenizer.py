@@ -7,6 +7,7 @@ from typing import Iterable
 from transformers import AutoTokenizer, BertTokenizer
 
 from ..errors import DataError
+from .text import clean_text
 from .wordpiece import count_words, learn_vocab
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -16,7 +17,7 @@ def train_wordpiece(captions: Iterable[str], out_dir: Path, vocab_size: int, min
                     lowercase: bool, model_max_length: int, progress: bool = False) -> int:
     """Learn a vocabulary from ``captions`` (read once, as they come), save a BERT tokenizer to
     ``out_dir``; returns its size."""
-    words = count_words(captions, lowercase)
+    words = count_words(map(clean_text, captions), lowercase)
     if not words:
         raise DataError("tokenizer: no training captions (is the train split empty?)")
     vocab = learn_vocab(words, vocab_size, min_frequency, SPECIAL_TOKENS, progress)

@@ -21,6 +21,7 @@ import webdataset as wds
 from webdataset.gopen import gopen
 
 from ..errors import DataError
+from ..model.text import tokenize
 from .transform import draft_jpeg_decoder
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]
@@ -77,8 +78,7 @@ class CaptionCollator:
         self.sort_by_length = sort_by_length
 
     def __call__(self, samples: list[tuple[torch.Tensor, str, dict[str, Any]]]) -> Batch:
-        encoded = self.tokenizer([s[1] for s in samples], padding="longest", truncation=True,
-                                 max_length=self.context_length, return_tensors="pt")
+        encoded = tokenize(self.tokenizer, [s[1] for s in samples], self.context_length)
         tokens = encoded["input_ids"]
         if self.sort_by_length:
             order = torch.argsort(encoded["attention_mask"].sum(1), stable=True)
