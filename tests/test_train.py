@@ -326,7 +326,7 @@ def one_rank(model_dir: Path, tmp_path_factory) -> Path:
     m, out = str(model_dir), "{out}/out.json"
     return _jobs_in_one_launch(tmp_path_factory.mktemp("one_rank"), 1, {
         "zero": ["zero", m, out, "0"], "accum-0": ["accum", m, out, "0"], "clamp-0": ["clamp", m, out, "0"],
-        "lock": ["lock", m, out]})
+        "lock": ["lock", m, out, "train"], "lock-frozen-ln": ["lock", m, out, "frozen"]})
 
 
 @pytest.fixture(scope="module")
@@ -417,14 +417,18 @@ def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(two_ranks: Path)
 
 
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
-def test_locked_towers_keep_their_weights(one_rank: Path):
+@pytest.mark.parametrize("layer_norms", ["train", "frozen"])
+def test_locked_towers_keep_their_weights(one_rank: Path, layer_norms: str):
     """open_clip's --lock-image and --lock-text --lock-text-unlocked-layers 1: frozen weights are
-    bit-identical after training, the last text layer and both projections train."""
-    unchanged = json.loads((one_rank / "lock/out.json").read_text())
+    bit-identical after training, the last text layer and both projections train. The locked layers'
+    LayerNorms train too unless --lock-text-freeze-layer-norm (off by default there)."""
+    unchanged = json.loads((one_rank / ("lock" if layer_norms == "train" else "lock-frozen-ln") / "out.json").read_text())
     trunk = [n for n in unchanged if n.startswith("visual.trunk.")]
     assert trunk and all(unchanged[n] for n in trunk)
-    assert all(unchanged[n] for n in unchanged if n.startswith(("text.transformer.embeddings.",
-                                                                "text.transformer.encoder.layer.0.")))
+    locked = [n for n in unchanged if n.startswith(("text.transformer.embeddings.", "text.transformer.encoder.layer.0."))]
+    norms = [n for n in locked if "LayerNorm" in n.split(".")]
+    assert norms and all(unchanged[n] for n in locked if n not in norms)
+    assert all(unchanged[n] for n in norms) if layer_norms == "frozen" else not any(unchanged[n] for n in norms)
     assert not all(unchanged[n] for n in unchanged if n.startswith("text.transformer.encoder.layer.1."))
     assert not any(unchanged[n] for n in unchanged if n.startswith(("visual.head.", "text.proj.")))
 

@@ -5,7 +5,8 @@ ZeRO variant asked for; rank 0 writes the losses and, per variant, probe embeddi
 consolidated model dir — so world sizes and ZeRO stages can be compared exactly.
 ``accum``: the same steps as one micro-batch per rank and as 4 accumulated ones, same global batch.
 ``clamp``: bf16 steps from a logit scale past log(100); the fp32 masters against the saved weights.
-``lock``: steps with the image tower locked and the text tower locked but for its last layer.
+``lock``: steps with the image tower locked and the text tower locked but for its last layer (the locked
+layers' LayerNorms training, open_clip's default, or frozen).
 ``loss``: our contrastive loss (local × global logits) against the full matrix, gradients gathered.
 ``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file
 (the kill -9 / resume test reads it while the run is going).
@@ -179,11 +180,12 @@ def run_clamp(model_dir: Path, out: Path, stage: str) -> None:
         out.write_text(json.dumps({"masters": masters, "model_dir": str(saved)}))
 
 
-def run_lock(model_dir: Path, out: Path) -> None:
+def run_lock(model_dir: Path, out: Path, layer_norms: str) -> None:
     torch.manual_seed(0)
     model = create_model(model_dir, load_weights=True)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    cfg = config(lock_image=True, lock_text=True, lock_text_unlocked_layers=1)
+    cfg = config(lock_image=True, lock_text=True, lock_text_unlocked_layers=1,
+                 lock_text_freeze_layer_norm=layer_norms == "frozen")
     engine, _ = build_engine(model, cfg, 1)
     stream = _micro_batches(global_batches(model.text.vocab_size, model.visual.image_size[0]), 0, 1, 1)
     for _ in range(STEPS):
@@ -281,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     lock = sub.add_parser("lock")
     lock.add_argument("model_dir", type=Path)
     lock.add_argument("out", type=Path)
+    lock.add_argument("layer_norms", choices=("train", "frozen"))  # a locked text layer's LayerNorms
     p = sub.add_parser("pretrain")
     for name in ("model_dir", "shards", "checkpoints"):
         p.add_argument(name, type=Path)
@@ -298,7 +301,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.mode == "start":
         run_start(args.tokenizer, args.out)
     elif args.mode == "lock":
-        run_lock(args.model_dir, args.out)
+        run_lock(args.model_dir, args.out, args.layer_norms)
     elif args.mode in ("accum", "clamp"):
         (run_accum if args.mode == "accum" else run_clamp)(args.model_dir, args.out, args.stage)
     else:

@@ -47,6 +47,7 @@ class TrainConfig:
     lock_image_unlocked_groups: int = 0  # ... except its last N layer groups
     lock_text: bool = False  # the text tower's transformer frozen (--lock-text) ...
     lock_text_unlocked_layers: int = 0  # ... except its last N layers
+    lock_text_freeze_layer_norm: bool = False  # ... LayerNorms frozen too (open_clip's default: they train)
 
     @classmethod
     def from_params(cls, p: Section, train_samples: int, world_size: int = 1) -> "TrainConfig":
@@ -93,7 +94,8 @@ class TrainConfig:
             compile=p.get("compile", bool, False),
             offload_optimizer=p.get("offload_optimizer", bool, False), lock_image=p.get("lock_image", bool, False),
             lock_image_unlocked_groups=p.get("lock_image_unlocked_groups", int, 0),
-            lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0))
+            lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0),
+            lock_text_freeze_layer_norm=p.get("lock_text_freeze_layer_norm", bool, False))
 
     def text_layout(self, context_length: int) -> TextLayout:
         """The layout ``train_step`` gives the text tower: packed rows are as wide as the context."""

@@ -152,7 +152,8 @@ def lock_towers(model: torch.nn.Module, cfg: TrainConfig) -> None:
         bert = model.text.transformer
         stack = [bert.embeddings, *bert.encoder.layer]
         for module in stack[:-cfg.lock_text_unlocked_layers] if cfg.lock_text_unlocked_layers else [bert]:
-            module.requires_grad_(False)
+            for name, p in module.named_parameters():  # a locked layer's LayerNorms train unless asked, as there
+                p.requires_grad = "LayerNorm" in name.split(".") and not cfg.lock_text_freeze_layer_norm
 
 
 def accept_text_layouts(model: torch.nn.Module) -> None:
