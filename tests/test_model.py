@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir, relocate
+from biomedclip_factory.model.text import tokenize
 from biomedclip_factory.model.tokenizer import train_wordpiece
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, deepspeed_config
 from biomedclip_factory.train.packing import check_packable
@@ -94,6 +96,14 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     config = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
     assert config["vision_cfg"]["image_size"] == 224 and config["text_cfg"]["context_length"] == 256
     assert config["text_cfg"]["hf_pooler_type"] == "cls_last_hidden_state_pooler" and config["embed_dim"] == 512
+    # the released open_clip_config.json: timm ViT without its own pooling, linear image and MLP text projections
+    assert {k: config["vision_cfg"][k] for k in ("timm_model_name", "timm_pool", "timm_proj", "timm_model_pretrained")} == {
+        "timm_model_name": "vit_base_patch16_224", "timm_pool": "", "timm_proj": "linear", "timm_model_pretrained": False}
+    assert config["text_cfg"]["hf_proj_type"] == "mlp"
+    assert float(model.logit_scale) == pytest.approx(math.log(1 / 0.07))  # CLIP's initial temperature
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "clip")
+    ids = tokenize(tokenizer, [" ".join(CAPTIONS * 20)], tokenizer.model_max_length)["input_ids"][0]
+    assert tokenizer.model_max_length == 256 and len(ids) == 256 and ids[-1] == tokenizer.sep_token_id  # truncated, closed
     assert cfg.text_layout(spec.context_length) == TextLayout(pack_width=256)
     check_packable(model.text)  # the profile packs captions: its tower must be one packing reproduces
     n_params = sum(p.numel() for p in model.parameters())

@@ -28,6 +28,8 @@ def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_p
             log = proc.stdout + proc.stderr  # the Dask scheduler and the Prefect flow run announce themselves
             ran_on_dask = "distributed.scheduler" in log and "Finished in state Completed()" in log
             assert ran_on_dask == (name == "dask"), log[-2000:]
+            # without a Prefect server: one temporary server, the flow's, that the workers report to as well
+            assert log.count("Starting temporary server") == (name == "dask"), log[-2000:]
     threads = projects.pop("threads")
     for other in projects.values():
         assert read_jsonl(other / "data/raw/manifest.jsonl") == read_jsonl(threads / "data/raw/manifest.jsonl")

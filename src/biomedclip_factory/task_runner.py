@@ -13,6 +13,7 @@ Prefect task run (visible in the Prefect UI when ``PREFECT_API_URL`` points at a
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -43,8 +44,30 @@ def _scheduler(address: str | None, workers: int) -> Iterator[str]:
         return
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with _one_prefect_api(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                          dashboard_address=None) as cluster:
         yield cluster.scheduler_address
+
+
+@contextmanager
+def _one_prefect_api() -> Iterator[None]:
+    """Without ``PREFECT_API_URL`` the flow starts a temporary Prefect server, and so would every local Dask
+    worker for its own task runs: workers + 1 servers over one SQLite file, each ~3 s to start, the task runs
+    split between them. Start the flow's server first and give its address to the workers' environment."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance the flow's client then finds already running
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield
+    finally:
+        del os.environ["PREFECT_API_URL"]
 
 
 def dask_map(flow_name: str, address: str | None, workers: int, batch: int = DASK_BATCH,
