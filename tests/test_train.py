@@ -98,6 +98,16 @@ def test_one_rank_steps_without_reducing_gradients(model_dir, monkeypatch):
     assert losses[0] != losses[1]  # it trained
 
 
+def test_bf16_runs_the_towers_under_autocast_over_fp32_weights(model_dir):
+    """The paper's bf16 AMP: the towers compute in bf16 while every weight the optimizer steps stays fp32."""
+    with distributed():
+        engine, _ = build_engine(create_model(model_dir, load_weights=True), config(precision="bf16"), 1)
+        images, texts = global_batches(engine.module.text.vocab_size, engine.module.visual.image_size[0])[0]
+        image_f, text_f, _ = engine(images, texts)
+    assert image_f.dtype == text_f.dtype == torch.bfloat16
+    assert {p.dtype for p in engine.module.parameters()} == {torch.float32}
+
+
 def test_offload_is_in_the_deepspeed_config_and_needs_a_zero_stage():
     ds = deepspeed_config(config(zero_stage=2, offload_optimizer=True), world_size=2)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
