@@ -34,6 +34,7 @@ from transformers import BertTokenizerFast
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from biomedclip_factory.model.text import clean_text  # noqa: E402
 from biomedclip_factory.shards.loader import length_buckets  # noqa: E402
 from biomedclip_factory.train.packing import first_fit_rows  # noqa: E402
 
@@ -87,7 +88,8 @@ def main() -> None:
     longer = [" ".join(rng.sample(captions, rng.choice((2, 3)))) for _ in range(len(captions))]
     report = {}
     for name, texts in (("roco", captions), ("roco_joined", longer)):
-        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=args.context)["input_ids"]]
+        cleaned = [clean_text(t) for t in texts]  # as training tokenises them
+        lengths = [len(ids) for ids in tokenizer(cleaned, truncation=True, max_length=args.context)["input_ids"]]
         baseline, ours, packed = ratios(lengths, args.batch, args.buckets, args.multiple, args.batches, seed=1,
                                         context=args.context)
         if name == "roco_joined" and args.lengths_out:

@@ -99,9 +99,14 @@ def test_registered_model_loads_in_a_fresh_process(built_project: Path, tmp_path
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{built_project / 'mlflow.db'}"
-    version = MlflowClient(uri).get_model_version_by_alias("biomedclip-factory", "challenger")
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("biomedclip-factory", "challenger")
     tags = version.tags
     assert {"git_commit", "training_run_id", "licence_mix", "eval_metrics", "dvc_lock_sha256"} <= set(tags)
+    # the version is the register run's logged model, tags set with it; the training run records the batch it ran
+    assert version.source.startswith("models:/m-") and client.get_run(version.run_id).info.run_name == "register"
+    trained = client.get_run(tags["training_run_id"]).data.params
+    assert [trained[f"pretrain.{k}"] for k in ("world_size", "gradient_accumulation_steps", "global_batch")] == ["1", "1", "8"]
     assert len(tags["git_commit"]) == 40
     assert json.loads(tags["licence_mix"]) == {"CC BY": 8}
     assert set(json.loads(tags["dvc_data"])) >= {"data/raw", "data/pairs", "data/shards", "models/tokenizer"}

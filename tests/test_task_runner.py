@@ -17,7 +17,9 @@ from .conftest import make_project, run_stage
 
 
 @pytest.mark.slow
-def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_path):
+def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no Prefect server, whatever runs the tests has
+    monkeypatch.setenv("PREFECT_PROFILE", "ephemeral")
     runners = {name: {"scrape": {"runner": name, "workers": 2}, "align": {"runner": name, "workers": 2}}
                for name in ("dask", "processes")}
     projects = {"threads": make_project(tmp_path / "threads", {}),

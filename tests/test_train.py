@@ -340,16 +340,19 @@ def one_rank(model_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(model_dir: Path, tmp_path_factory) -> Path:
+def two_ranks(model_dir: Path, shards: Path, tmp_path_factory) -> Path:
     m, out = str(model_dir), "{out}/out.json"
     return _jobs_in_one_launch(tmp_path_factory.mktemp("two_ranks"), 2, {
         "zero": ["zero", m, out, "1", "2", "3", "2+offload"], "start": ["start", m, "{out}"],
+        "seeds": ["seeds", m, str(shards), out],
         **{f"accum-{stage}": ["accum", m, out, stage] for stage in ("2", "3", "2+offload")},
         **{f"clamp-{stage}": ["clamp", m, out, stage] for stage in ("2", "3")}, "loss": ["loss", out]})
 
 
-def _result(one_rank: Path, two_ranks: Path, ranks: int, job: str) -> dict:
-    return json.loads(((one_rank if ranks == 1 else two_ranks) / job / "out.json").read_text())
+def _result(request: pytest.FixtureRequest, ranks: int, job: str) -> dict:
+    """``job``'s output from the launch of ``ranks`` processes (only that launch is run for it)."""
+    root = request.getfixturevalue("one_rank" if ranks == 1 else "two_ranks")
+    return json.loads((root / job / "out.json").read_text())
 
 
 @pytest.mark.slow
@@ -387,10 +390,10 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
                                          pytest.param(2, "2", marks=pytest.mark.slow),
                                          pytest.param(2, "3", marks=pytest.mark.slow),
                                          pytest.param(2, "2+offload", marks=pytest.mark.slow)])
-def test_accumulated_micro_batches_train_like_one_batch(one_rank, two_ranks, ranks, stage):
+def test_accumulated_micro_batches_train_like_one_batch(request, ranks, stage):
     """4 micro-batches of 4 (or 2 per rank) take the same steps as one batch of 16: every pair is
     contrasted with the whole global batch, not with its micro-batch."""
-    runs = _result(one_rank, two_ranks, ranks, f"accum-{stage}")
+    runs = _result(request, ranks, f"accum-{stage}")
     one, four = runs["1"], runs["4"]
     assert one["losses"][0] != one["losses"][-1]
     torch.testing.assert_close(torch.tensor(four["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
@@ -404,10 +407,10 @@ def test_accumulated_micro_batches_train_like_one_batch(one_rank, two_ranks, ran
 @pytest.mark.parametrize("ranks,stage", [pytest.param(1, 0, marks=pytest.mark.slow),
                                          pytest.param(2, 2, marks=pytest.mark.slow),
                                          pytest.param(2, 3, marks=pytest.mark.slow)])
-def test_bf16_clamps_and_saves_the_fp32_masters(one_rank, two_ranks, ranks, stage):
+def test_bf16_clamps_and_saves_the_fp32_masters(request, ranks, stage):
     """From a logit scale past log(100), bf16 steps leave the fp32 master clamped, and the saved model is
     the masters bit for bit, not a bf16 copy cast back."""
-    result = _result(one_rank, two_ranks, ranks, f"clamp-{stage}")
+    result = _result(request, ranks, f"clamp-{stage}")
     masters, saved = result["masters"], _weights(result["model_dir"])
     assert masters["logit_scale"][0] <= MAX_LOGIT_SCALE + 1e-6
     assert masters.keys() == saved.keys()
@@ -441,6 +444,13 @@ def test_locked_towers_keep_their_weights(one_rank: Path, layer_norms: str):
     assert all(unchanged[n] for n in norms) if layer_norms == "frozen" else not any(unchanged[n] for n in norms)
     assert not all(unchanged[n] for n in unchanged if n.startswith("text.transformer.encoder.layer.1."))
     assert not any(unchanged[n] for n in unchanged if n.startswith(("visual.head.", "text.proj.")))
+
+
+@pytest.mark.slow
+def test_the_loop_seeds_each_rank_as_open_clip_does(two_ranks: Path):
+    """open_clip's random_seed(seed, rank): each rank its own dropout masks and crops, rank 0 the segment's seed."""
+    seeds = json.loads((two_ranks / "seeds/out.json").read_text())["seeds"]
+    assert seeds == [segment_seed(0, 0), segment_seed(0, 0) + 1]
 
 
 def test_every_rank_draws_its_own_random_numbers_and_a_rerun_the_same():

@@ -10,6 +10,7 @@ layers' LayerNorms training, open_clip's default, or frozen).
 ``loss``: our contrastive loss (local × global logits) against the full matrix, gradients gathered.
 ``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file
 (the kill -9 / resume test reads it while the run is going).
+``seeds``: one step of the real loop per rank, recording the torch seed its first forward ran under.
 ``jobs``: several of the above, one after another in one launch (a launch costs ~5–8 s on 2 cores).
 """
 from __future__ import annotations
@@ -233,6 +234,23 @@ def run_pretrain(model_dir: Path, shards: Path, checkpoints: Path, steps: int, e
         f.write(json.dumps({"done": True, "resumed_from": summary.resumed_from, "tokens": summary.tokens}) + "\n")
 
 
+def run_seeds(model_dir: Path, shards: Path, out: Path) -> None:
+    """The torch seed each rank's first training forward runs under, in the real loop."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    work = out.parent / "clip"  # the loop writes the trained weights into its model dir
+    if rank == 0:
+        shutil.copytree(model_dir, work)
+    torch.distributed.barrier()
+    model = create_model(work, load_weights=True)
+    seeds: list[int] = []
+    model.register_forward_pre_hook(lambda *_: seeds.append(torch.initial_seed()))
+    pretrain(model, work, shards, out.parent / "checkpoints", config(steps=1, micro_batch_size=2))
+    every: list = [None] * world
+    torch.distributed.all_gather_object(every, seeds[0])
+    if rank == 0:
+        out.write_text(json.dumps({"seeds": every}))
+
+
 def run_start(tokenizer: Path, out: Path) -> None:
     """The pretrain stage's start on every rank: rank 0 builds the seeded model, the others an unseeded one;
     DeepSpeed's engine must leave every rank holding rank 0's weights."""
@@ -280,6 +298,9 @@ def parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start")
     start.add_argument("tokenizer", type=Path)
     start.add_argument("out", type=Path)
+    seeds = sub.add_parser("seeds")
+    for name in ("model_dir", "shards", "out"):
+        seeds.add_argument(name, type=Path)
     lock = sub.add_parser("lock")
     lock.add_argument("model_dir", type=Path)
     lock.add_argument("out", type=Path)
@@ -300,6 +321,8 @@ def run(args: argparse.Namespace) -> None:
         run_loss(args.out)
     elif args.mode == "start":
         run_start(args.tokenizer, args.out)
+    elif args.mode == "seeds":
+        run_seeds(args.model_dir, args.shards, args.out)
     elif args.mode == "lock":
         run_lock(args.model_dir, args.out, args.layer_norms)
     elif args.mode in ("accum", "clamp"):
@@ -312,5 +335,7 @@ if __name__ == "__main__":
     cli = parser()
     given = cli.parse_args()
     with distributed():  # one process group, and DeepSpeed's import, for every job of a launch
-        for job in [cli.parse_args(shlex.split(line)) for line in given.lines] if given.mode == "jobs" else [given]:
-            run(job)
+        for line in given.lines if given.mode == "jobs" else [None]:
+            if line is not None:
+                print(f"job: {line}", flush=True)  # a failing job's traceback follows its line
+            run(given if line is None else cli.parse_args(shlex.split(line)))

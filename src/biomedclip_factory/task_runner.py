@@ -54,20 +54,24 @@ def _one_prefect_api() -> Iterator[None]:
     """Without ``PREFECT_API_URL`` the flow starts a temporary Prefect server, and so would every local Dask
     worker for its own task runs: workers + 1 servers over one SQLite file, each ~3 s to start, the task runs
     split between them. Start the flow's server first and give its address to the workers' environment."""
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    if PREFECT_API_URL.value():
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():  # a server, or Prefect's own error
         yield
         return
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance the flow's client then finds already running
     server.start()
+    before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         yield
     finally:
-        del os.environ["PREFECT_API_URL"]
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
 
 
 def dask_map(flow_name: str, address: str | None, workers: int, batch: int = DASK_BATCH,

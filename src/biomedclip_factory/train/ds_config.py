@@ -76,7 +76,7 @@ class TrainConfig:
         for key in ("warmup_steps", "lock_image_unlocked_groups", "lock_text_unlocked_layers"):
             if p.get(key, int, 0) < 0:
                 raise ParamsError(f"params: 'pretrain.{key}' must be >= 0, got {p.get(key, int)!r}")
-        grad_clip = p.get("grad_clip", float, None)
+        grad_clip = p.get("grad_clip", (float, type(None)))  # required; null: no clipping
         if grad_clip is not None and grad_clip <= 0:
             raise ParamsError(f"params: 'pretrain.grad_clip' must be > 0, or null for no clipping, got {grad_clip!r}")
         if p.get("text_packing", bool, False) and p.positive("text_buckets", int, 1) > 1:

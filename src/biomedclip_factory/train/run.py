@@ -50,8 +50,11 @@ class PretrainRun:
 
     def tracked_params(self, p: Section) -> dict[str, Any]:
         init_dir, text_init = self.init
+        world = torch.distributed.get_world_size()
         return {**p.raw(), "model": self.spec.__dict__, "init_from": str(init_dir or "scratch"),
-                "text_init_from": str(text_init or "scratch")}
+                "text_init_from": str(text_init or "scratch"), "world_size": world, "steps_resolved": self.cfg.steps,
+                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
+                "global_batch": self.cfg.micro_batch_size * self.cfg.gradient_accumulation_steps * world}
 
     def start(self) -> torch.nn.Module:
         """The starting model on every rank. Rank 0 describes it in ``staging`` and only then, with the model
