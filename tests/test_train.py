@@ -572,7 +572,7 @@ def test_tokenizer_from_a_given_hf_dir_is_copied_as_it_is(model_dir, tmp_path):
     assert a(CAPTIONS[0])["input_ids"] == b(CAPTIONS[0])["input_ids"]
 
 
-def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(tmp_path):
+def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(tmp_path, capsys):
     state = RunState(tmp_path / "ckpt")
 
     def checkpointed(fingerprint: str, step: int) -> None:
@@ -585,9 +585,10 @@ def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(t
     assert state.prepare("recipe+data", steps=8) == 4  # killed at step 6, checkpoint at 4: resume there
     # steps logged after the checkpoint are trained (and logged) again
     assert read_jsonl(state.loss_log) == [{"step": 2, "loss": 7}, {"step": 4, "loss": 5}]
-    for fingerprint, step in (("recipe+new data", 4), ("recipe+data", 8)):  # other shards; a finished run
-        checkpointed("recipe+data", step)
+    for fingerprint, step, why in (("recipe+new data", 4, "of another recipe"), ("recipe+data", 8, "finished")):
+        checkpointed("recipe+data", step)  # other shards (or ranks); a finished run
         assert state.prepare(fingerprint, steps=8) == 0
+        assert f"are of a run {why}" in capsys.readouterr().out  # said, not silent: hours of checkpoints go
         assert checkpoint_step(tmp_path / "ckpt") == 0
         assert (tmp_path / "ckpt" / "fingerprint").read_text() == fingerprint
         assert read_jsonl(state.loss_log) == []

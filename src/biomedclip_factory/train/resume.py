@@ -44,6 +44,10 @@ class RunState:
         """
         stamp = self.checkpoints / "fingerprint"
         if not (stamp.is_file() and stamp.read_text() == fingerprint and checkpoint_step(self.checkpoints) < steps):
+            if checkpoint_step(self.checkpoints):  # say why hours of checkpoints go
+                why = "finished" if stamp.is_file() and stamp.read_text() == fingerprint else (
+                    "of another recipe, data, vocabulary or number of ranks")
+                print(f"pretrain: the checkpoints in {self.checkpoints} are of a run {why}: starting over", flush=True)
             shutil.rmtree(self.checkpoints, ignore_errors=True)
             write_bytes_atomic(stamp, fingerprint.encode())
         resume = checkpoint_step(self.checkpoints)
