@@ -165,10 +165,10 @@ def test_kill_9_mid_scrape_then_rerun_gives_the_same_result(tmp_path):
     from .conftest import make_project, project_env, stage_command
 
     with MirrorServer(SAMPLE_MIRROR) as srv:
-        srv.faults.latency = 0.1  # slow enough to be caught in the middle
         params = {"scrape": {"source": srv.url, "workers": 2, "rate_limit": 0}}
         straight, killed = make_project(tmp_path / "a", params), make_project(tmp_path / "b", params)
         run_stage(straight, "scrape")
+        srv.faults.latency = 0.1  # the killed run slow enough to be caught in the middle
         proc = subprocess.Popen(stage_command(killed, "scrape"), cwd=killed, env=project_env(killed),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         raw = killed / "data" / "raw"
@@ -178,6 +178,7 @@ def test_kill_9_mid_scrape_then_rerun_gives_the_same_result(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not (raw / "manifest.jsonl").exists(), "killed too late to test anything"
+        srv.faults.latency = 0.0
         run_stage(killed, "scrape")
     assert _tree(raw) == _tree(straight / "data" / "raw")  # interrupted temp files swept, the rest completed
 
