@@ -280,7 +280,10 @@ def _local_bert(dest: Path, tokenizer_dir: Path, vocab_size: int | None = None) 
     return bert
 
 
-def test_text_tower_starts_from_a_local_bert_dir(model_dir, tmp_path):
+def test_text_tower_starts_from_a_local_bert_dir_and_trains_in_training_mode(model_dir, tmp_path):
+    """The weights come from the BERT dir. transformers' from_pretrained hands the tower back in eval mode; the
+    rank that loads it (rank 0 in the pretrain stage) must still train with dropout, as the ranks that build it
+    from its config do and as open_clip's trainer does (it sets train mode every epoch)."""
     bert = _local_bert(tmp_path / "bert", model_dir)
     copy_tokenizer(tmp_path / "bert", tmp_path / "tok", model_max_length=32)
     model = init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
@@ -289,21 +292,12 @@ def test_text_tower_starts_from_a_local_bert_dir(model_dir, tmp_path):
     for name, value in bert.state_dict().items():
         if not name.startswith("pooler."):  # open_clip pools the [CLS] state itself
             torch.testing.assert_close(text.state_dict()[name], value, msg=name)
-    _local_bert(tmp_path / "other", model_dir, vocab_size=999)
-    with pytest.raises(ParamsError, match="999-token vocabulary.*tokenizer.source"):
-        init_model_dir(SPEC, tmp_path / "tok", tmp_path / "bad", text_init=tmp_path / "other")
-
-
-def test_a_pretrained_text_tower_trains_in_training_mode(model_dir, tmp_path):
-    """transformers' from_pretrained hands the tower back in eval mode. The rank that loads it (rank 0 in the
-    pretrain stage) must still train with dropout, as the ranks that build it from its config do and as
-    open_clip's trainer does (it sets train mode every epoch)."""
-    _local_bert(tmp_path / "bert", model_dir)
-    copy_tokenizer(tmp_path / "bert", tmp_path / "tok", model_max_length=32)
-    model = init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
     with distributed():
         engine, _ = build_engine(model, config(), 1)
     assert [name for name, module in engine.module.named_modules() if not module.training] == []
+    _local_bert(tmp_path / "other", model_dir, vocab_size=999)
+    with pytest.raises(ParamsError, match="999-token vocabulary.*tokenizer.source"):
+        init_model_dir(SPEC, tmp_path / "tok", tmp_path / "bad", text_init=tmp_path / "other")
 
 
 def test_continued_pretraining_starts_from_a_saved_model_dir(model_dir, tmp_path):

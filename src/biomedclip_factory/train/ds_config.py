@@ -97,6 +97,10 @@ class TrainConfig:
             lock_text=p.get("lock_text", bool, False), lock_text_unlocked_layers=p.get("lock_text_unlocked_layers", int, 0),
             lock_text_freeze_layer_norm=p.get("lock_text_freeze_layer_norm", bool, False))
 
+    def global_batch(self, world_size: int) -> int:
+        """The pairs one optimizer step contrasts: micro-batch x accumulation x ranks."""
+        return self.micro_batch_size * self.gradient_accumulation_steps * world_size
+
     def text_layout(self, context_length: int) -> TextLayout:
         """The layout ``train_step`` gives the text tower: packed rows are as wide as the context."""
         return TextLayout(buckets=self.text_buckets, pack_width=context_length if self.text_packing else 0)
@@ -147,7 +151,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "train_batch_size": cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size,
+        "train_batch_size": cfg.global_batch(world_size),
         "gradient_clipping": cfg.grad_clip or 0.0,  # 0: DeepSpeed clips nothing
         "zero_optimization": {"stage": effective_zero_stage(cfg, world_size), **_offload(cfg)},
         # Without a GPU the host *is* the device: torch's AdamW is the CPU optimizer, no compile needed.

@@ -43,10 +43,10 @@ class RunState:
         the whole run (a DVC plot), not just what came after a resume.
         """
         stamp = self.checkpoints / "fingerprint"
-        if not (stamp.is_file() and stamp.read_text() == fingerprint and checkpoint_step(self.checkpoints) < steps):
-            if checkpoint_step(self.checkpoints):  # say why hours of checkpoints go
-                why = "finished" if stamp.is_file() and stamp.read_text() == fingerprint else (
-                    "of another recipe, data, vocabulary or number of ranks")
+        same_run, step = stamp.is_file() and stamp.read_text() == fingerprint, checkpoint_step(self.checkpoints)
+        if not (same_run and step < steps):
+            if step:  # say why hours of checkpoints go
+                why = "finished" if same_run else "of another recipe, data, vocabulary or number of ranks"
                 print(f"pretrain: the checkpoints in {self.checkpoints} are of a run {why}: starting over", flush=True)
             shutil.rmtree(self.checkpoints, ignore_errors=True)
             write_bytes_atomic(stamp, fingerprint.encode())

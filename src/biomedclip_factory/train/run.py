@@ -54,7 +54,7 @@ class PretrainRun:
         return {**p.raw(), "model": self.spec.__dict__, "init_from": str(init_dir or "scratch"),
                 "text_init_from": str(text_init or "scratch"), "world_size": world, "steps_resolved": self.cfg.steps,
                 "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
-                "global_batch": self.cfg.micro_batch_size * self.cfg.gradient_accumulation_steps * world}
+                "global_batch": self.cfg.global_batch(world)}
 
     def start(self) -> torch.nn.Module:
         """The starting model on every rank. Rank 0 describes it in ``staging`` and only then, with the model
