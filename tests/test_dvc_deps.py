@@ -100,6 +100,20 @@ def test_deps_cover_every_module_the_stage_imports(stage: str) -> None:
     assert uncovered(stage, dvc_stages()[stage]) == [], f"add these to dvc.yaml's {stage} deps"
 
 
+def test_bytecode_in_a_code_dep_is_not_hashed() -> None:
+    """Importing the package writes ``__pycache__`` into the code deps' folders on a user's machine;
+    DVC does not read .gitignore, so unless .dvcignore names it, ``dvc repro`` retrains for nothing."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        folders = {REPO / d for spec in dvc_stages().values() for d in spec["deps"] if (REPO / d).is_dir()}
+        assert folders, "no folder deps to check"
+        for folder in folders:
+            assert repo.dvcignore.is_ignored_file(str(folder / "__pycache__" / "x.cpython-311.pyc")), folder
+            assert repo.dvcignore.is_ignored_file(str(folder / "x.pyc")), folder
+            assert not repo.dvcignore.is_ignored_file(str(folder / "x.py")), folder
+
+
 def test_a_removed_dep_is_caught() -> None:
     spec = dvc_stages()["pretrain"]
     spec["deps"] = [d for d in spec["deps"] if d != "src/biomedclip_factory/io.py"]
