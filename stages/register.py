@@ -4,13 +4,16 @@ from __future__ import annotations
 import json
 import time
 from argparse import Namespace
+from collections.abc import Callable
 
 import mlflow
 import pandas as pd
 
 from biomedclip_factory.corpus.table import TABLE_NAME
 from biomedclip_factory.errors import DataError
+from biomedclip_factory.evaluate.models import load_encoder
 from biomedclip_factory.evaluate.report import flat_metrics
+from biomedclip_factory.evaluate.suite import split_retrieval
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
@@ -20,6 +23,17 @@ from biomedclip_factory.registry.register import register_model
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
+
+
+def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int) -> Callable[[str], float | None]:
+    """Scores a registered version on this run's retrieval split, for a gate on the same gallery."""
+    def rescore(version: str) -> float | None:
+        split = metric.split(".")[1]
+        print(f"register: scoring champion v{version} on this run's '{split}' split", flush=True)
+        encoder = load_encoder(f"models:/{name}/{version}", ROOT)
+        result, _, _ = split_retrieval(encoder, a.shards, split, batch_size)
+        return flat_metrics({"retrieval": {split: result}}).get(metric)
+    return rescore
 
 
 def main(a: Namespace) -> None:
@@ -36,11 +50,13 @@ def main(a: Namespace) -> None:
                         train_licence_mix(a.pairs / TABLE_NAME), flat_metrics(report))
     with stage_run("register", ROOT, p.raw()):
         t0 = time.perf_counter()
+        limits = ServeLimits.from_params(p)
         result = register_model(a.model, name, alias, example, tags, pinned_requirements(a.requirements), a.code,
-                                ServeLimits.from_params(p))
+                                limits)
         mlflow.log_metrics(flat_metrics(report))
         client = mlflow.MlflowClient()
-        decision = promote.decide(client, name, result.version, gate_metric, margin)
+        decision = promote.decide(client, name, result.version, gate_metric, margin,
+                                  champion_rescorer(a, name, gate_metric, limits.batch_size))
         promote.apply(client, name, result.version, decision)
         mlflow.set_tags({"promoted": str(decision.promote), "promotion_reason": decision.reason})
         seconds = time.perf_counter() - t0
@@ -53,4 +69,4 @@ def main(a: Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("register", main, ("model", "pairs", "eval", "pretrain", "requirements", "code", "metrics"))
+    run_stage("register", main, ("model", "pairs", "shards", "eval", "pretrain", "requirements", "code", "metrics"))

@@ -24,6 +24,13 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["evaluate"]["retrieval_splits"] = ["test"]  # changes eval.json, so register follows
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The champion as if scored before the last scrape grew the test split: the gate must score it
+    # again on this gallery rather than compare numbers from two galleries.
+    from mlflow import MlflowClient
+    registry = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    tags = json.loads(registry.get_model_version("biomedclip-factory", "1").tags["eval_metrics"])
+    tags["retrieval.test.gallery_size"] -= 1
+    registry.set_model_version_tag("biomedclip-factory", "1", "eval_metrics", json.dumps(tags))
     remote = tmp_path / "dvc-remote"
     subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=project, check=True)
     sys.path.insert(0, str(project))
@@ -41,6 +48,7 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
                    "evaluate": True, "register": True}
     registered = json.loads((project / "metrics/register.json").read_text())
     assert registered["version"] == 2 and "champion v1" in registered["promotion_reason"]
+    assert "re-scored on this gallery" in registered["promotion_reason"] and not registered["promoted"]  # same weights
     assert again["ran"]["scrape"] is True  # the source is always re-listed
     assert again["trained"] is False and again["promoted"] is None
     assert not any(again["ran"][s] for s in ("align", "shard", "tokenizer", "pretrain", "evaluate", "register"))

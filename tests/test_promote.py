@@ -5,8 +5,11 @@ import json
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from biomedclip_factory.registry import promote
+from biomedclip_factory.registry.lineage import lineage_tags
 
 METRIC = "retrieval.test.image_to_text.R_at_1"
 
@@ -48,3 +51,61 @@ def test_missing_or_failed_evaluation_is_never_promoted(client, tmp_path):
         v = _version(client, tmp_path, metrics)
         d = promote.decide(client, "m", v, METRIC, margin=0.0)
         assert not d.promote and "evaluation missing or failed" in d.reason
+
+
+def test_a_tie_keeps_the_champion(client, tmp_path):
+    v1 = _version(client, tmp_path, {METRIC: 0.5})
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
+    v2 = _version(client, tmp_path, {METRIC: 0.5})
+    d = promote.decide(client, "m", v2, METRIC, margin=0.0)
+    assert not d.promote and d.champion_score == 0.5
+
+
+def test_the_paper_suites_metrics_survive_the_tag_and_reach_the_gate(client, tmp_path):
+    """~5 kB of eval metrics (5 zero-shot sets, 3 probes at 3 fractions, VQA): one cut would lose the gate."""
+    metrics = {f"zeroshot.set_{i}.metric_{j}": 0.123456789 for i in range(20) for j in range(10)} | {METRIC: 0.7}
+    tags = lineage_tags(tmp_path, None, {}, metrics)
+    assert len(tags["eval_metrics"]) > 8000
+    v = client.create_model_version("m", source=str(tmp_path), tags=tags).version
+    d = promote.decide(client, "m", v, METRIC, margin=0.0)
+    assert d.promote and d.candidate_score == 0.7
+    with pytest.raises(ValueError, match="'eval_metrics' tag is"):
+        lineage_tags(tmp_path, None, {}, {f"k{i}": 0.123456789 for i in range(10_000)})
+
+
+class _RegistryDown(MlflowClient):
+    """A registry that answers for versions but fails reading the model's aliases (a 5xx, a dropped link)."""
+
+    def get_registered_model(self, name):
+        raise MlflowException("registry unavailable", INTERNAL_ERROR)
+
+
+def test_a_registry_error_is_not_taken_for_no_champion(client, tmp_path):
+    v1 = _version(client, tmp_path, {METRIC: 0.9})
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
+    v2 = _version(client, tmp_path, {METRIC: 0.1})
+    with pytest.raises(MlflowException, match="unavailable"):
+        promote.decide(_RegistryDown(client.tracking_uri), "m", v2, METRIC, margin=0.0)
+    assert client.get_model_version_by_alias("m", "champion").version == v1
+
+
+def test_a_champion_scored_on_another_gallery_is_scored_again_on_this_one(client, tmp_path):
+    gallery = "retrieval.test.gallery_size"
+    v1 = _version(client, tmp_path, {METRIC: 0.60, gallery: 1000})
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
+    asked = []
+
+    def rescore(version):
+        asked.append(version)
+        return 0.40  # the same champion on the larger gallery: harder, so lower
+
+    v2 = _version(client, tmp_path, {METRIC: 0.50, gallery: 1200})  # worse than the old tag, better here
+    d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=rescore)
+    assert asked == [v1] and d.promote and d.champion_score == 0.40 and "re-scored" in d.reason
+    promote.apply(client, "m", v2, d)
+    v3 = _version(client, tmp_path, {METRIC: 0.55, gallery: 1000})
+    d = promote.decide(client, "m", v3, METRIC, margin=0.0)  # no rescorer: refused, not guessed
+    assert not d.promote and "not comparable" in d.reason
+    asked.clear()
+    v4 = _version(client, tmp_path, {METRIC: 0.65, gallery: 1200})  # same gallery: the tag is the score
+    assert promote.decide(client, "m", v4, METRIC, margin=0.0, rescore=rescore).promote and asked == []

@@ -14,8 +14,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-
-TAG_LIMIT = 5000  # characters MLflow keeps of a tag value
+from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
 
 def git_commit(root: Path) -> str:
@@ -48,7 +47,10 @@ def train_licence_mix(pairs_table: Path) -> dict[str, int]:
 
 def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str, int],
                  eval_metrics: dict[str, Any]) -> dict[str, str]:
-    """The version tags of a model built in the project at ``root``: short, flat strings, as MLflow keeps them."""
+    """The version tags of a model built in the project at ``root``: flat strings, whole or not at all.
+
+    A cut JSON value would not parse: the promotion gate reads ``eval_metrics`` (~5 kB at the paper's
+    evaluation suite), so a value over MLflow's registry limit is an error naming the tag."""
     dvc_lock = root / "dvc.lock"
     values = {"git_commit": git_commit(root),
               "dvc_lock_sha256": hashlib.sha256(dvc_lock.read_bytes()).hexdigest() if dvc_lock.is_file() else None,
@@ -56,4 +58,9 @@ def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str,
               "training_run_id": training_run_id,
               "licence_mix": json.dumps(licence_mix, sort_keys=True),
               "eval_metrics": json.dumps(eval_metrics, sort_keys=True)}
-    return {k: str(v)[:TAG_LIMIT] for k, v in values.items() if v is not None}
+    tags = {k: str(v) for k, v in values.items() if v is not None}
+    for key, value in tags.items():
+        if len(value) > MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH:
+            raise ValueError(f"register: the '{key}' tag is {len(value):,} characters; "
+                             f"MLflow's registry keeps {MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH:,}")
+    return tags

@@ -1,15 +1,17 @@
 """The promotion gate: a new version becomes ``champion`` only if it beats the current one by a margin.
 
-A version whose evaluation failed, or lacks the gate metric, is never promoted. The decision and
-its reason are returned so the caller can log them (MLflow tags on the version, the stage's output).
+A version whose evaluation failed, or lacks the gate metric, is never promoted. Scores are compared
+only on the same data: a retrieval metric depends on its gallery, which grows with every scrape of
+PMC, so a champion scored on another gallery is scored again on the candidate's (``rescore``).
+The decision and its reason are returned so the caller can log them (MLflow tags, the stage's output).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
 
@@ -23,32 +25,56 @@ class Decision:
     champion_score: float | None
 
 
-def metric_of(version_tags: dict[str, str], metric: str) -> float | None:
-    """The gate metric from a version's ``eval_metrics`` tag (None when absent or not a number)."""
+def eval_metrics(version_tags: dict[str, str]) -> dict:
+    """A version's ``eval_metrics`` tag ({} when absent or unreadable)."""
     try:
-        value = json.loads(version_tags.get("eval_metrics", "{}")).get(metric)
+        metrics = json.loads(version_tags.get("eval_metrics", "{}"))
     except json.JSONDecodeError:
-        return None
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def metric_of(metrics: dict, metric: str) -> float | None:
+    """The gate metric (None when absent or not a number)."""
+    value = metrics.get(metric)
     return float(value) if isinstance(value, (int, float)) and value == value else None
 
 
-def decide(client: MlflowClient, name: str, version: str, metric: str, margin: float) -> Decision:
-    """Compare ``version`` with the current champion of ``name`` on ``metric`` (higher is better)."""
-    candidate = metric_of(client.get_model_version(name, version).tags, metric)
+def gallery_key(metric: str) -> str | None:
+    """The size of the gallery a retrieval metric was measured on (``retrieval.<split>.gallery_size``)."""
+    parts = metric.split(".")
+    return f"retrieval.{parts[1]}.gallery_size" if parts[0] == "retrieval" and len(parts) > 2 else None
+
+
+def decide(client: MlflowClient, name: str, version: str, metric: str, margin: float,
+           rescore: Callable[[str], float | None] | None = None) -> Decision:
+    """Compare ``version`` with the current champion of ``name`` on ``metric`` (higher is better).
+
+    ``rescore(champion_version)`` scores the champion on the candidate's data when its own score was
+    measured on another gallery. Errors reading the registry propagate: an outage is not "no champion".
+    """
+    metrics = eval_metrics(client.get_model_version(name, version).tags)
+    candidate = metric_of(metrics, metric)
     if candidate is None:
         return Decision(False, f"evaluation missing or failed: no '{metric}' for version {version}", None, None, None)
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    champion_version = client.get_registered_model(name).aliases.get(CHAMPION)
+    if champion_version is None:
         return Decision(True, f"no champion yet; {metric}={candidate:.4f}", candidate, None, None)
-    best = metric_of(champion.tags, metric)
+    champion = eval_metrics(client.get_model_version(name, champion_version).tags)
+    best, measured = metric_of(champion, metric), ""
+    key = gallery_key(metric)
+    if best is not None and key and champion.get(key) != metrics.get(key):
+        if rescore is None:
+            return Decision(False, f"champion v{champion_version} was scored on a gallery of {champion.get(key)}, "
+                                   f"this version on {metrics.get(key)}: not comparable", candidate, champion_version, None)
+        best, measured = rescore(champion_version), f" (re-scored on this gallery of {metrics.get(key)})"
     if best is None:
-        return Decision(True, f"champion v{champion.version} has no '{metric}'", candidate, champion.version, None)
-    if candidate >= best + margin:
-        return Decision(True, f"{metric} {candidate:.4f} ≥ champion v{champion.version} {best:.4f} + margin {margin}",
-                        candidate, champion.version, best)
-    return Decision(False, f"{metric} {candidate:.4f} < champion v{champion.version} {best:.4f} + margin {margin}",
-                    candidate, champion.version, best)
+        return Decision(True, f"champion v{champion_version} has no '{metric}'", candidate, champion_version, None)
+    if candidate > best + margin:
+        return Decision(True, f"{metric} {candidate:.4f} > champion v{champion_version} {best:.4f}{measured} "
+                              f"+ margin {margin}", candidate, champion_version, best)
+    return Decision(False, f"{metric} {candidate:.4f} ≤ champion v{champion_version} {best:.4f}{measured} "
+                           f"+ margin {margin}", candidate, champion_version, best)
 
 
 def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
