@@ -34,7 +34,7 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
         uncached = _keep_copies([Path(out.fs_path) for out in outs if not out.use_cache], Path(kept))
         try:
             done = repo.reproduce(stage, single_item=True, force=force)
-        except Exception:
+        except BaseException:  # a failure, and a cancelled run too (Prefect's TerminationSignal, Ctrl-C)
             _restore_last_good(repo, stage, [str(out.fs_path) for out in outs if out.use_cache], uncached)
             raise
     return [s.addressing for s in done]

@@ -13,7 +13,9 @@ Failures notify through a saved Prefect notification block, named ``<block-type>
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +27,28 @@ from .pipeline import ROOT, STAGES, run_scrape, run_stage
 DEFAULT_CRON = "0 3 * * *"
 
 
-def apply_overrides(project: Path, profile: str | None, source: str | None) -> None:
-    """Switch to ``params/<profile>.yaml`` and/or another scrape source, keeping params.yaml's comments."""
+@contextlib.contextmanager
+def overridden_params(project: Path, profile: str | None, source: str | None) -> Iterator[None]:
+    """``params/<profile>.yaml`` and/or another scrape source for this run only (params.yaml's comments
+    kept): params.yaml is put back as it was afterwards, failed or not, so one manual run with other
+    parameters does not become every later scheduled run's."""
     from dvc.utils.serialize import modify_yaml
 
+    params_file = project / "params.yaml"
+    original = params_file.read_bytes()
     if profile:
         profile_file = project / "params" / f"{profile}.yaml"
         if not profile_file.is_file():
             raise FileNotFoundError(f"retrain: no profile {profile_file}")
-        (project / "params.yaml").write_text(profile_file.read_text())
-    if source:
-        with modify_yaml(str(project / "params.yaml")) as params:
-            params["scrape"]["source"] = source
+    try:
+        if profile:
+            params_file.write_text(profile_file.read_text())
+        if source:
+            with modify_yaml(str(params_file)) as params:
+                params["scrape"]["source"] = source
+        yield
+    finally:
+        params_file.write_bytes(original)
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
@@ -55,10 +67,10 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
             push: bool = False, notify_block: str | None = None, scrape_retries: int = 3) -> dict[str, Any]:
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
     path = Path(project)
-    apply_overrides(path, profile, source)
-    ran = {"scrape": bool(run_scrape.with_options(retries=scrape_retries)(path, force=True))}
-    for stage in STAGES[1:]:
-        ran[stage] = bool(run_stage(stage, path))
+    with overridden_params(path, profile, source):
+        ran = {"scrape": bool(run_scrape.with_options(retries=scrape_retries)(path, force=True))}
+        for stage in STAGES[1:]:
+            ran[stage] = bool(run_stage(stage, path))
     result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": None}
     if ran["register"]:
         registered = json.loads((path / "metrics" / "register.json").read_text())
@@ -80,8 +92,12 @@ def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
     with no work pool) is scheduled but never executed. ``global_limit=1`` keeps a long run and the
     next night's from sharing one DVC workspace.
     """
-    retrain.serve(name=name, cron=cron, parameters=parameters, global_limit=1, limit=1,
-                  entrypoint_type=EntrypointType.MODULE_PATH)
+    # The flow as its module's name gives it: run as ``python -m flows.retrain`` this module is
+    # ``__main__``, an entrypoint that no other process (a work-pool worker, a restart) can import.
+    from flows.retrain import retrain as importable
+
+    importable.serve(name=name, cron=cron, parameters=parameters, global_limit=1, limit=1,
+                     entrypoint_type=EntrypointType.MODULE_PATH)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,23 @@ def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on
     assert _Inbox.received, "no notification arrived"
     message = json.loads(_Inbox.received[-1])["text"]
     assert "biomedclip retrain failed" in message and "failed" in message
+
+
+def test_a_runs_profile_and_source_last_only_that_run(tmp_path: Path):
+    """A manual run with other parameters must not become every later scheduled run's."""
+    from flows.retrain import overridden_params
+
+    (tmp_path / "params").mkdir()
+    original = b"# ours\nscrape:\n  source: sample/pmc   # the bundled mirror\n"
+    (tmp_path / "params.yaml").write_bytes(original)
+    (tmp_path / "params" / "big.yaml").write_text("scrape:\n  source: https://pmc.example\n  workers: 32\n")
+    with overridden_params(tmp_path, "big", "http://127.0.0.1:9/mirror"):
+        during = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert during["scrape"] == {"source": "http://127.0.0.1:9/mirror", "workers": 32}
+    assert (tmp_path / "params.yaml").read_bytes() == original
+    with pytest.raises(RuntimeError, match="stage failed"), overridden_params(tmp_path, None, "http://x"):
+        raise RuntimeError("stage failed")
+    assert (tmp_path / "params.yaml").read_bytes() == original
+    with pytest.raises(FileNotFoundError, match="no profile"), overridden_params(tmp_path, "absent", None):
+        pass
+    assert (tmp_path / "params.yaml").read_bytes() == original

@@ -311,3 +311,38 @@ def test_a_stage_failing_under_dvc_in_the_flow_gets_its_last_good_outputs_back(b
         run_stage.fn("tokenizer", project)
     assert _tree_digest(project, outputs) == before
 
+
+
+def test_a_cancelled_stage_run_gets_its_last_good_outputs_back(tmp_path: Path, monkeypatch):
+    """A cancelled flow run is told so by a signal: Prefect raises TerminationSignal (a BaseException,
+    not an Exception) wherever the run is, here inside DVC's wait for the stage's command."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows.pipeline import _reproduce
+
+    project = tmp_path / "p"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    (project / "in.txt").write_text("one")
+    stage = {"cmd": "cp in.txt out.txt && if [ -f cancel ]; then rm out.txt; kill -TERM $PPID; sleep 5; fi",
+             "deps": ["in.txt"], "outs": ["out.txt"]}
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"copy": stage}}))
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    _reproduce("copy", project, force=False)
+    assert (project / "out.txt").read_text() == "one"
+
+    def terminate(signum, frame):  # what Prefect installs in a flow run's process
+        raise TerminationSignal(signal=signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        (project / "in.txt").write_text("two")
+        (project / "cancel").touch()
+        with pytest.raises(TerminationSignal):
+            _reproduce("copy", project, force=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (project / "out.txt").read_text() == "one"

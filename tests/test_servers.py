@@ -147,6 +147,7 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
         deployment = found[0]
         assert deployment["name"] == "nightly" and deployment["schedules"][0]["schedule"]["cron"] == "0 4 * * *"
         assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
         run = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
         deadline = time.monotonic() + 300
         state = run["state"]["type"]
