@@ -173,6 +173,35 @@ def test_linear_probe_separates_what_is_separable_and_nothing_else():
     assert list(np.bincount(labels[picked])) == [5, 15] and list(subset(labels, 0.1, 4)) == list(picked)
 
 
+def test_a_probe_judged_by_auroc_picks_its_regularisation_by_auroc():
+    """6% positives (TCGA-TIL is skewed alike): by accuracy every C ties with 'always negative' and the
+    strongest regularisation wins; by AUROC, the reported metric, the C that ranks best does."""
+    from biomedclip_factory.evaluate.linear_probe import C_GRID, probe_scores
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(400) < 0.06).astype(int)
+    x = rng.normal(size=(400, 20))
+    x[:, 0] += 0.8 * y
+    by_accuracy = probe_scores(x, y, x, y, 2, (1.0,), (0,), "accuracy")["1"]["C"]
+    by_auroc = probe_scores(x, y, x, y, 2, (1.0,), (0,), "auroc")["1"]["C"]
+    assert by_accuracy == [C_GRID[0]] and by_auroc != by_accuracy
+
+
+def test_multiclass_auroc_over_the_classes_a_set_holds():
+    """A class the test set lacks: the one-vs-rest mean over the classes present, not NaN."""
+    from sklearn.metrics import roc_auc_score
+
+    logits = torch.tensor([[2.0, 0.1, 0.3], [0.2, 1.5, 0.1], [1.0, 0.9, 0.2], [0.1, 0.3, 2.0],
+                           [0.5, 0.4, 0.1], [0.2, 0.1, 0.9]])
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])  # class 2 absent
+    probs = logits.softmax(dim=1).numpy()
+    want = np.mean([roc_auc_score(labels.numpy() == c, probs[:, c]) for c in (0, 1)])
+    assert classification_metrics(logits, labels, 3)["auroc"] == pytest.approx(want)
+    full = torch.tensor([0, 1, 0, 1, 2, 2])  # every class present: sklearn's one-vs-rest macro, unchanged
+    assert classification_metrics(logits, full, 3)["auroc"] == pytest.approx(
+        roc_auc_score(full.numpy(), probs, multi_class="ovr"))
+
+
 PAPER_ZEROSHOT = {  # Supplementary Table 5 of the BiomedCLIP paper: class names in its order, its two templates
     "pcam": (["normal lymph node", "lymph node metastasis"], ["this is an image of {}", "{} presented in image"], "accuracy"),
     "lc25000_lung": (["lung adenocarcinomas", "normal lung tissue", "lung squamous cell carcinomas"],

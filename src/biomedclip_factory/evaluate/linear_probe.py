@@ -3,7 +3,7 @@
 Per dataset, a logistic regression is trained on 1%, 10% and 100% (from params) of a labelled train
 split, stratified and seeded, and scored on the test split. As in CLIP's linear probe the
 regularisation strength C is chosen on held-out folds of the training subset (scikit-learn's
-``LogisticRegressionCV``), never on the test split. Fractions below 1 are repeated over the seeds and
+``LogisticRegressionCV``), never on the test split, by the metric the set reports. Fractions below 1 are repeated over the seeds and
 reported as mean ± std; the full split is one run. Train and test sets use the zero-shot suite's
 dataset forms (ImageFolder or MedMNIST ``.npz``), so a new dataset is params only.
 """
@@ -44,10 +44,19 @@ def subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray, seed: int) -> LogisticRegressionCV:
+def cv_scoring(metric: str, n_classes: int) -> str:
+    """scikit-learn's scorer for the metric the probe reports: C is chosen on the metric it is judged by
+    (by accuracy, a skewed set such as TCGA-TIL picks the strongest regularisation, the majority class)."""
+    if metric == "auroc":
+        return "roc_auc" if n_classes == 2 else "roc_auc_ovr"
+    return metric
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, seed: int, metric: str = "accuracy") -> LogisticRegressionCV:
     """Logistic regression with C picked by cross-validation on the training features alone."""
-    folds = int(min(5, np.bincount(labels).min()))
-    probe = LogisticRegressionCV(Cs=C_GRID, cv=max(2, folds), max_iter=2000, random_state=seed, scoring="accuracy",
+    folds = int(min(5, np.bincount(labels)[np.unique(labels)].min()))
+    probe = LogisticRegressionCV(Cs=C_GRID, cv=max(2, folds), max_iter=2000, random_state=seed,
+                                 scoring=cv_scoring(metric, len(np.unique(labels))),
                                  l1_ratios=(0.0,), use_legacy_attributes=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -62,7 +71,7 @@ def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         runs = []
         for seed in seeds if fraction < 1 else seeds[:1]:
             index = subset(train_y, fraction, seed) if fraction < 1 else np.arange(len(train_y))
-            probe = fit_probe(train_x[index], train_y[index], seed)
+            probe = fit_probe(train_x[index], train_y[index], seed, metric)
             margins = torch.from_numpy(probe.decision_function(test_x)).float()
             if margins.ndim == 1:  # binary: one margin → two columns for the shared metrics
                 margins = torch.stack([-margins / 2, margins / 2], dim=1)

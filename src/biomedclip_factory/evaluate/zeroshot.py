@@ -88,8 +88,8 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes
         auroc = float("nan")
     elif n_classes == 2:
         auroc = float(roc_auc_score(y, probs[:, 1]))
-    else:
-        auroc = float(roc_auc_score(y, probs, multi_class="ovr", labels=list(range(n_classes))))
+    else:  # one-vs-rest macro over the classes the set holds (sklearn's "ovr" gives NaN when one is absent)
+        auroc = float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
     return {"accuracy": float((pred == y).mean()),
             "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
             "auroc": auroc,
