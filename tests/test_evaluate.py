@@ -124,6 +124,25 @@ def test_a_broken_model_dir_is_a_clear_error(tmp_path):
         load_encoder("local-dir:m", tmp_path)
 
 
+def test_each_model_is_scored_through_its_own_preprocessing(tmp_path):
+    """A model in evaluate.models with other normalisation and resizing is fed as open_clip feeds it."""
+    import open_clip
+
+    from biomedclip_factory.evaluate.embed import Encoder
+
+    from .conftest import tiny_model_dir
+
+    model_dir = tiny_model_dir(tmp_path)
+    config = json.loads((model_dir / "open_clip_config.json").read_text())
+    config["preprocess_cfg"].update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], interpolation="bilinear",
+                                    resize_mode="squash")
+    (model_dir / "open_clip_config.json").write_text(json.dumps(config))
+    _, _, theirs = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    ours = Encoder.load(model_dir).preprocess
+    image = Image.fromarray((np.random.default_rng(0).random((90, 200, 3)) * 255).astype(np.uint8))
+    assert torch.equal(ours(image), theirs(image)) and repr(ours) == repr(theirs)
+
+
 def test_multiclass_auroc_ranks_the_models_logit_scaled_probabilities(tmp_path):
     """Three classes: softmax over raw cosines and over scale × cosines order the images differently per
     class, so one-vs-rest AUROC must use the model's own scale (as its zero-shot probabilities do)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import open_clip
+from open_clip.transform import PreprocessCfg, image_transform_v2
 import torch
 from PIL import Image
 from transformers import AutoTokenizer
@@ -74,8 +74,9 @@ class Encoder:
     def load(cls, model_dir: Path, device: torch.device | None = None) -> "Encoder":
         device = device or default_device()
         model = create_model(model_dir, load_weights=True).eval().to(device)
-        preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
-                                               mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+        # The model's own preprocess_cfg, as open_clip's create_model_and_transforms builds its val
+        # transform: another model in evaluate.models may resize, interpolate or normalise differently.
+        preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return cls(model, preprocess, tokenizer, tokenizer.model_max_length, device)
 
