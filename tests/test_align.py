@@ -152,3 +152,16 @@ def test_normalised_real_figure_matches_pillows_bicubic_thumbnail(max_side, mean
     assert np.abs(ours - np.asarray(reference, dtype=np.int16)).mean() < mean_error  # of 255: not another image
     assert int(img.phash, 16).bit_count() > 0
     assert imagehash.hex_to_hash(img.phash) - imagehash.phash(reference) <= 4
+
+
+def test_the_split_does_not_depend_on_the_order_ratios_are_written_in():
+    """DVC and the align journal compare params as mappings: a reordered ``ratios`` must split alike."""
+    from itertools import permutations
+
+    ratios = {"train": 0.7, "val": 0.1, "test": 0.2}
+    ids = [f"PMC{n}" for n in range(2000)]
+    splits = [[split_of(i, dict(order)) for i in ids] for order in permutations(ratios.items())]
+    assert all(s == splits[0] for s in splits)
+    counts = {name: splits[0].count(name) / len(ids) for name in ratios}
+    assert all(abs(counts[n] - ratios[n]) < 0.03 for n in ratios)
+    assert split_of("PMC3532326", {"train": 0.7, "val": 0.0, "test": 0.3}) == "test"  # README's walk-through
