@@ -112,6 +112,32 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     assert "linear probe pneumoniamnist accuracy at 10% of train (40 images, 3 seeds)" in table
 
 
+def test_an_evaluation_with_nothing_to_plot_still_completes_under_dvc(built_project: Path, tmp_path: Path):
+    """Every zero-shot set unreadable and no retrieval split: the stage reports that and still writes its
+    declared plots, or DVC fails the run after the work is done."""
+    import subprocess
+    import sys
+
+    from .conftest import project_env
+
+    project = tmp_path / "p"
+    shutil.copytree(built_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"].update(retrieval_splits=[], vqa={})
+    params["evaluate"]["linear_probe"]["sets"] = {}
+    for task in params["evaluate"]["zeroshot"].values():
+        task["path"] = "no/such/dir"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**project_env(project), "PATH": f"{Path(sys.executable).parent}:{project_env(project)['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", "evaluate"], cwd=project,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (project / "plots/confusion").is_dir() and not any((project / "plots/confusion").iterdir())
+    assert Image.open(project / "plots/retrieval_examples.png").size[0] > 0
+    report = json.loads((project / "metrics/eval.json").read_text())["models"]["ours"]
+    assert all("dataset not found" in task["error"] for task in report["zeroshot"].values())
+
+
 def test_a_broken_model_dir_is_a_clear_error(tmp_path):
     from biomedclip_factory.evaluate.models import load_encoder
 

@@ -81,11 +81,14 @@ def confusion_rows(confusion: list[list[int]], classes: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def examples_grid(examples: list[tuple[Path, str, str]], width: int = 320) -> Image.Image:
-    """A column of (image, true caption, top-1 retrieved caption) rows for eyeballing retrieval."""
+def examples_grid(examples: list[tuple[Path, str, str]], width: int = 320, empty: str = "") -> Image.Image:
+    """A column of (image, true caption, top-1 retrieved caption) rows for eyeballing retrieval
+    (``empty`` written on it when there are none)."""
     row_h = 200
     canvas = Image.new("RGB", (width * 3, max(1, len(examples)) * row_h), "white")
     draw = ImageDraw.Draw(canvas)
+    if not examples:
+        draw.text((5, 5), empty, fill="black")
     for i, (path, truth, retrieved) in enumerate(examples):
         with Image.open(path) as img:
             img.thumbnail((width - 10, row_h - 10))
@@ -112,13 +115,15 @@ def flat_metrics(report: dict, prefix: str = "") -> dict[str, float]:
 def write_plots(ours: dict, kept: dict, split: str, confusion: Path, examples_png: Path, pairs: Path) -> None:
     """DVC's plots of our model: a confusion CSV per zero-shot set, and a grid of ``split``'s retrieval
     examples (each image with its own caption and the one ranked first), images from the pairs folder."""
+    confusion.mkdir(parents=True, exist_ok=True)  # both are declared outputs: DVC fails a run that lacks one
     for task, res in ours["zeroshot"].items():
         if "confusion" in res:
             write_bytes_atomic(confusion / f"{task}.csv", confusion_rows(res["confusion"], res["classes"]).encode())
     meta, sim = kept.get(split, ([], None))
+    examples = []
     if meta:
         top1 = sim.argmax(dim=1).tolist()
         examples = [(pairs / image_path(m["pair_id"]), m["caption"], meta[j]["caption"]) for m, j in zip(meta, top1)]
-        examples_png.parent.mkdir(parents=True, exist_ok=True)
-        examples_grid(examples).save(examples_png)
+    examples_png.parent.mkdir(parents=True, exist_ok=True)
+    examples_grid(examples, empty=f"no '{split}' retrieval examples to show").save(examples_png)
 
