@@ -24,7 +24,7 @@ def test_ids_are_built_and_read_back_in_one_place(article, fig_id):
     pair = make_pair(article, fig_id, "a caption")
     assert pair.pair_id == make_pair_id(article, fig_id) and pair.image == image_path(pair.pair_id)
     assert pair.fig_id == fig_id and pair.article == article and pair.dedup_key().article == article
-    assert "." not in pair.shard_key.split("_")[0] and pair.shard_key.count(".") == fig_id.count(".")
+    assert "." not in pair.shard_key and pair.shard_key.startswith(article.replace(".", "v"))
     assert Reject(article, fig_id, "duplicate_image").pair_id == pair.pair_id
     assert Reject(article, None, "xml_malformed").pair_id is None
 
@@ -36,3 +36,26 @@ def test_rows_round_trip_through_the_table_and_a_missing_field_is_named():
     assert "image" not in pair.sample_meta() and set(pair.sample_meta()) == set(PAIR_FIELDS) - {"image"}
     with pytest.raises(DataError, match="PMC1.1_F1: the row lacks license_code"):
         Pair.from_row({k: v for k, v in pair.row().items() if k != "license_code"})
+
+
+def test_figure_ids_with_dots_keep_their_samples_whole_in_webdataset(tmp_path):
+    """WebDataset splits a member name at its first dot: a dotted figure id must not become a key
+    shared by the article's figures with the rest of the id taken for the extension."""
+    import io
+    import tarfile
+
+    import webdataset as wds
+
+    ids = ["Ch1.F1", "Ch1.F2", "Ch1_F1", "F%2E1", "F1"]
+    pairs = [make_pair("PMC7.2", fig_id, f"caption of {fig_id}") for fig_id in ids]
+    assert len({p.shard_key for p in pairs}) == len(ids)
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for pair in pairs:
+            for ext, data in (("txt", pair.caption.encode()), ("jpg", b"\xff\xd8")):
+                info = tarfile.TarInfo(f"{pair.shard_key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False))
+    assert [(s["__key__"], s["txt"].decode()) for s in samples] == \
+        [(p.shard_key, p.caption) for p in pairs] and all("jpg" in s for s in samples)

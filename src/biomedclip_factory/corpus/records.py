@@ -56,8 +56,12 @@ class Pair:
 
     @property
     def shard_key(self) -> str:
-        """Its WebDataset key: WebDataset cuts keys at the first dot, and article versions hold one."""
-        return self.pair_id.replace(".", "v", 1)
+        """Its WebDataset key. WebDataset cuts a member's name at its first dot into key and extension,
+        so no dot may remain: the article version's becomes ``v``; the figure id's (Copernicus ``Ch1.F1``,
+        a DOI-style ``pone.0012255.g001``) are percent-escaped, as are ``%`` and ``/``, so keys stay unique."""
+        article = self.article.replace(".", "v", 1)
+        figure = self.fig_id.replace("%", "%25").replace(".", "%2E").replace("/", "%2F")
+        return f"{article}{ID_SEPARATOR}{figure}"
 
     def row(self) -> dict[str, Any]:
         """The pair as a table row (the journal's JSON, ``PAIR_SCHEMA``'s columns), fields in order."""
