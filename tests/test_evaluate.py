@@ -138,6 +138,32 @@ def test_an_evaluation_with_nothing_to_plot_still_completes_under_dvc(built_proj
     assert all("dataset not found" in task["error"] for task in report["zeroshot"].values())
 
 
+def test_an_unreadable_gallery_sample_is_counted_not_silently_dropped(built_project: Path, tmp_path: Path):
+    """A corrupt image in a test shard, decoded in a worker process: the gallery shrinks by one and the
+    report says so (a worker's skip count never reaches the parent)."""
+    import io
+    import tarfile
+
+    from biomedclip_factory.evaluate.embed import Encoder
+    from biomedclip_factory.evaluate.suite import split_retrieval
+
+    shards = tmp_path / "shards"
+    shutil.copytree(built_project / "data/shards", shards)
+    tar_path = next((shards / "test").glob("*.tar"))
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w") as tar:
+        broken = False
+        for member, data in members:
+            if member.name.endswith(".jpg") and not broken:
+                data, broken = b"\xff\xd8not a jpeg" + bytes(len(data)), True
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    encoder = replace(Encoder.load(built_project / "models/clip"), workers=1)
+    result, meta, _ = split_retrieval(encoder, shards, "test", 8)
+    assert result["gallery_size"] == len(meta) == 1 and result["unreadable"] == 1
+
+
 def test_a_broken_model_dir_is_a_clear_error(tmp_path):
     from biomedclip_factory.evaluate.models import load_encoder
 

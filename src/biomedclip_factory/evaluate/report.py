@@ -36,7 +36,8 @@ def markdown_report(models: dict[str, dict]) -> str:
             continue
         for direction in ("image_to_text", "text_to_image"):
             for k in ret[direction]:
-                label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']})"
+                lost = f", {ret['unreadable']} unreadable" if ret.get("unreadable") else ""
+                label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']}{lost})"
                 values = [_fmt(ok[n]["retrieval"].get(split, {}).get(direction, {}).get(k, "–")) for n in names]
                 rows.append((label, values, _fmt(ret["chance"][k])))
     for task, res in first.get("zeroshot", {}).items():

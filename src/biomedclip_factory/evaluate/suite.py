@@ -13,7 +13,7 @@ import torch
 
 from ..errors import DataError, ParamsError
 from ..params import Section
-from ..shards.loader import CaptionCollator, eval_batches
+from ..shards.loader import CaptionCollator, eval_batches, split_size
 from .embed import Encoder
 from .linear_probe import ProbeTask, evaluate_linear_probe
 from .models import load_encoder
@@ -120,10 +120,16 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
         images.append(i)
         texts.append(t)
         meta += batch_meta
+    # Decoding workers skip an unreadable sample where the parent cannot count it: the split's own
+    # size (sizes.json) says how many the gallery lost.
+    unreadable = split_size(shards, split) - len(meta)
+    if unreadable:
+        print(f"evaluate: split '{split}': {unreadable} of {len(meta) + unreadable} samples unreadable, "
+              "left out of the gallery", flush=True)
     if not images:
-        return {"gallery_size": 0}, [], torch.empty(0)
+        return {"gallery_size": 0, "unreadable": unreadable}, [], torch.empty(0)
     image_emb, text_emb = torch.cat(images), torch.cat(texts)
-    return retrieval_metrics(image_emb, text_emb), meta, image_emb[:EXAMPLES] @ text_emb.T
+    return {**retrieval_metrics(image_emb, text_emb), "unreadable": unreadable}, meta, image_emb[:EXAMPLES] @ text_emb.T
 
 
 def evaluate_model(encoder: Encoder, suite: Suite, shards: Path, keep: dict | None = None) -> dict:
