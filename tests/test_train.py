@@ -1,6 +1,7 @@
 """Pretraining: ZeRO stages across ranks, exact resumption after kill -9, init from pretrained dirs."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -600,5 +601,33 @@ def test_fingerprint_covers_the_train_shards(tmp_path):
     for digest in ("aaa", "bbb", "aaa"):
         (tmp_path / "shards" / "manifest.json").write_text(json.dumps({"train": {"sha256": digest}}))
         prints.append(run_fingerprint(spec, cfg, (None, None), tmp_path / "tokenizer" / "tokenizer.json",
-                                      tmp_path / "shards"))
+                                      tmp_path / "shards", 1))
     assert prints[0] == prints[2] != prints[1]
+
+    def fingerprint(cfg=cfg, world=1, init=(None, None)):
+        return run_fingerprint(spec, cfg, init, tmp_path / "tokenizer" / "tokenizer.json", tmp_path / "shards", world)
+
+    base = fingerprint()
+    assert fingerprint(world=2) != base  # another number of ranks: another data order and batch
+    assert fingerprint(dataclasses.replace(cfg, compile=True, log_every=1, prefetch_factor=8)) == base
+    assert fingerprint(dataclasses.replace(cfg, zero_stage=3 - cfg.zero_stage)) != base  # the checkpoint layout
+    assert fingerprint(dataclasses.replace(cfg, lr=cfg.lr / 2)) != base
+
+
+def test_a_moved_checkout_keeps_its_checkpoints(tmp_path, monkeypatch):
+    """A starting model inside the project is named by its project path, so the run is the same run."""
+    from .conftest import REPO
+
+    params = REPO / "params.yaml"
+    spec, cfg = ModelSpec.from_params(load_section("model", params)), TrainConfig.from_params(load_section("pretrain", params), 100)
+    prints = []
+    for checkout in ("a", "b", "c"):
+        root = tmp_path / checkout
+        for name in ("models/start", "tokenizer", "shards"):
+            (root / name).mkdir(parents=True)
+        (root / "tokenizer" / "tokenizer.json").write_text("{}")
+        monkeypatch.chdir(root)
+        start = root / "models" / ("start" if checkout != "c" else "other")
+        prints.append(run_fingerprint(spec, cfg, (start, Path("/opt/BiomedBERT")), root / "tokenizer" / "tokenizer.json",
+                                      root / "shards", 1))
+    assert prints[0] == prints[1] != prints[2]

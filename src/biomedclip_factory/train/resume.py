@@ -13,13 +13,27 @@ from .ds_config import TrainConfig
 from .loop import checkpoint_step
 
 
+# Settings a crashed run may resume under changed: how fast or how visibly it runs, not what it
+# computes or how its checkpoints are laid out (ZeRO stage and offload are, and stay in).
+RESUMABLE_ACROSS = ("log_every", "prefetch_factor", "grad_checkpointing", "compile", "text_buckets", "text_packing")
+
+
+def _project_relative(path: Path | None) -> str:
+    """A starting dir inside the project by its project path: a moved checkout keeps its checkpoints."""
+    if path is None:
+        return "None"
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(here).as_posix() if resolved.is_relative_to(here) else str(resolved)
+
+
 def run_fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None], vocabulary: Path,
-                    shard_dir: Path) -> str:
-    """What a run's checkpoints belong to: model, recipe, starting point, vocabulary and train shards."""
+                    shard_dir: Path, world_size: int) -> str:
+    """What a run's checkpoints belong to: model, recipe, ranks, starting point, vocabulary and train shards."""
     manifest = shard_dir / "manifest.json"  # the shard stage's per-split digest ("" for older shards)
     shards = json.loads(manifest.read_text()).get("train", {}).get("sha256", "") if manifest.is_file() else ""
-    blob = json.dumps([spec.__dict__, cfg.__dict__, vocabulary.read_text(), [str(i) for i in init], shards],
-                      sort_keys=True, default=str)
+    recipe = {k: v for k, v in cfg.__dict__.items() if k not in RESUMABLE_ACROSS}
+    blob = json.dumps([spec.__dict__, recipe, world_size, vocabulary.read_text(), [_project_relative(i) for i in init],
+                       shards], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -65,7 +65,7 @@ class PretrainRun:
             torch.manual_seed(self.cfg.seed)  # the seeded init of whatever does not come from a pretrained dir
             model = start_model(self.spec, *self.init, self.tokenizer, self.staging)
             self.state.prepare(run_fingerprint(self.spec, self.cfg, self.init, self.tokenizer / "tokenizer.json",
-                                               self.shards), self.cfg.steps)
+                                               self.shards, torch.distributed.get_world_size()), self.cfg.steps)
         torch.distributed.barrier()
         return model if rank == 0 else create_model(self.staging, load_weights=False)
 
