@@ -42,6 +42,8 @@ def test_pairs_become_articles_grouped_by_a_field(tmp_path):
     result = scrape(source, tmp_path / "raw", SelectionPolicy.named("commercial"), progress=False)
     rows = {r["group"]: r for r in result.lines()}
     assert rows["A"]["status"] == "ok" and len(rows["A"]["files"]) == 4  # 3 images and the JATS of their captions
+    metadata = [f.read_text() for f in (tmp_path / "raw").rglob("*.json") if f.name.startswith("LOCAL")]
+    assert metadata and not any(str(tmp_path) in m for m in metadata)  # a DVC output, hashed alike in any checkout
     assert rows["B"]["status"] == "failed" and "img/none.png" in rows["B"]["error"] and "pairs.jsonl:5" in rows["B"]["error"]
     excluded = scrape(source, tmp_path / "raw2", SelectionPolicy.named(["CC0"]), progress=False)
     assert {r["status"] for r in excluded.lines()} == {"skipped:licence_excluded:CC BY"}

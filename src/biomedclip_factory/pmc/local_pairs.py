@@ -119,5 +119,5 @@ class LocalPairsSource:
         files.append(file_row(f"{item.prefix}.xml", xml))  # the captions: an edit changes the row
         write_bytes_atomic(target / f"{item.prefix}.json", json.dumps(
             {"pmcid": pmcid, "version": 1, "license_code": self.licence, "is_pmc_openaccess": True,
-             "source": str(self.path), "group": item.key}, sort_keys=True).encode())
+             "source": self.path.name, "group": item.key}, sort_keys=True).encode())  # no checkout path: data/raw hashes alike anywhere
         return row.ok(files), copied
