@@ -17,7 +17,7 @@ from biomedclip_factory.evaluate.suite import split_retrieval
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
-from biomedclip_factory.registry.lineage import lineage_tags, pinned_requirements, train_licence_mix
+from biomedclip_factory.registry.lineage import lineage_tags, serving_requirements, train_licence_mix
 from biomedclip_factory.registry.pyfunc import ServeLimits
 from biomedclip_factory.registry.register import register_model
 from biomedclip_factory.tracking import stage_run
@@ -51,7 +51,7 @@ def main(a: Namespace) -> None:
     with stage_run("register", ROOT, p.raw()):
         t0 = time.perf_counter()
         limits = ServeLimits.from_params(p)
-        result = register_model(a.model, name, alias, example, tags, pinned_requirements(a.requirements), a.code,
+        result = register_model(a.model, name, alias, example, tags, serving_requirements(a.constraints), a.code,
                                 limits)
         mlflow.log_metrics(flat_metrics(report))
         client = mlflow.MlflowClient()
@@ -69,4 +69,4 @@ def main(a: Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("register", main, ("model", "pairs", "shards", "eval", "pretrain", "requirements", "code", "metrics"))
+    run_stage("register", main, ("model", "pairs", "shards", "eval", "pretrain", "constraints", "code", "metrics"))

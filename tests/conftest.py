@@ -16,7 +16,7 @@ CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
             "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm.",
             "Kaplan–Meier survival curves for the two cohorts."] * 3
 SAMPLE_MIRROR = REPO / "sample" / "pmc-mirror"
-PROJECT_FILES = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml", "requirements.txt", "deploy")
+PROJECT_FILES = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml", "requirements.txt", "constraints.txt", "deploy")
 
 # The embedded default's training recipe (≈25 s on 2 cores: enough to learn the sample above
 # chance), with one zero-shot dataset to keep evaluation short.

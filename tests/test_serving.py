@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.params import Section
+from biomedclip_factory.registry.lineage import SERVING_DISTRIBUTIONS, serving_requirements
 from biomedclip_factory.registry.pyfunc import ServeLimits
 from biomedclip_factory.registry.register import register_model
 
@@ -41,7 +43,8 @@ def served(tmp_path_factory) -> mlflow.pyfunc.PyFuncModel:
     experiment = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
     try:
         with mlflow.start_run(experiment_id=experiment):
-            registered = register_model(model_dir, "served", "challenger", example, {}, ["torch"],
+            registered = register_model(model_dir, "served", "challenger", example, {},
+                                        serving_requirements(REPO / "constraints.txt"),
                                         REPO / "src" / "biomedclip_factory", LIMITS)
         yield mlflow.pyfunc.load_model(registered.model_uri)
     finally:
@@ -112,3 +115,39 @@ def test_limits_come_from_params(tmp_path):
     params["register"]["serve"]["max_rows"] = 0
     with pytest.raises(ParamsError, match="'register.serve.max_rows' must be > 0"):
         ServeLimits.from_params(Section(params["register"], "register"))
+
+
+def test_requests_that_ask_nothing_are_refused_and_wrapped_base64_is_read(served):
+    assert "no row holds an 'image' (base64) or a non-empty 'text'" in \
+        _refused(served, pd.DataFrame({"img": [_b64(Image.new("RGB", (40, 40)))]}))  # a misspelled column
+    assert "no row holds" in _refused(served, pd.DataFrame({"text": ["", "  "]}))
+    image = _b64(Image.new("RGB", (40, 40), (200, 10, 10)))
+    assert "at least two candidate labels" in _refused(served, pd.DataFrame({"image": [image]}),
+                                                       {"candidate_labels": ["a chest x-ray"]})
+    wrapped = "\n".join(image[i:i + 76] for i in range(0, len(image), 76)) + "\n"  # `base64` as GNU writes it
+    assert served.predict(pd.DataFrame({"image": [wrapped]}))["image_embedding"][0] == \
+        served.predict(pd.DataFrame({"image": [image]}))["image_embedding"][0]
+
+
+def test_the_served_environment_is_what_serving_imports_pinned(served):
+    """`mlflow models serve` without --env-manager local installs the logged requirements: every
+    third-party distribution the serving code imports, at the project's resolved versions, and not
+    the training stack."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    from .test_dvc_deps import REPO as ROOT, _imports, project_files
+
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/served@challenger"))
+    pinned = {canonicalize_name(line.split("==")[0]): line for line in requirements.read_text().split()}
+    assert not {"deepspeed", "prefect", "dvc", "scikit-learn"} & set(pinned)
+    constraints = {canonicalize_name(l.split("==")[0]): l for l in (REPO / "constraints.txt").read_text().split()}
+    assert all(pinned[name] == constraints[name] for name in pinned if name in constraints)
+    imported = set()
+    for path in project_files("biomedclip_factory.registry.pyfunc"):
+        module = ".".join(path.relative_to(ROOT / "src").with_suffix("").parts)
+        imported |= {name.split(".")[0] for name in _imports(path, module)}
+    distributions = {canonicalize_name(d) for top in imported for d in packages_distributions().get(top, [])
+                     if canonicalize_name(d) not in ("biomedclip-factory", "mlflow-skinny", "mlflow-tracing")}
+    assert distributions and distributions <= {canonicalize_name(d) for d in SERVING_DISTRIBUTIONS} <= set(pinned)

@@ -34,10 +34,26 @@ def dvc_output_hashes(dvc_lock: Path) -> dict[str, str]:
             if out["path"].startswith(("data/", "models/")) and "md5" in out}
 
 
-def pinned_requirements(requirements: Path) -> list[str]:
-    """The pinned runtime requirements, for the logged model's environment."""
-    specs = (line.split("#")[0].strip() for line in requirements.read_text().splitlines())
-    return [s for s in specs if s]
+# What loading and serving the model imports (registry/pyfunc.py and the modules it reaches), not
+# the training stack: `mlflow models serve` and `build-docker` install this list, and DeepSpeed,
+# Prefect or DVC there would only slow them down or fail to build (DeepSpeed's setup needs torch).
+SERVING_DISTRIBUTIONS = ("torch", "torchvision", "open_clip_torch", "timm", "transformers", "tokenizers",
+                         "safetensors", "pillow", "numpy", "pandas", "PyYAML", "ftfy", "mlflow")
+
+
+def serving_requirements(constraints: Path) -> list[str]:
+    """The serving distributions pinned at the versions the project resolved (``constraints.txt``)."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in constraints.read_text().splitlines():
+        spec = line.split("#")[0].strip()
+        if "==" in spec:
+            pins[canonicalize_name(spec.split("==")[0].split("[")[0])] = spec
+    missing = [d for d in SERVING_DISTRIBUTIONS if canonicalize_name(d) not in pins]
+    if missing:
+        raise ValueError(f"register: {constraints} pins no version of {', '.join(missing)}")
+    return [pins[canonicalize_name(d)] for d in SERVING_DISTRIBUTIONS]
 
 
 def train_licence_mix(pairs_table: Path) -> dict[str, int]:

@@ -71,6 +71,7 @@ def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Im
     get here: the model's signature makes MLflow refuse them with a 400."""
     if len(value) * 3 // 4 > limits.max_image_bytes:
         raise bad_input(f"row {row}: image is larger than {limits.max_image_bytes} bytes")
+    value = "".join(value.split())  # line breaks of wrapped base64 (GNU base64 wraps at 76 columns, MIME too)
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -154,11 +155,16 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         images = model_input["image"].tolist() if "image" in model_input else [None] * len(model_input)
         texts = model_input["text"].tolist() if "text" in model_input else [None] * len(model_input)
         rows = [i for i, v in enumerate(images) if _given(v)]
+        text_rows = [i for i, v in enumerate(texts) if isinstance(v, str) and v.strip()]
+        if not rows and not text_rows:  # a misspelled column, or only empty cells: say so, not 200 and nothing
+            raise bad_input("no row holds an 'image' (base64) or a non-empty 'text': the model reads these two "
+                            "columns only (MLflow drops any other)")
+        if labels and len(labels) < 2:
+            raise bad_input("zero-shot classification needs at least two candidate labels (one always scores 1.0)")
         image_emb = self._embed_images(images, rows)
         out = pd.DataFrame(index=model_input.index)
         if labels:
             return self._zero_shot(out, rows, image_emb, labels)
-        text_rows = [i for i, v in enumerate(texts) if isinstance(v, str) and v]
         text_emb = self.encoder.embed_texts([texts[i] for i in text_rows]) if text_rows else None
         image_col: list[Any] = [None] * len(model_input)
         text_col: list[Any] = [None] * len(model_input)
