@@ -54,6 +54,9 @@ def main(a: Namespace) -> None:
         result = register_model(a.model, name, alias, example, tags, serving_requirements(a.constraints), a.code,
                                 limits)
         mlflow.log_metrics(flat_metrics(report))
+        for built_from in (ROOT / "dvc.lock", ROOT / "params.yaml"):  # what a scheduled run never commits
+            if built_from.is_file():
+                mlflow.log_artifact(str(built_from), "lineage")
         client = mlflow.MlflowClient()
         decision = promote.decide(client, name, result.version, gate_metric, margin,
                                   champion_rescorer(a, name, gate_metric, limits.batch_size))

@@ -96,6 +96,9 @@ print(json.dumps({"n": len(probs), "total": sum(probs), "label": out["label"][0]
 
 
 def test_registered_model_loads_in_a_fresh_process(built_project: Path, tmp_path: Path):
+    import hashlib
+
+    import mlflow
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{built_project / 'mlflow.db'}"
@@ -107,7 +110,11 @@ def test_registered_model_loads_in_a_fresh_process(built_project: Path, tmp_path
     assert version.source.startswith("models:/m-") and client.get_run(version.run_id).info.run_name == "register"
     trained = client.get_run(tags["training_run_id"]).data.params
     assert [trained[f"pretrain.{k}"] for k in ("world_size", "gradient_accumulation_steps", "global_batch")] == ["1", "1", "8"]
-    assert len(tags["git_commit"]) == 40
+    assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
+    lineage = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="lineage",
+                                                       tracking_uri=uri, dst_path=str(tmp_path / "lineage")))
+    assert (lineage / "params.yaml").read_bytes() == (built_project / "params.yaml").read_bytes()
+    assert hashlib.sha256((lineage / "dvc.lock").read_bytes()).hexdigest() == tags["dvc_lock_sha256"]
     assert json.loads(tags["licence_mix"]) == {"CC BY": 8}
     assert set(json.loads(tags["dvc_data"])) >= {"data/raw", "data/pairs", "data/shards", "models/tokenizer"}
     image = next((built_project / "data/pairs/images").glob("PMC3532326*.jpg"))

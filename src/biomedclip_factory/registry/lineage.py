@@ -1,7 +1,9 @@
 """Where a registered model came from, as MLflow version tags: code, data, training run, licences, scores.
 
 A user who pulls ``champion`` must be able to rebuild it: the git commit and ``dvc.lock`` name the code
-and every data/model output it was built from; the licence mix says what its training pairs allow.
+and every data/model output it was built from (the register run keeps the ``dvc.lock`` and
+``params.yaml`` it saw as artifacts, since a scheduled run commits neither); the licence mix says what
+its training pairs allow.
 """
 from __future__ import annotations
 
@@ -17,12 +19,22 @@ import yaml
 from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
 
-def git_commit(root: Path) -> str:
+def _git(root: Path, *args: str) -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout with commits)"
+        return None
+
+
+def git_commit(root: Path) -> str:
+    return _git(root, "rev-parse", "HEAD") or "unknown (not a git checkout with commits)"
+
+
+def git_dirty(root: Path) -> str | None:
+    """Whether tracked files differ from the commit: a scheduled run rewrites dvc.lock and commits
+    nothing, so the commit alone does not name what was built (the run's artifacts do)."""
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return None if status is None else str(bool(status)).lower()
 
 
 def dvc_output_hashes(dvc_lock: Path) -> dict[str, str]:
@@ -68,7 +80,7 @@ def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str,
     A cut JSON value would not parse: the promotion gate reads ``eval_metrics`` (~5 kB at the paper's
     evaluation suite), so a value over MLflow's registry limit is an error naming the tag."""
     dvc_lock = root / "dvc.lock"
-    values = {"git_commit": git_commit(root),
+    values = {"git_commit": git_commit(root), "git_dirty": git_dirty(root),
               "dvc_lock_sha256": hashlib.sha256(dvc_lock.read_bytes()).hexdigest() if dvc_lock.is_file() else None,
               "dvc_data": json.dumps(dvc_output_hashes(dvc_lock), sort_keys=True),
               "training_run_id": training_run_id,
