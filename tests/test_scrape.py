@@ -209,7 +209,7 @@ def test_a_manifest_line_reads_back_as_written_and_keeps_its_contract(tmp_path):
     renamed would re-align the whole corpus, so the fields are pinned here."""
     from biomedclip_factory.errors import DataError
     from biomedclip_factory.pmc.manifest import ManifestRow, iter_manifest
-    from biomedclip_factory.pmc.scrape import write_manifest
+    from biomedclip_factory.pmc.scrape import previous_manifest, write_manifest
 
     mirror = tmp_path / "mirror"
     shutil.copytree(SAMPLE_MIRROR, mirror)
@@ -224,3 +224,12 @@ def test_a_manifest_line_reads_back_as_written_and_keeps_its_contract(tmp_path):
     assert keys["failed"] == {"prefix", "pmcid", "files", "status", "error"}  # it failed before its metadata
     with pytest.raises(DataError, match="no prefix or status"):
         ManifestRow.from_row({"pmcid": "PMC1"})
+    manifest = tmp_path / "raw" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:1] + ['{"pmcid": "PMC1"}'] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match=r"raw/manifest.jsonl: manifest line .*no prefix or status"):
+        list(iter_manifest(tmp_path / "raw"))
+    manifest.write_text("\n".join(lines[:1] + ["{half a line"] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match=r"raw/manifest.jsonl:2: not a JSON line"):
+        list(iter_manifest(tmp_path / "raw"))
+    assert previous_manifest(tmp_path / "raw", {"source": "test"}) is None  # the next run lists the source again

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from .errors import DataError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -120,9 +122,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The rows one at a time, for files with more rows than should sit in memory."""
+    """The rows one at a time, for files with more rows than should sit in memory; a line that is
+    not JSON is a DataError naming the file and the line."""
     with open(path) as fh:
-        yield from (json.loads(line) for line in fh if line.strip())
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not a JSON line ({exc.msg}): {line.strip()[:80]!r}") from exc
 
 
 def cut_partial_last_line(path: Path) -> None:

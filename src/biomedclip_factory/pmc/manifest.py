@@ -66,5 +66,11 @@ class ManifestRow:
 
 
 def iter_manifest(raw_dir: Path) -> Iterator[ManifestRow]:
-    """The rows of ``raw_dir``'s manifest, streamed (millions of versions need not fit in memory)."""
-    return (ManifestRow.from_row(r) for r in iter_jsonl(raw_dir / MANIFEST))
+    """The rows of ``raw_dir``'s manifest, streamed (millions of versions need not fit in memory);
+    a bad row is a DataError naming the manifest."""
+    path = raw_dir / MANIFEST
+    for row in iter_jsonl(path):
+        try:
+            yield ManifestRow.from_row(row)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from ..errors import ArticleError, SourceError
+from ..errors import ArticleError, DataError, SourceError
 from ..io import sweep_partial_writes, write_bytes_atomic, write_json_atomic, write_jsonl_atomic
 from ..parallel import Mapper, progress_map, thread_map
 from .bucket import Bucket
@@ -184,6 +184,9 @@ def previous_manifest(raw_dir: Path, selection: dict[str, Any]) -> list[Manifest
         state = json.loads((raw_dir / STATE).read_text())
         return list(iter_manifest(raw_dir)) if state.get("selection") == selection else None
     except (OSError, json.JSONDecodeError):
+        return None
+    except DataError as exc:  # damaged: list the source again (files already here with their md5 are kept)
+        print(f"scrape: {exc}; listing the source again", flush=True)
         return None
 
 
