@@ -57,6 +57,19 @@ def test_layout_sizes_and_byte_identical_rerun(pairs, tmp_path):
     assert all(n.startswith("PMC") and "v1_F1." in n for n in names)  # one dot: webdataset's key split
 
 
+def test_a_figure_id_of_any_length_is_written_and_read_back(pairs, tmp_path):
+    """USTAR names stop at 100 bytes: one long XML id (dots escaped to 3 characters each) must not
+    stop the shard stage."""
+    root, rows = pairs
+    long_id = "fig." * 40 + "1"
+    rows = rows[:2] + [dataclasses.replace(make_pair("PMC9.1", long_id, "a long-named figure"), image=rows[0].image)]
+    info = write_split(rows, root, tmp_path / "s", "train", shard_size=10, seed=0)
+    assert info["samples"] == 3
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    ids = _ids(eval_batches(tmp_path / "s", "train", lambda img: torch.zeros(3, 8, 8), collate, batch_size=4))
+    assert sorted(ids) == sorted(r.pair_id for r in rows)
+
+
 def test_eval_pass_is_exactly_once_and_pads_dynamically(pairs, tmp_path):
     root, rows = pairs
     write_split(rows, root, tmp_path, "train", shard_size=3, seed=0)
@@ -67,6 +80,7 @@ def test_eval_pass_is_exactly_once_and_pads_dynamically(pairs, tmp_path):
         seen += [m["pair_id"] for m in meta]
         widths.append(tokens.shape[1])
         assert images.shape[0] == tokens.shape[0] == len(meta)
+        assert all(set(m) == {"pair_id", "caption"} for m in meta)  # not ~2 kB of mentions and hashes per sample
     assert sorted(seen) == sorted(r.pair_id for r in rows)
     assert max(widths) == 5 and min(widths) < 5  # capped at the context, shorter when captions are
 
@@ -82,6 +96,7 @@ def test_training_stream_is_endless_and_seeded(pairs, tmp_path):
         return [[m["pair_id"] for m in next(stream)[2]] for _ in range(5)]
 
     assert first_ids(3) == first_ids(3)
+    assert set(next(train_batches(tmp_path, ident, collate, batch_size=4, seed=0, rank=0))[2][0]) == {"pair_id"}
     assert len(shard_urls(tmp_path, "train")) == 3
 
 

@@ -129,11 +129,13 @@ def _least_padding_cuts(widths: np.ndarray, buckets: int) -> list[tuple[int, int
 
 
 def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool,
-                        skips: SkipCounter, draft_size: int | None = None) -> list:
+                        skips: SkipCounter, meta_fields: tuple[str, ...], draft_size: int | None = None) -> list:
+    """Decoded, transformed, batched; of each sample's ``.json`` (~2 kB: mentions, hashes) only
+    ``meta_fields`` travel on, through the worker queues and, in evaluation, for the whole split."""
     decoders = ([draft_jpeg_decoder(draft_size)] if draft_size else []) + ["pilrgb"]
     return [wds.decode(*decoders, handler=skips),
             wds.to_tuple("jpg", "txt", "json", handler=skips),
-            wds.map_tuple(preprocess, lambda t: t, lambda j: j, handler=skips),
+            wds.map_tuple(preprocess, lambda t: t, lambda j: {k: j[k] for k in meta_fields}, handler=skips),
             wds.batched(batch_size, collation_fn=collate, partial=partial)]
 
 
@@ -172,9 +174,13 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=skips),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(f"{seed}:{rank}")),
-        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, draft_size=draft_size),
+        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, meta_fields=("pair_id",),
+                             draft_size=draft_size),
     )
     return _loader(pipeline, num_workers, prefetch_factor, pin=torch.cuda.is_available())
+
+
+EVAL_META = ("pair_id", "caption")  # what evaluation reads of a sample's metadata (its examples plot)
 
 
 def eval_batches(shard_base: str | Path, split: str, preprocess: Callable, collate: CaptionCollator, batch_size: int,
@@ -187,5 +193,6 @@ def eval_batches(shard_base: str | Path, split: str, preprocess: Callable, colla
     skips = skips or SkipCounter()
     pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_worker,
                                 wds.tarfile_to_samples(handler=skips),
-                                *_samples_to_batches(preprocess, collate, batch_size, partial=True, skips=skips))
+                                *_samples_to_batches(preprocess, collate, batch_size, partial=True, skips=skips,
+                                                     meta_fields=EVAL_META))
     return _loader(pipeline, num_workers, prefetch_factor)

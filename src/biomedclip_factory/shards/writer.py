@@ -33,7 +33,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _tar_bytes(samples: Iterable[tuple[str, dict[str, Any], bytes]]) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    # PAX: USTAR's bytes for every name under 100 bytes, and a long one (a long figure id) still fits.
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for key, meta, jpeg in samples:
             _add(tar, f"{key}.jpg", jpeg)
             _add(tar, f"{key}.txt", meta["caption"].encode())
