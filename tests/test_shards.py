@@ -221,6 +221,28 @@ def test_sorted_batches_keep_each_image_with_its_caption_and_cut_into_length_buc
 
 
 
+def test_length_bucket_cuts_leave_the_least_padding_of_any_cuts():
+    """Against a plain dynamic programme over every row: the same least cost, at any batch and bucket count."""
+    from biomedclip_factory.shards.loader import bucket_cuts
+
+    def least_cost(widths: list[int], buckets: int) -> int:
+        n, inf = len(widths), float("inf")
+        best = [0] + [inf] * n
+        for _ in range(buckets):
+            best = [min(best[i] + (j - i) * max(widths[i:j], default=0) for i in range(j + 1)) for j in range(n + 1)]
+        return best[n]
+
+    rng = torch.Generator().manual_seed(0)
+    for rows, buckets in ((1, 3), (7, 1), (40, 2), (90, 4), (150, 8)):
+        lengths = torch.randint(1, 60, (rows,), generator=rng).sort().values
+        tokens = (torch.arange(64)[None, :] < lengths[:, None]).long()
+        cuts = bucket_cuts(tokens, 0, buckets, multiple=8)
+        widths = [min(64, -(-int(n) // 8) * 8) for n in lengths]
+        assert [c[0] for c in cuts][0] == 0 and cuts[-1][1] == rows and len(cuts) <= buckets
+        assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))  # contiguous, every row once
+        assert sum((stop - start) * width for start, stop, width in cuts) == least_cost(widths, buckets)
+
+
 def test_the_training_transform_is_open_clips_with_uint8_out_and_normalisation_on_the_device():
     """The paper's augmentation (open_clip's RandomResizedCrop 0.9-1.0, bicubic, OpenAI mean/std): the same
     crops for the same RNG, pixels within ±1 level (torch's bicubic kernel for Pillow's), the float

@@ -108,23 +108,26 @@ def bucket_cuts(tokens: torch.Tensor, pad_token_id: int, buckets: int, multiple:
 
 def _least_padding_cuts(widths: np.ndarray, buckets: int) -> list[tuple[int, int]]:
     """The contiguous row ranges, at most ``buckets``, minimising Σ rows × widest row (exact for sorted
-    ``widths``): a dynamic programme over cut points, vectorised, ~2 ms for 512 rows and 8 groups."""
+    ``widths``): a dynamic programme over cut points. Only the ends of runs of equal width are tried:
+    for sorted rows, moving a cut to the end of its run never adds cost, and widths are multiples of
+    8 up to the context, so there are ~33 points whatever the batch (every row as a point grew as
+    rows² in time and memory: 0.3 s and ~1 GB at 2,048 rows, on the training thread)."""
     n = len(widths)
-    peak = np.maximum.accumulate(widths).astype(np.float64)  # the widest of rows < j, for sorted rows row j-1
-    start = np.arange(n + 1)[:, None]
-    stop = np.arange(n + 1)[None, :]
-    span = np.where(start <= stop, (stop - start) * np.concatenate([[0.0], peak])[None, :], np.inf)
-    best, choices = np.where(np.arange(n + 1) == 0, 0.0, np.inf), []
-    for _ in range(buckets):  # best[j]: least cost of rows < j in the groups so far (empty ones allowed)
+    points = np.concatenate([[0], np.flatnonzero(np.diff(widths)) + 1, [n]]) if n else np.array([0])
+    peak = np.concatenate([[0.0], np.maximum.accumulate(widths).astype(np.float64)])[points]  # widest row < point
+    start, stop = np.arange(len(points))[:, None], np.arange(len(points))[None, :]
+    span = np.where(start <= stop, (points[None, :] - points[:, None]) * peak[None, :], np.inf)
+    best, choices = np.where(np.arange(len(points)) == 0, 0.0, np.inf), []
+    for _ in range(buckets):  # best[j]: least cost of rows < points[j] in the groups so far (empty ones allowed)
         total = best[:, None] + span
         choices.append(total.argmin(axis=0))
         best = total.min(axis=0)
-    cuts, stop_row = [], n
+    cuts, stop_point = [], len(points) - 1
     for choice in reversed(choices):
-        start_row = int(choice[stop_row])
-        if start_row < stop_row:
-            cuts.append((start_row, stop_row))
-        stop_row = start_row
+        start_point = int(choice[stop_point])
+        if start_point < stop_point:
+            cuts.append((int(points[start_point]), int(points[stop_point])))
+        stop_point = start_point
     return cuts[::-1]
 
 
