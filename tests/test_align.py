@@ -140,6 +140,31 @@ def test_normalise_converts_modes_and_rejects_garbage_and_bombs():
         normalise_image(bomb.getvalue(), 64, 90, "c.png")
 
 
+def test_transparent_16_bit_and_float_figures_keep_what_a_reader_sees():
+    """Black text on a transparent background (transparent pixels stored black, as plotting tools
+    write them) stays readable on white; 16-bit and float images keep their tones."""
+    import numpy as np
+
+    def normalised(img: Image.Image, fmt: str) -> np.ndarray:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        out = normalise_image(buf.getvalue(), 64, 95, f"x.{fmt.lower()}")
+        return np.asarray(Image.open(io.BytesIO(out.jpeg)).convert("L"), dtype=float)
+
+    text = np.zeros((64, 64, 4), np.uint8)
+    text[20:40, 10:50, 3] = 255  # opaque black "text"; everything else transparent black
+    grey = normalised(Image.fromarray(text, "RGBA"), "PNG")
+    assert grey[:15].mean() > 240 and grey[25:35, 15:45].mean() < 30  # white page, black text
+    palette = Image.fromarray(text, "RGBA").convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    assert normalised(palette, "PNG")[:15].mean() > 240
+    ramp = np.tile(np.linspace(0, 61425, 64), (64, 1))
+    tones = normalised(Image.fromarray(ramp.astype(np.uint16)), "PNG")
+    assert len(np.unique(np.round(tones[32]))) > 40 and tones[:, :4].mean() < 10 and tones[:, -4:].mean() > 245
+    floats = normalised(Image.fromarray(np.tile(np.linspace(0, 1, 64), (64, 1)).astype(np.float32), "F"), "TIFF")
+    assert floats[:, -4:].mean() > 245  # not black
+
+
 # 256: libjpeg decodes at 1/2 scale (DCT-domain), then the resize; 512: full decode, then the resize
 @pytest.mark.parametrize("max_side,mean_error", [(256, 4.0), (512, 2.0)])
 def test_normalised_real_figure_matches_pillows_bicubic_thumbnail(max_side, mean_error):

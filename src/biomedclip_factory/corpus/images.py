@@ -63,6 +63,24 @@ def decode(data: bytes, max_side: int) -> Image.Image:
     return img
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as a reader sees the figure. Transparency is laid on white, the page a figure sits
+    on (dropping alpha shows the black that transparent pixels usually store: black text on a
+    transparent background vanishes); 16-bit and float images are stretched over their own range
+    (a plain conversion clips them to a few saturated levels, or to black for floats in [0, 1])."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), "L").convert("RGB")
+    if "A" in img.mode or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> NormalisedImage:
     """Decode ``data``, convert to RGB, shrink so the longer side is ≤ ``max_side``, re-encode."""
     try:
@@ -73,8 +91,7 @@ def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> Nor
         raise ArticleError(f"{where}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ArticleError(f"{where}: undecodable image: {exc}") from exc
-    if img.mode != "RGB":
-        img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else img.convert("RGB")
+    img = to_rgb(img)
     if max(img.size) > max_side:
         img = _shrink(img, max_side)
     out = io.BytesIO()
