@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from argparse import Namespace
 from collections.abc import Callable
+from dataclasses import replace
 
 import mlflow
 import pandas as pd
@@ -17,7 +19,7 @@ from biomedclip_factory.evaluate.suite import split_retrieval
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
-from biomedclip_factory.registry.lineage import lineage_tags, serving_requirements, train_licence_mix
+from biomedclip_factory.registry.lineage import lineage_tags, serving_requirements, shard_digests, train_licence_mix
 from biomedclip_factory.registry.pyfunc import ServeLimits
 from biomedclip_factory.registry.register import register_model
 from biomedclip_factory.tracking import stage_run
@@ -26,11 +28,12 @@ from .common import ROOT, run_stage, summary
 
 
 def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int) -> Callable[[str], float | None]:
-    """Scores a registered version on this run's retrieval split, for a gate on the same gallery."""
+    """Scores a registered version on this run's retrieval split as evaluate scored ours (the same
+    device and precision, decoding workers), for a gate on the same gallery."""
     def rescore(version: str) -> float | None:
         split = metric.split(".")[1]
         print(f"register: scoring champion v{version} on this run's '{split}' split", flush=True)
-        encoder = load_encoder(f"models:/{name}/{version}", ROOT)
+        encoder = replace(load_encoder(f"models:/{name}/{version}", ROOT), workers=min(8, os.cpu_count() or 1))
         result, _, _ = split_retrieval(encoder, a.shards, split, batch_size)
         return flat_metrics({"retrieval": {split: result}}).get(metric)
     return rescore
@@ -47,7 +50,7 @@ def main(a: Namespace) -> None:
     pairs = pd.read_parquet(a.pairs / TABLE_NAME, columns=["image", "split"])
     example = a.pairs / next(iter(pairs.loc[pairs["split"] == "train", "image"]), pairs["image"].iloc[0])
     tags = lineage_tags(ROOT, json.loads(a.pretrain.read_text()).get("mlflow_run_id"),
-                        train_licence_mix(a.pairs / TABLE_NAME), flat_metrics(report))
+                        train_licence_mix(a.pairs / TABLE_NAME), flat_metrics(report), shard_digests(a.shards))
     with stage_run("register", ROOT, p.raw()):
         t0 = time.perf_counter()
         limits = ServeLimits.from_params(p)

@@ -161,8 +161,14 @@ def test_transparent_16_bit_and_float_figures_keep_what_a_reader_sees():
     ramp = np.tile(np.linspace(0, 61425, 64), (64, 1))
     tones = normalised(Image.fromarray(ramp.astype(np.uint16)), "PNG")
     assert len(np.unique(np.round(tones[32]))) > 40 and tones[:, :4].mean() < 10 and tones[:, -4:].mean() > 245
-    floats = normalised(Image.fromarray(np.tile(np.linspace(0, 1, 64), (64, 1)).astype(np.float32), "F"), "TIFF")
+    ramp = np.tile(np.linspace(0, 1, 64), (64, 1)).astype(np.float32)
+    floats = normalised(Image.fromarray(ramp, "F"), "TIFF")
     assert floats[:, -4:].mean() > 245  # not black
+    ramp[0, 0], ramp[0, 1] = np.nan, np.inf
+    assert normalised(Image.fromarray(ramp, "F"), "TIFF")[8:, -4:].mean() > 245  # a NaN or inf does not black it out
+    keyed = Image.fromarray(np.zeros((64, 64, 3), np.uint8), "RGB")
+    keyed.info["transparency"] = (0, 0, 0)  # an RGB PNG's tRNS colour key
+    assert normalised(keyed, "PNG").mean() > 240
 
 
 # 256: libjpeg decodes at 1/2 scale (DCT-domain), then the resize; 512: full decode, then the resize

@@ -21,10 +21,12 @@ def client(tmp_path):
     return c
 
 
-def _version(client, tmp_path, metrics: dict | None) -> str:
+def _version(client, tmp_path, metrics: dict | None, test_split: str | None = None) -> str:
     v = client.create_model_version("m", source=str(tmp_path)).version
     if metrics is not None:
         client.set_model_version_tag("m", v, "eval_metrics", json.dumps(metrics))
+    if test_split is not None:
+        client.set_model_version_tag("m", v, promote.SHARD_DIGESTS, json.dumps({"test": test_split}))
     return v
 
 
@@ -109,3 +111,36 @@ def test_a_champion_scored_on_another_gallery_is_scored_again_on_this_one(client
     asked.clear()
     v4 = _version(client, tmp_path, {METRIC: 0.65, gallery: 1200})  # same gallery: the tag is the score
     assert promote.decide(client, "m", v4, METRIC, margin=0.0, rescore=rescore).promote and asked == []
+
+
+def test_a_gallery_of_the_same_size_but_other_content_is_another_gallery(client, tmp_path):
+    """Scraping replaces superseded article versions: the count can stay while the pairs change."""
+    gallery = "retrieval.test.gallery_size"
+    v1 = _version(client, tmp_path, {METRIC: 0.60, gallery: 1000}, test_split="aaa")
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
+    asked = []
+
+    def rescore(version):
+        asked.append(version)
+        return 0.45
+
+    v2 = _version(client, tmp_path, {METRIC: 0.50, gallery: 1000}, test_split="bbb")
+    d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=rescore)
+    assert asked == [v1] and d.promote and d.champion_score == 0.45
+    v3 = _version(client, tmp_path, {METRIC: 0.55, gallery: 1000}, test_split="aaa")
+    assert not promote.decide(client, "m", v3, METRIC, margin=0.0, rescore=rescore).promote and asked == [v1]
+
+
+def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(client, tmp_path):
+    from biomedclip_factory.errors import DataError
+
+    gallery = "retrieval.test.gallery_size"
+    v1 = _version(client, tmp_path, {METRIC: 0.60, gallery: 1000})
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
+
+    def unloadable(version):
+        raise DataError(f"model models:/m/{version}: cannot load from the registry (artifacts gone)")
+
+    v2 = _version(client, tmp_path, {METRIC: 0.90, gallery: 1200})
+    d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=unloadable)
+    assert not d.promote and "could not be scored on this gallery" in d.reason and "artifacts gone" in d.reason

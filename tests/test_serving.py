@@ -151,3 +151,12 @@ def test_the_served_environment_is_what_serving_imports_pinned(served):
     distributions = {canonicalize_name(d) for top in imported for d in packages_distributions().get(top, [])
                      if canonicalize_name(d) not in ("biomedclip-factory", "mlflow-skinny", "mlflow-tracing")}
     assert distributions and distributions <= {canonicalize_name(d) for d in SERVING_DISTRIBUTIONS} <= set(pinned)
+
+
+def test_a_transparent_figure_is_served_on_white_as_align_trains_on_it(served):
+    text = np.zeros((48, 48, 4), np.uint8)
+    text[16:32, 8:40, 3] = 255
+    on_white = Image.alpha_composite(Image.new("RGBA", (48, 48), "white"), Image.fromarray(text, "RGBA"))
+    transparent, flat = (served.predict(pd.DataFrame({"image": [_b64(img)]}))["image_embedding"][0]
+                         for img in (Image.fromarray(text, "RGBA"), on_white.convert("RGB")))
+    assert transparent == flat

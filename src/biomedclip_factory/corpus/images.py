@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..errors import ArticleError
+from ..rgb import to_rgb
 
 # Decompression-bomb limit, far above any real figure; Pillow warns above it and fails at twice it.
 Image.MAX_IMAGE_PIXELS = 180_000_000
@@ -61,24 +62,6 @@ def decode(data: bytes, max_side: int) -> Image.Image:
         img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
     img.load()
     return img
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB as a reader sees the figure. Transparency is laid on white, the page a figure sits
-    on (dropping alpha shows the black that transparent pixels usually store: black text on a
-    transparent background vanishes); 16-bit and float images are stretched over their own range
-    (a plain conversion clips them to a few saturated levels, or to black for floats in [0, 1])."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), "L").convert("RGB")
-    if "A" in img.mode or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> NormalisedImage:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..io import append_log_row, cut_partial_last_line, sweep_partial_writes
+from .. import rgb
 from ..pmc import jats
 from . import align, images, records, split
 from .align import ArticleResult
@@ -45,7 +46,8 @@ def settings_key(cfg: AlignConfig) -> str:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "near_duplicate_max_distance"}
     digest = hashlib.sha256(json.dumps([settings, [importlib.metadata.version(d) for d in DECODERS]],
                                        sort_keys=True).encode())
-    for source in (align.__file__, images.__file__, records.__file__, split.__file__, jats.__file__, __file__):
+    for source in (align.__file__, images.__file__, rgb.__file__, records.__file__, split.__file__, jats.__file__,
+                   __file__):
         digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:16]
 

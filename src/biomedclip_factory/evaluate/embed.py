@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from ..model.build import create_model
 from ..model.text import tokenize
+from ..rgb import to_rgb
 
 ImageSource = Path | np.ndarray  # an image file, or an HxW(x3) uint8 array (MedMNIST-style .npz)
 
@@ -27,10 +28,12 @@ def default_device() -> torch.device:
 
 
 def open_rgb(source: ImageSource) -> Image.Image:
+    """RGB as align makes a figure RGB (transparency on white, wide images stretched)."""
     if isinstance(source, np.ndarray):
-        return Image.fromarray(source).convert("RGB")
+        return to_rgb(Image.fromarray(source))
     with Image.open(source) as img:
-        return img.convert("RGB")
+        img.load()
+        return to_rgb(img)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Encoder:
         """Images already in memory (a request's); datasets go through ``embed_files``."""
         out, batch = [], []
         for img in images:
-            batch.append(self.preprocess(img.convert("RGB")))
+            batch.append(self.preprocess(to_rgb(img)))
             if len(batch) == batch_size:
                 out.append(self._run(self.model.encode_image, torch.stack(batch)))
                 batch = []

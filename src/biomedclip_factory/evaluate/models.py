@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import DataError, ParamsError
 from ..model.snapshot import convert_snapshot, is_snapshot
-from .embed import Encoder
+from .embed import Encoder, default_device
 
 
 def load_encoder(spec: str, project_root: Path, text_dir: str | None = None) -> Encoder:
@@ -20,9 +21,11 @@ def load_encoder(spec: str, project_root: Path, text_dir: str | None = None) -> 
         from mlflow.exceptions import MlflowException
 
         try:
-            return mlflow.pyfunc.load_model(spec).unwrap_python_model().encoder
+            encoder = mlflow.pyfunc.load_model(spec).unwrap_python_model().encoder
         except (MlflowException, OSError) as exc:
             raise DataError(f"model {spec}: cannot load from the registry ({exc})") from exc
+        device = default_device()  # the pyfunc loads on the host for serving; scored here like ours
+        return replace(encoder, model=encoder.model.to(device), device=device)
     path = project_root / spec.removeprefix("local-dir:")
     if not (path / "open_clip_config.json").is_file():
         raise DataError(f"model {spec}: no open_clip_config.json in {path}")

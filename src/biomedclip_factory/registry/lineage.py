@@ -18,6 +18,8 @@ import pandas as pd
 import yaml
 from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
+from .promote import SHARD_DIGESTS
+
 
 def _git(root: Path, *args: str) -> str | None:
     try:
@@ -73,8 +75,16 @@ def train_licence_mix(pairs_table: Path) -> dict[str, int]:
     return dict(Counter(pairs.loc[pairs["split"] == "train", "license_code"].fillna("unknown")))
 
 
+def shard_digests(shards: Path) -> dict[str, str]:
+    """Each split's content digest, from the shard stage's manifest ({} for shards without one)."""
+    manifest = shards / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    return {split: info["sha256"] for split, info in json.loads(manifest.read_text()).items() if "sha256" in info}
+
+
 def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str, int],
-                 eval_metrics: dict[str, Any]) -> dict[str, str]:
+                 eval_metrics: dict[str, Any], splits: dict[str, str] | None = None) -> dict[str, str]:
     """The version tags of a model built in the project at ``root``: flat strings, whole or not at all.
 
     A cut JSON value would not parse: the promotion gate reads ``eval_metrics`` (~5 kB at the paper's
@@ -85,7 +95,8 @@ def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str,
               "dvc_data": json.dumps(dvc_output_hashes(dvc_lock), sort_keys=True),
               "training_run_id": training_run_id,
               "licence_mix": json.dumps(licence_mix, sort_keys=True),
-              "eval_metrics": json.dumps(eval_metrics, sort_keys=True)}
+              "eval_metrics": json.dumps(eval_metrics, sort_keys=True),
+              SHARD_DIGESTS: json.dumps(splits, sort_keys=True) if splits else None}
     tags = {k: str(v) for k, v in values.items() if v is not None}
     for key, value in tags.items():
         if len(value) > MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 
+from ..errors import DataError
+
 CHAMPION = "champion"
 
 
@@ -40,10 +42,21 @@ def metric_of(metrics: dict, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value == value else None
 
 
-def gallery_key(metric: str) -> str | None:
-    """The size of the gallery a retrieval metric was measured on (``retrieval.<split>.gallery_size``)."""
+SHARD_DIGESTS = "shard_splits_sha256"  # version tag: {split: sha256 of its shards}, the gallery's identity
+
+
+def gallery(tags: dict[str, str], metric: str) -> tuple | None:
+    """What a retrieval metric was measured on: its split's size and content digest (None for other
+    metrics, whose datasets params fix). Scraping replaces article versions, so equal sizes alone
+    do not make equal galleries."""
     parts = metric.split(".")
-    return f"retrieval.{parts[1]}.gallery_size" if parts[0] == "retrieval" and len(parts) > 2 else None
+    if parts[0] != "retrieval" or len(parts) < 3:
+        return None
+    try:
+        digests = json.loads(tags.get(SHARD_DIGESTS, "{}"))
+    except json.JSONDecodeError:
+        digests = {}
+    return eval_metrics(tags).get(f"retrieval.{parts[1]}.gallery_size"), digests.get(parts[1])
 
 
 def decide(client: MlflowClient, name: str, version: str, metric: str, margin: float,
@@ -51,23 +64,32 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     """Compare ``version`` with the current champion of ``name`` on ``metric`` (higher is better).
 
     ``rescore(champion_version)`` scores the champion on the candidate's data when its own score was
-    measured on another gallery. Errors reading the registry propagate: an outage is not "no champion".
+    measured on another gallery; a DataError from it refuses the candidate, with the reason.
+    Errors reading the registry propagate: an outage is not "no champion".
     """
-    metrics = eval_metrics(client.get_model_version(name, version).tags)
-    candidate = metric_of(metrics, metric)
+    tags = client.get_model_version(name, version).tags
+    candidate = metric_of(eval_metrics(tags), metric)
     if candidate is None:
         return Decision(False, f"evaluation missing or failed: no '{metric}' for version {version}", None, None, None)
     champion_version = client.get_registered_model(name).aliases.get(CHAMPION)
     if champion_version is None:
         return Decision(True, f"no champion yet; {metric}={candidate:.4f}", candidate, None, None)
-    champion = eval_metrics(client.get_model_version(name, champion_version).tags)
-    best, measured = metric_of(champion, metric), ""
-    key = gallery_key(metric)
-    if best is not None and key and champion.get(key) != metrics.get(key):
+    champion_tags = client.get_model_version(name, champion_version).tags
+    best, measured = metric_of(eval_metrics(champion_tags), metric), ""
+    ours, theirs = gallery(tags, metric), gallery(champion_tags, metric)
+    if best is not None and ours is not None and not _same_gallery(ours, theirs):
         if rescore is None:
-            return Decision(False, f"champion v{champion_version} was scored on a gallery of {champion.get(key)}, "
-                                   f"this version on {metrics.get(key)}: not comparable", candidate, champion_version, None)
-        best, measured = rescore(champion_version), f" (re-scored on this gallery of {metrics.get(key)})"
+            return Decision(False, f"champion v{champion_version} was scored on another gallery ({theirs[0]} pairs), "
+                                   f"this version on {ours[0]}: not comparable", candidate, champion_version, None)
+        try:
+            best = rescore(champion_version)
+        except DataError as exc:
+            return Decision(False, f"champion v{champion_version} could not be scored on this gallery: {exc}",
+                            candidate, champion_version, None)
+        if best is None:
+            return Decision(False, f"champion v{champion_version} got no '{metric}' on this gallery",
+                            candidate, champion_version, None)
+        measured = f" (re-scored on this gallery of {ours[0]})"
     if best is None:
         return Decision(True, f"champion v{champion_version} has no '{metric}'", candidate, champion_version, None)
     if candidate > best + margin:
@@ -75,6 +97,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
                               f"+ margin {margin}", candidate, champion_version, best)
     return Decision(False, f"{metric} {candidate:.4f} ≤ champion v{champion_version} {best:.4f}{measured} "
                            f"+ margin {margin}", candidate, champion_version, best)
+
+
+def _same_gallery(ours: tuple, theirs: tuple) -> bool:
+    """Same size, and the same content where both versions recorded it."""
+    return ours[0] == theirs[0] and (ours[1] is None or theirs[1] is None or ours[1] == theirs[1])
 
 
 def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> None:

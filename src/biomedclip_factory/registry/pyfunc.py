@@ -31,6 +31,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 
 from ..params import Section
+from ..rgb import to_rgb
 
 ARTIFACT_KEY = "model_dir"
 FORMATS = ("JPEG", "PNG")  # what figures come as; other decoders (ICO, ICNS, …) read sizes a header cannot bound
@@ -92,7 +93,7 @@ def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Im
     try:
         if img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
-        img = img.convert("RGB")
+        img = to_rgb(img)  # as align made the training figures RGB
     except (OSError, ValueError, SyntaxError):
         raise bad_input(f"row {row}: 'image' is not a decodable image") from None
     if img.width * img.height > limits.max_image_pixels:  # the header said less than the decoder made
