@@ -77,6 +77,7 @@ def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on
     try:
         CustomWebhookNotificationBlock(name="alerts", url=f"http://127.0.0.1:{server.server_port}/hook",
                                        json_data={"text": "{{subject}}: {{body}}"}).save("retrain-alerts", overwrite=True)
+        params = (project_on_path / "params.yaml").read_bytes()
         state = retrain(project=str(project_on_path), source="no/such/mirror", notify_block="custom-webhook/retrain-alerts",
                         scrape_retries=0, return_state=True)
     finally:
@@ -84,7 +85,8 @@ def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on
     assert state.is_failed()
     assert _Inbox.received, "no notification arrived"
     message = json.loads(_Inbox.received[-1])["text"]
-    assert "biomedclip retrain failed" in message and "failed" in message
+    assert "biomedclip retrain failed" in message and "scrape" in message, message
+    assert (project_on_path / "params.yaml").read_bytes() == params  # the bad source lasted that run only
 
 
 def test_a_runs_profile_and_source_last_only_that_run(tmp_path: Path):
