@@ -139,7 +139,7 @@ def test_the_served_environment_is_what_serving_imports_pinned(served):
 
     from .test_dvc_deps import REPO as ROOT, _imports, project_files
 
-    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/served@challenger"))
+    requirements = Path(mlflow.artifacts.download_artifacts("models:/served@challenger/requirements.txt"))
     pinned = {canonicalize_name(line.split("==")[0]): line for line in requirements.read_text().split()}
     assert not {"deepspeed", "prefect", "dvc", "scikit-learn"} & set(pinned)
     constraints = {canonicalize_name(l.split("==")[0]): l for l in (REPO / "constraints.txt").read_text().split()}
@@ -148,7 +148,8 @@ def test_the_served_environment_is_what_serving_imports_pinned(served):
     for path in project_files("biomedclip_factory.registry.pyfunc"):
         module = ".".join(path.relative_to(ROOT / "src").with_suffix("").parts)
         imported |= {name.split(".")[0] for name in _imports(path, module)}
-    distributions = {canonicalize_name(d) for top in imported for d in packages_distributions().get(top, [])
+    owners = packages_distributions()
+    distributions = {canonicalize_name(d) for top in imported for d in owners.get(top, [])
                      if canonicalize_name(d) not in ("biomedclip-factory", "mlflow-skinny", "mlflow-tracing")}
     assert distributions and distributions <= {canonicalize_name(d) for d in SERVING_DISTRIBUTIONS} <= set(pinned)
 
