@@ -146,6 +146,7 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
         assert found, _tail(worker) if worker.poll() is not None else "no deployment"
         deployment = found[0]
         assert deployment["name"] == "nightly" and deployment["schedules"][0]["schedule"]["cron"] == "0 4 * * *"
+        assert deployment["schedules"][0]["active"] and not deployment["paused"]  # the server will create its runs
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
         run = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
