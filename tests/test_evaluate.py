@@ -60,7 +60,7 @@ def test_npz_and_imagefolder_datasets(tmp_path):
     assert labels == [0, 0, 1] and [p.name for p in images] == ["1.png", "2.png", "1.png"]  # paths: decoded later
 
 
-def test_datasets_stream_through_decoding_workers_and_skip_an_unreadable_image(tmp_path):
+def test_datasets_stream_through_decoding_workers_and_skip_an_unreadable_image(tmp_path, monkeypatch):
     """A dataset is decoded as it is embedded (by DataLoader workers on the GPU machine): an image that
     cannot be decoded is named and skipped, and the workers change nothing in the embeddings."""
     from biomedclip_factory.evaluate.embed import Encoder
@@ -74,8 +74,9 @@ def test_datasets_stream_through_decoding_workers_and_skip_an_unreadable_image(t
         files.append(tmp_path / f"{i}.png")
         Image.fromarray((torch.rand(30 + i, 40, 3, generator=g) * 255).to(torch.uint8).numpy()).save(files[-1])
     files[3].write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)  # the project, as DVC runs a stage: reports name files from there
     inline = encoder.embed_files(files, batch_size=3)
-    assert inline.kept == [0, 1, 2, 4, 5, 6] and len(inline.problems) == 1 and "3.png" in inline.problems[0]
+    assert inline.kept == [0, 1, 2, 4, 5, 6] and len(inline.problems) == 1 and inline.problems[0].startswith("3.png: ")
     workers = replace(encoder, workers=2).embed_files(files, batch_size=3)
     assert workers.kept == inline.kept and workers.problems == inline.problems
     torch.testing.assert_close(workers.vectors, inline.vectors, rtol=0, atol=0)

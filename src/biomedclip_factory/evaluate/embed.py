@@ -27,6 +27,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def shown(source: ImageSource | str) -> str:
+    """A file as a report names it: relative to the working dir (the project, under DVC) when inside
+    it, so committed metrics read alike in every checkout."""
+    if isinstance(source, np.ndarray):
+        return "an array image"
+    path = Path(source)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+
+
 def open_rgb(source: ImageSource) -> Image.Image:
     """RGB as align makes a figure RGB (transparency on white, wide images stretched)."""
     if isinstance(source, np.ndarray):
@@ -56,7 +65,7 @@ class _Decoded(torch.utils.data.Dataset):
         try:
             return i, self.preprocess(open_rgb(self.sources[i])), ""
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            return i, None, f"{self.sources[i]}: {exc}"
+            return i, None, f"{shown(self.sources[i])}: {exc}"
 
 
 def _collate(rows: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[str]]:

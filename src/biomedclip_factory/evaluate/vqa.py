@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from .embed import Encoder
+from .embed import Encoder, shown
 
 FIELDS = ("qid", "image_name", "question", "answer", "answer_type")
 
@@ -65,7 +65,7 @@ def read_records(path: Path, images: Path) -> tuple[list[QA], list[str]]:
             problems.append(f"{path.name} qid {qid}: malformed record (needs {', '.join(FIELDS)})")
             continue
         if not (images / str(row["image_name"])).is_file():
-            problems.append(f"{path.name} qid {qid}: image {row['image_name']} not found in {images}")
+            problems.append(f"{path.name} qid {qid}: image {row['image_name']} not found in {shown(images)}")
             continue
         records.append(QA(qid, str(row["image_name"]), str(row["question"]), str(row["answer"]).strip().lower(),
                           str(row["answer_type"]).strip().upper() == "CLOSED"))
