@@ -196,3 +196,17 @@ def test_the_split_does_not_depend_on_the_order_ratios_are_written_in():
     counts = {name: splits[0].count(name) / len(ids) for name in ratios}
     assert all(abs(counts[n] - ratios[n]) < 0.03 for n in ratios)
     assert split_of("PMC3532326", {"train": 0.7, "val": 0.0, "test": 0.3}) == "test"  # README's walk-through
+
+
+def test_an_unreadable_article_is_a_reject_named_without_the_checkout_path(tmp_path):
+    from biomedclip_factory.corpus.align import align_article
+
+    article = tmp_path / "PMC1.1"
+    article.mkdir()
+    (article / "PMC1.1.json").write_text('{"pmcid": "PMC1"}')  # its XML never arrived
+    result = align_article(article, tmp_path / "images", CFG)
+    [reject] = result.rejects
+    assert reject.reason == "article_unreadable" and reject.detail.startswith("PMC1.1.xml: No such file")
+    assert str(tmp_path) not in reject.detail  # rejects.jsonl is a DVC output, hashed alike in any checkout
+    (article / "PMC1.1.json").write_text("{half")
+    assert align_article(article, tmp_path / "images", CFG).rejects[0].detail.startswith("PMC1.1.json: ")

@@ -50,8 +50,12 @@ def align_article(article_dir: Path, images_out: Path, cfg: AlignConfig) -> Arti
     try:
         meta = json.loads((article_dir / f"{prefix}.json").read_bytes())
         article = parse_article((article_dir / f"{prefix}.xml").read_bytes(), f"{prefix}.xml", cfg.mentions)
-    except (OSError, json.JSONDecodeError) as exc:
-        result.rejects.append(Reject(prefix, None, "article_unreadable", str(exc)))
+    except OSError as exc:  # named by file, not by the checkout's absolute path: rejects.jsonl is a DVC output
+        name = Path(exc.filename).name if exc.filename else prefix
+        result.rejects.append(Reject(prefix, None, "article_unreadable", f"{name}: {exc.strerror or exc}"))
+        return result
+    except json.JSONDecodeError as exc:
+        result.rejects.append(Reject(prefix, None, "article_unreadable", f"{prefix}.json: {exc}"))
         return result
     except ArticleError as exc:
         result.rejects.append(Reject(prefix, None, "xml_malformed", str(exc)))
