@@ -19,9 +19,10 @@ from biomedclip_factory.evaluate.suite import split_retrieval
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
-from biomedclip_factory.registry.lineage import lineage_tags, serving_requirements, shard_digests, train_licence_mix
+from biomedclip_factory.registry.lineage import lineage_tags, serving_requirements, train_licence_mix
 from biomedclip_factory.registry.pyfunc import ServeLimits
 from biomedclip_factory.registry.register import register_model
+from biomedclip_factory.shards.loader import split_digests
 from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
@@ -50,7 +51,7 @@ def main(a: Namespace) -> None:
     pairs = pd.read_parquet(a.pairs / TABLE_NAME, columns=["image", "split"])
     example = a.pairs / next(iter(pairs.loc[pairs["split"] == "train", "image"]), pairs["image"].iloc[0])
     tags = lineage_tags(ROOT, json.loads(a.pretrain.read_text()).get("mlflow_run_id"),
-                        train_licence_mix(a.pairs / TABLE_NAME), flat_metrics(report), shard_digests(a.shards))
+                        train_licence_mix(a.pairs / TABLE_NAME), flat_metrics(report), split_digests(a.shards))
     with stage_run("register", ROOT, p.raw()):
         t0 = time.perf_counter()
         limits = ServeLimits.from_params(p)

@@ -117,6 +117,13 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, buf.getvalue().encode())
 
 
+def relative_to_cwd(path: Path) -> str:
+    """``path`` as records name it: relative to the working dir (the project, where DVC runs every
+    stage) when inside it, links resolved, so what a stage writes reads alike in every checkout."""
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(here).as_posix() if resolved.is_relative_to(here) else str(path)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))
 

@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from ..model.build import create_model
+from ..io import relative_to_cwd
 from ..model.text import tokenize
 from ..rgb import to_rgb
 
@@ -27,13 +28,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def shown(source: ImageSource | str) -> str:
-    """A file as a report names it: relative to the working dir (the project, under DVC) when inside
-    it, so committed metrics read alike in every checkout."""
-    if isinstance(source, np.ndarray):
-        return "an array image"
-    path = Path(source)
-    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+def shown(source: ImageSource) -> str:
+    """An image as a report names it (a file relative to the project: committed metrics read alike
+    in every checkout)."""
+    return "an array image" if isinstance(source, np.ndarray) else relative_to_cwd(Path(source))
 
 
 def open_rgb(source: ImageSource) -> Image.Image:

@@ -75,14 +75,6 @@ def train_licence_mix(pairs_table: Path) -> dict[str, int]:
     return dict(Counter(pairs.loc[pairs["split"] == "train", "license_code"].fillna("unknown")))
 
 
-def shard_digests(shards: Path) -> dict[str, str]:
-    """Each split's content digest, from the shard stage's manifest ({} for shards without one)."""
-    manifest = shards / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    return {split: info["sha256"] for split, info in json.loads(manifest.read_text()).items() if "sha256" in info}
-
-
 def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str, int],
                  eval_metrics: dict[str, Any], splits: dict[str, str] | None = None) -> dict[str, str]:
     """The version tags of a model built in the project at ``root``: flat strings, whole or not at all.

@@ -50,6 +50,15 @@ def split_size(shard_base: str | Path, split: str) -> int:
     return sum(read_sizes(shard_base, split).values())
 
 
+def split_digests(shard_dir: Path) -> dict[str, str]:
+    """Each split's content digest from the shard stage's ``manifest.json`` ({} for shards without one):
+    what pretraining resumes on and what the promotion gate calls the same gallery."""
+    manifest = shard_dir / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    return {split: info["sha256"] for split, info in json.loads(manifest.read_text()).items() if "sha256" in info}
+
+
 class SkipCounter:
     """A webdataset handler that skips a bad sample or shard, counts it and logs the first few."""
 

@@ -7,8 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import read_append_log, write_bytes_atomic, write_jsonl_atomic
+from ..io import read_append_log, relative_to_cwd, write_bytes_atomic, write_jsonl_atomic
 from ..model.build import ModelSpec
+from ..shards.loader import split_digests
 from .ds_config import TrainConfig
 from .loop import checkpoint_step
 
@@ -18,22 +19,14 @@ from .loop import checkpoint_step
 RESUMABLE_ACROSS = ("log_every", "prefetch_factor", "grad_checkpointing", "compile", "text_buckets", "text_packing")
 
 
-def _project_relative(path: Path | None) -> str:
-    """A starting dir inside the project by its project path: a moved checkout keeps its checkpoints."""
-    if path is None:
-        return "None"
-    resolved, here = path.resolve(), Path.cwd().resolve()
-    return resolved.relative_to(here).as_posix() if resolved.is_relative_to(here) else str(resolved)
-
-
 def run_fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None], vocabulary: Path,
                     shard_dir: Path, world_size: int) -> str:
     """What a run's checkpoints belong to: model, recipe, ranks, starting point, vocabulary and train shards."""
-    manifest = shard_dir / "manifest.json"  # the shard stage's per-split digest ("" for older shards)
-    shards = json.loads(manifest.read_text()).get("train", {}).get("sha256", "") if manifest.is_file() else ""
     recipe = {k: v for k, v in cfg.__dict__.items() if k not in RESUMABLE_ACROSS}
-    blob = json.dumps([spec.__dict__, recipe, world_size, vocabulary.read_text(), [_project_relative(i) for i in init],
-                       shards], sort_keys=True, default=str)
+    # a starting dir inside the project by its project path: a moved checkout keeps its checkpoints
+    starts = [relative_to_cwd(i) if i is not None else "None" for i in init]
+    blob = json.dumps([spec.__dict__, recipe, world_size, vocabulary.read_text(), starts,
+                       split_digests(shard_dir).get("train", "")], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
