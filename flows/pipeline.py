@@ -17,7 +17,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("scrape", "align", "shard", "tokenizer", "pretrain", "evaluate", "register")
+# ``inputs`` first: it runs every time (it digests what params name) and fails fast on a named input
+# that is not there, before hours of scraping.
+STAGES = ("inputs", "scrape", "align", "shard", "tokenizer", "pretrain", "evaluate", "register")
 
 
 def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
@@ -84,11 +86,14 @@ def run_scrape(project: Path, force: bool = False) -> list[str]:
 @flow(name="biomedclip-pipeline", log_prints=True)
 def pipeline(project: str = str(ROOT), force: bool = False, scrape_retries: int = 3) -> dict[str, bool]:
     """Reproduce every stage in order; returns which stages actually ran."""
-    path = Path(project)
-    ran = {"scrape": bool(run_scrape.with_options(retries=scrape_retries)(path, force))}
-    for stage in STAGES[1:]:
-        ran[stage] = bool(run_stage(stage, path, force))
-    return ran
+    return run_all(Path(project), force, scrape_retries, force_scrape=force)
+
+
+def run_all(project: Path, force: bool, scrape_retries: int, force_scrape: bool) -> dict[str, bool]:
+    """Each stage in order, scrape with its network retries; which stages actually ran."""
+    return {stage: bool(run_scrape.with_options(retries=scrape_retries)(project, force_scrape) if stage == "scrape"
+                        else run_stage(stage, project, force))
+            for stage in STAGES}
 
 
 if __name__ == "__main__":

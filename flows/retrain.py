@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.deployments.runner import EntrypointType
 
-from .pipeline import ROOT, STAGES, run_scrape, run_stage
+from .pipeline import ROOT, run_all
 
 DEFAULT_CRON = "0 3 * * *"
 
@@ -68,9 +68,7 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
     path = Path(project)
     with overridden_params(path, profile, source):
-        ran = {"scrape": bool(run_scrape.with_options(retries=scrape_retries)(path, force=True))}
-        for stage in STAGES[1:]:
-            ran[stage] = bool(run_stage(stage, path))
+        ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
     result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": None}
     if ran["register"]:
         registered = json.loads((path / "metrics" / "register.json").read_text())

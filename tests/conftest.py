@@ -65,6 +65,25 @@ def project_env(project: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
 
 
+# `dvc status --json` of a project with nothing to do: only the stage that digests the inputs params
+# name, which runs every time (dvc.yaml says why).
+UP_TO_DATE = {"inputs": ["always changed"]}
+
+
+def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``dvc <args>`` in ``project`` as a user runs it (the project's stages on ``python``'s path); must succeed."""
+    env = {**(env or project_env(project)), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    return proc
+
+
+def dvc_status(project: Path, env: dict[str, str] | None = None) -> dict:
+    import json
+
+    return json.loads(dvc(project, "status", "--json", env=env).stdout)
+
+
 def stage_command(project: Path, stage: str) -> list[str]:
     """The stage's command exactly as the project's dvc.yaml gives it to DVC (this interpreter for ``python``)."""
     cmd = shlex.split(yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["cmd"])

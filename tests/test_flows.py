@@ -44,7 +44,7 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
     finally:
         sys.path.remove(str(project))
         _forget_flows()
-    assert ran == {"scrape": False, "align": False, "shard": False, "tokenizer": False, "pretrain": False,
+    assert ran == {"inputs": True, "scrape": False, "align": False, "shard": False, "tokenizer": False, "pretrain": False,
                    "evaluate": True, "register": True}
     registered = json.loads((project / "metrics/register.json").read_text())
     assert registered["version"] == 2 and "champion v1" in registered["promotion_reason"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import project_env, run_stage, stage_command
+from .conftest import UP_TO_DATE, dvc_status, project_env, run_stage, stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,7 @@ def test_dvc_repro_builds_every_output(built_project: Path):
 
 
 def test_dvc_repro_again_is_a_no_op(built_project: Path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=built_project, env=env,
-                          capture_output=True, text=True, check=True)
-    assert "up to date" in proc.stdout
+    assert dvc_status(built_project) == UP_TO_DATE
 
 
 def test_run_state_absent_as_after_dvc_pull_changes_nothing(built_project: Path, tmp_path: Path):
@@ -51,10 +48,7 @@ def test_run_state_absent_as_after_dvc_pull_changes_nothing(built_project: Path,
     shutil.copytree(built_project, project, symlinks=True)
     shutil.rmtree(project / "data" / "align_journal")
     shutil.rmtree(project / "models" / "checkpoints")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env,
-                          capture_output=True, text=True, check=True)
-    assert "up to date" in proc.stdout, proc.stdout
+    assert dvc_status(project) == UP_TO_DATE
 
 
 LOAD_MODEL_DIR = """

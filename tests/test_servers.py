@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import stage_command
+from .conftest import UP_TO_DATE, dvc, dvc_status, stage_command
 
 
 pytestmark = pytest.mark.slow
@@ -170,12 +170,6 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     assert (project / "models/clip/open_clip_model.safetensors").read_bytes() == weights
 
 
-def _dvc(project: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
-    return proc
-
-
 def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_to_date_workspace(
         built_project: Path, tmp_path: Path):
     """The team's data remote on a real S3 implementation (moto) on loopback: ``flows.retrain --push``
@@ -195,8 +189,8 @@ def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_t
     try:
         _wait(f"http://127.0.0.1:{port}/moto-api/", s3)
         assert requests.put(f"http://127.0.0.1:{port}/factory-data", timeout=10).status_code == 200
-        _dvc(project, "remote", "add", "-d", "team", "s3://factory-data/dvc", env=env)
-        _dvc(project, "remote", "modify", "team", "endpointurl", f"http://127.0.0.1:{port}", env=env)
+        dvc(project, "remote", "add", "-d", "team", "s3://factory-data/dvc", env=env)
+        dvc(project, "remote", "modify", "team", "endpointurl", f"http://127.0.0.1:{port}", env=env)
         flow_env = {**env, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
         retrain = subprocess.run([sys.executable, "-m", "flows.retrain", "--push"], cwd=project, env=flow_env,
                                  capture_output=True, text=True, timeout=900)
@@ -210,11 +204,11 @@ def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_t
 
         subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
         assert not (clone / "models" / "clip").exists()
-        _dvc(clone, "pull", env=env)
-        status = _dvc(clone, "status", env=env)
+        dvc(clone, "pull", env=env)
+        status = dvc_status(clone, env=env)
     finally:
         _stop(s3)
-    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+    assert status == UP_TO_DATE, status
     for path in ("models/clip/open_clip_model.safetensors", "data/pairs/pairs.parquet", "data/shards/manifest.json"):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
 

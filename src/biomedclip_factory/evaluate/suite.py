@@ -40,6 +40,15 @@ class Suite:
                    splits=[str(s) for s in p.get("retrieval_splits", list)],
                    zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
 
+    def named_paths(self) -> dict[str, Path]:
+        """Every dataset file or folder params name, by its key under ``evaluate``."""
+        paths = {f"zeroshot.{t.name}.path": t.path for t in self.zeroshot}
+        for probe in self.probes:
+            paths |= {f"linear_probe.sets.{probe.name}.{role}": getattr(probe, role).path for role in ("train", "test")}
+        for task in self.vqa:
+            paths |= {f"vqa.{task.name}.{part}": getattr(task, part) for part in ("images", "train", "test", "answers")}
+        return paths
+
 
 def models_from_params(p: Section, ours: str) -> dict[str, tuple[str, str | None]]:
     """Every model to score, ``ours`` first: name → (source, the text-tower dir a hub snapshot needs)."""

@@ -1,0 +1,41 @@
+"""DVC stage: a record of each input that params name → one JSON per consuming stage (run every time).
+
+dvc.yaml can list fixed paths only, so a starting model, tokenizer or evaluation set named in params
+was read without DVC seeing it: re-copying ``models/clip-224`` did not rerun the 384-px phase. This
+stage runs on every ``dvc repro`` (``always_changed``), digests what params name (a stat cache keeps
+that to seconds once a dataset is hashed) and writes one record per consuming stage, which is that
+stage's dep: a changed input reruns it; an unchanged one leaves the record, and the stage, as it was.
+"""
+from __future__ import annotations
+
+import time
+from argparse import Namespace
+
+from biomedclip_factory.digest import DigestCache
+from biomedclip_factory.io import write_json_atomic
+from biomedclip_factory.named_inputs import CONSUMERS, named_inputs, record
+from biomedclip_factory.tracking import tracking_uri
+
+from .common import ROOT, run_stage, summary
+
+
+def main(a: Namespace) -> None:
+    t0 = time.perf_counter()
+    cache, named = DigestCache(a.digest_cache), named_inputs(ROOT / "params.yaml", ROOT)
+    missing = 0
+    for stage in CONSUMERS:
+        records = record(named[stage], cache, tracking_uri(ROOT))
+        write_json_atomic(getattr(a, stage), records)
+        for key, entry in records.items():
+            if entry.get("missing") or entry.get("version", "") is None:
+                missing += 1
+                print(f"inputs: {key}: {entry['ref']} is not there; {stage} will report it", flush=True)
+    cache.save()
+    seconds = time.perf_counter() - t0
+    summary("inputs", sum(map(len, named.values())), len(CONSUMERS), missing, seconds, "inputs")
+    print(f"inputs: {cache.hashed_bytes / 1e6:.1f} MB hashed ({cache.hashed_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s),"
+          " the rest unchanged since the last run", flush=True)
+
+
+if __name__ == "__main__":
+    run_stage("inputs", main, (*CONSUMERS, "digest_cache"))
