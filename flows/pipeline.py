@@ -37,9 +37,34 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
         try:
             done = repo.reproduce(stage, single_item=True, force=force)
         except BaseException:  # a failure, and a cancelled run too (Prefect's TerminationSignal, Ctrl-C)
+            _stop_stage_commands(stage)
             _restore_last_good(repo, stage, [str(out.fs_path) for out in outs if out.use_cache], uncached)
             raise
     return [s.addressing for s in done]
+
+
+def _stop_stage_commands(stage: str, grace_s: float = 10.0) -> None:
+    """An interrupted DVC leaves its stage's command running. Unstopped, that command would go on
+    (holding the GPUs) and swap its outputs in after the last good ones were restored; a signal
+    to this process alone (``kill``, a supervisor) reaches no child. Stop every process DVC started
+    for ``stage``: each carries ``DVC_STAGE`` in its environment, workers and launchers included."""
+    import psutil
+
+    def runs_stage(process: psutil.Process) -> bool:
+        try:
+            return process.environ().get("DVC_STAGE") == stage
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+
+    running = [p for p in psutil.Process().children(recursive=True) if runs_stage(p)]
+    for process in running:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    for process in psutil.wait_procs(running, timeout=grace_s)[1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if running:
+        print(f"{stage}: stopped its command ({len(running)} processes)", flush=True)
 
 
 def _keep_copies(paths: list[Path], into: Path) -> dict[Path, Path]:
