@@ -17,8 +17,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 ROOT = Path(__file__).resolve().parent.parent
-# ``inputs`` first: it runs every time (it digests what params name) and fails fast on a named input
-# that is not there, before hours of scraping.
+# ``inputs`` first: it runs every time (it digests what params name) and fails fast on a named path
+# that is missing or is a pipeline output, before hours of scraping.
 STAGES = ("inputs", "scrape", "align", "shard", "tokenizer", "pretrain", "evaluate", "register")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from biomedclip_factory.errors import FactoryError
+from biomedclip_factory.io import relative_to
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ def _project_path(text: str) -> Path:
 
 def relative_to_project(path: Path) -> str:
     """How a path appears in committed metrics: relative to the project wherever it is checked out."""
-    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+    return relative_to(path, ROOT)
 
 
 def run_stage(stage: str, body: Callable[[argparse.Namespace], None], paths: tuple[str, ...]) -> None:

@@ -5,34 +5,50 @@ was read without DVC seeing it: re-copying ``models/clip-224`` did not rerun the
 stage runs on every ``dvc repro`` (``always_changed``), digests what params name (a stat cache keeps
 that to seconds once a dataset is hashed) and writes one record per consuming stage, which is that
 stage's dep: a changed input reruns it; an unchanged one leaves the record, and the stage, as it was.
+A named path that is missing, or that is a pipeline output, fails it before any other stage starts.
 """
 from __future__ import annotations
 
+import os
 import time
 from argparse import Namespace
+from pathlib import Path
+
+import yaml
 
 from biomedclip_factory.digest import DigestCache
 from biomedclip_factory.io import write_json_atomic
-from biomedclip_factory.named_inputs import CONSUMERS, named_inputs, record
+from biomedclip_factory.named_inputs import CONSUMERS, check_named_paths, named_inputs, record
 from biomedclip_factory.tracking import tracking_uri
 
 from .common import ROOT, run_stage, summary
 
 
+def pipeline_outputs() -> list[Path]:
+    """Every output dvc.yaml declares, as paths."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return [ROOT / (entry if isinstance(entry, str) else next(iter(entry)))
+            for spec in stages.values() for kind in ("outs", "metrics", "plots") for entry in spec.get(kind, [])]
+
+
 def main(a: Namespace) -> None:
     t0 = time.perf_counter()
-    cache, named = DigestCache(a.digest_cache), named_inputs(ROOT / "params.yaml", ROOT)
-    missing = 0
+    # A registry that does not answer must not hold every run for MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    named = named_inputs(ROOT / "params.yaml", ROOT)
+    check_named_paths(named, pipeline_outputs())
+    cache, unresolved = DigestCache(a.digest_cache), 0
     for stage in CONSUMERS:
         records = record(named[stage], cache, tracking_uri(ROOT))
         write_json_atomic(getattr(a, stage), records)
         for key, entry in records.items():
-            if entry.get("missing") or entry.get("version", "") is None:
-                missing += 1
-                print(f"inputs: {key}: {entry['ref']} is not there; {stage} will report it", flush=True)
+            if entry.get("version", "") is None:
+                unresolved += 1
+                print(f"inputs: {key}: {entry['ref']} does not resolve now; {stage} will report it", flush=True)
     cache.save()
     seconds = time.perf_counter() - t0
-    summary("inputs", sum(map(len, named.values())), len(CONSUMERS), missing, seconds, "inputs")
+    summary("inputs", sum(map(len, named.values())), len(CONSUMERS), unresolved, seconds, "inputs")
     print(f"inputs: {cache.hashed_bytes / 1e6:.1f} MB hashed ({cache.hashed_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s),"
           " the rest unchanged since the last run", flush=True)
 

@@ -78,15 +78,15 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
 
     profile = REPO / "params" / "biomedclip.yaml"
     spec = ModelSpec.from_params(load_section("model", profile))
-    cfg = TrainConfig.from_params(load_section("pretrain", profile), train_samples=15_000_000, world_size=8)
+    cfg = TrainConfig.from_params(load_section("pretrain", profile), train_samples=13_900_000, world_size=8)
     # Supp. Table 9: AdamW (0.9, 0.98), eps 1e-6, wd 0.2, lr 5e-4, 2000 warm-up steps, bf16, seed 0, no clipping
     assert (cfg.precision, cfg.warmup_steps, cfg.betas, cfg.eps, cfg.lr, cfg.weight_decay, cfg.seed, cfg.grad_clip) == (
         "bf16", 2000, (0.9, 0.98), 1e-6, 5e-4, 0.2, 0, None)
     assert deepspeed_config(cfg, 8)["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
-    assert cfg.steps == 117_188  # the paper's 32 epochs of 15M pairs at 4096 a step (512 x 8 ranks)
+    assert cfg.steps == 108_594  # the paper's 32 epochs of its 13.9M train pairs at 4096 a step (512 x 8 ranks)
     assert cfg.gradient_accumulation_steps == 1
-    one_gpu = TrainConfig.from_params(load_section("pretrain", profile), train_samples=15_000_000, world_size=1)
-    assert (one_gpu.gradient_accumulation_steps, one_gpu.steps) == (8, 117_188)  # still 4096 a step
+    one_gpu = TrainConfig.from_params(load_section("pretrain", profile), train_samples=13_900_000, world_size=1)
+    assert (one_gpu.gradient_accumulation_steps, one_gpu.steps) == (8, 108_594)  # still 4096 a step
     assert {t.name for t in Suite.from_params(load_section("evaluate", profile), REPO).zeroshot} == {
         "pcam", "lc25000_lung", "lc25000_colon", "tcga_til", "rsna_pneumonia"}
     align_on_processes = mapper_from_params(load_section("align", profile), "align")
@@ -203,7 +203,7 @@ def test_the_384_profile_continues_the_224_model(tmp_path):
     from .conftest import REPO
 
     profile = REPO / "params" / "biomedclip-384.yaml"
-    cfg = TrainConfig.from_params(load_section("pretrain", profile), train_samples=15_000_000, world_size=8)
+    cfg = TrainConfig.from_params(load_section("pretrain", profile), train_samples=13_900_000, world_size=8)
     assert deepspeed_config(cfg, 8)["train_batch_size"] == 4096  # the paper's batch at 384 px too
     assert (cfg.precision, cfg.betas, cfg.eps, cfg.weight_decay, cfg.grad_clip) == ("bf16", (0.9, 0.98), 1e-6, 0.2, None)
     model = load_section("model", profile)

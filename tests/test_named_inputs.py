@@ -4,15 +4,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from biomedclip_factory.digest import DigestCache, tree_digest
-from biomedclip_factory.named_inputs import named_inputs, record, registry_version
+from biomedclip_factory.errors import DataError, ParamsError
+from biomedclip_factory.named_inputs import check_named_paths, named_inputs, record, registry_version
 
-from .conftest import UP_TO_DATE, dvc, dvc_status, tiny_model_dir
+from .conftest import UP_TO_DATE, dvc, dvc_status, make_project, run_stage, tiny_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,6 +24,14 @@ def _tree(root: Path) -> Path:
     (root / "a" / "b" / "x.bin").write_bytes(b"x" * 1000)
     (root / "a" / "y.txt").write_text("why")
     (root / "z.txt").write_text("zed")
+    return _aged(root)
+
+
+def _aged(root: Path) -> Path:
+    """Every file's mtime a minute back: a file changed within the last tick is never cached (racy)."""
+    past = time.time() - 60
+    for file in [root] if root.is_file() else [f for f in root.rglob("*") if f.is_file()]:
+        os.utime(file, (past, past))
     return root
 
 
@@ -36,9 +46,34 @@ def test_digest_follows_content_and_names_not_place_or_time(tmp_path: Path):
     (moved / "z.txt").write_text("zed")
     (moved / "z.txt").rename(moved / "w.txt")  # same bytes under another name
     assert tree_digest(moved, cache, "two")["sha256"] != first["sha256"]
-    assert tree_digest(tmp_path / "absent", cache, "absent") == {"missing": True}
     single = tree_digest(tmp_path / "one" / "z.txt", cache, "file")
     assert single["files"] == 1 and single["sha256"] != first["sha256"]
+
+
+def test_digest_skips_what_tools_leave_and_follows_links_as_the_loaders_do(tmp_path: Path):
+    cache = DigestCache()
+    tree = _tree(tmp_path / "t")
+    first = tree_digest(tree, cache, "t")
+    (tree / ".cache" / "huggingface").mkdir(parents=True)  # `hf download` stamps the time in here
+    (tree / ".cache" / "huggingface" / "x.metadata").write_text(str(time.time()))
+    (tree / "__pycache__").mkdir()
+    (tree / "__pycache__" / "m.pyc").write_bytes(b"\0")
+    (tree / ".DS_Store").write_bytes(b"\0")
+    assert tree_digest(tree, cache, "t") == first
+
+    elsewhere = _tree(tmp_path / "elsewhere")
+    (tree / "linked").symlink_to(elsewhere / "a", target_is_directory=True)  # a class folder linked in
+    (tree / "loop").symlink_to(tree, target_is_directory=True)  # a link back up must not walk for ever
+    linked = tree_digest(tree, cache, "t")
+    assert linked["files"] == 5 and linked["sha256"] != first["sha256"]
+    (elsewhere / "a" / "y.txt").write_text("whY")  # edited behind the link
+    assert tree_digest(tree, cache, "t")["sha256"] != linked["sha256"]
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    with open(os.path.join(os.fsencode(odd), b"\xff-latin1.bin"), "wb") as fh:  # not UTF-8: still a name
+        fh.write(b"1")
+    assert tree_digest(odd, cache, "odd")["files"] == 1
 
 
 def test_cache_skips_unchanged_files_and_survives_damage(tmp_path: Path):
@@ -49,12 +84,23 @@ def test_cache_skips_unchanged_files_and_survives_damage(tmp_path: Path):
     cache.save()
     again = DigestCache(cache_file)
     assert tree_digest(tree, again, "t") == digest and again.hashed_bytes == 0
-    (tree / "a" / "y.txt").write_text("whY!")  # a changed file is hashed again, and only it
+    (tree / "a" / "y.txt").write_text("whY")  # rewritten in place, same size, its old mtime put back
+    _aged(tree / "a" / "y.txt")  # (as `cp -p` or rsync -a over it would): the ctime still moved
     changed = tree_digest(tree, again, "t")
-    assert again.hashed_bytes == 4 and changed["sha256"] != digest["sha256"]
-    cache_file.write_text("{not json")
-    damaged = DigestCache(cache_file)
-    assert tree_digest(tree, damaged, "t") == changed and damaged.hashed_bytes == 1007
+    assert again.hashed_bytes == 3 and changed["sha256"] != digest["sha256"]
+    for damage in ("{not json", "[1, 2]", json.dumps({str((tree / "z.txt").resolve()): [1]})):
+        cache_file.write_text(damage)
+        damaged = DigestCache(cache_file)
+        assert tree_digest(tree, damaged, "t") == changed and damaged.hashed_bytes == 1006
+
+
+def test_a_file_changed_this_instant_is_not_cached(tmp_path: Path):
+    fresh, cache_file = tmp_path / "fresh.txt", tmp_path / "cache.json"
+    fresh.write_text("now")
+    cache = DigestCache(cache_file)
+    tree_digest(fresh, cache, "fresh")
+    cache.save()
+    assert json.loads(cache_file.read_text()) == {}  # it may change again within the same mtime tick
 
 
 def test_cache_keeps_only_what_this_run_read(tmp_path: Path):
@@ -66,6 +112,21 @@ def test_cache_keeps_only_what_this_run_read(tmp_path: Path):
     tree_digest(tmp_path / "old" / "z.txt", cache, "z")
     cache.save()
     assert list(json.loads(cache_file.read_text())) == [str((tmp_path / "old" / "z.txt").resolve())]
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch):
+    tree = _tree(tmp_path / "t")
+    (tree / "gone").symlink_to(tmp_path / "nowhere")  # a dangling link is no file: skipped
+    real_open = Path.open
+
+    def failing_open(self, *args, **kwargs):  # the disk, not the code under test, fails (root reads chmod 0)
+        if self.name == "y.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", failing_open)
+    with pytest.raises(DataError, match=r"evaluate.zeroshot.x.path: cannot read .*y.txt: .*Permission denied"):
+        tree_digest(tree, DigestCache(), "evaluate.zeroshot.x.path")
 
 
 def _params(tmp_path: Path, **sections: dict) -> Path:
@@ -119,6 +180,66 @@ def test_a_registry_reference_records_the_version_its_alias_names(tmp_path: Path
     assert registry_version("models:/m/1", uri) == {"version": "1"}
     assert registry_version("models:/m@nobody", uri) == {"version": None}
     assert registry_version("models:/absent@champion", uri) == {"version": None}
+
+
+def test_a_registry_that_does_not_answer_leaves_the_version_unknown(monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the stage sets it
+    assert registry_version("models:/m@champion", f"http://127.0.0.1:{port}") == {"version": None}
+
+
+def test_references_stay_as_params_wrote_them_and_other_models_are_inputs(tmp_path: Path):
+    """A record must read alike in every checkout: ``../datasets/x`` stays that, not this machine's path."""
+    root, outside = tmp_path / "project", _tree(tmp_path / "datasets" / "x")
+    (root / "models").mkdir(parents=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(zeroshot={"x": {**params["evaluate"]["zeroshot"]["brain_tumor_mri"], "path": "../datasets/x"}},
+                              linear_probe={"fractions": [1.0], "seeds": [0], "sets": {}}, vqa={},
+                              models={"other": "local-dir:models/other",
+                                      "hub": {"source": "local-dir:models/hub", "text_dir": "models/bert"},
+                                      "prod": "models:/biomedclip-factory@champion"})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    named = named_inputs(root / "params.yaml", root)["evaluate"]
+    assert named == {"evaluate.zeroshot.x.path": ("../datasets/x", root / "../datasets/x"),
+                     "evaluate.models.other": ("local-dir:models/other", root / "models/other"),
+                     "evaluate.models.hub": ("local-dir:models/hub", root / "models/hub"),
+                     "evaluate.models.hub.text_dir": ("models/bert", root / "models/bert"),
+                     "evaluate.models.prod": ("models:/biomedclip-factory@champion", "models:/biomedclip-factory@champion")}
+    assert tree_digest(named["evaluate.zeroshot.x.path"][1], DigestCache(), "x") == tree_digest(outside, DigestCache(), "x")
+
+
+def test_a_missing_or_self_written_input_fails_before_any_work(tmp_path: Path):
+    root = tmp_path
+    (root / "models" / "clip").mkdir(parents=True)
+    (root / "models" / "clip" / "config.json").write_text("{}")
+    named = {"tokenizer": {}, "pretrain": {"model.init_from": ("local-dir:models/clip", root / "models/clip")},
+             "evaluate": {}}
+    outputs = [root / "models/clip", root / "data/shards"]
+    with pytest.raises(ParamsError, match="'model.init_from': local-dir:models/clip overlaps the pipeline's output"):
+        check_named_paths(named, outputs)  # every run would rewrite what the next one starts from
+    (root / "data").mkdir()
+    named["pretrain"] = {"model.init_from": ("local-dir:data", root / "data")}  # holds an output
+    with pytest.raises(ParamsError, match="overlaps"):
+        check_named_paths(named, outputs)
+    named["pretrain"] = {}
+    named["evaluate"] = {"evaluate.zeroshot.pcam.path": ("/data/zeroshot/pcam", root / "no" / "pcam"),
+                         "evaluate.models.prod": ("models:/m@champion", "models:/m@champion")}
+    with pytest.raises(ParamsError, match="'evaluate.zeroshot.pcam.path': /data/zeroshot/pcam does not exist"):
+        check_named_paths(named, outputs)
+    del named["evaluate"]["evaluate.zeroshot.pcam.path"]
+    check_named_paths(named, outputs)  # a registry reference is resolved, not checked for a path
+
+
+@pytest.mark.slow
+def test_the_stage_names_a_missing_input_and_exits_2(tmp_path: Path):
+    project = make_project(tmp_path / "project", {"tokenizer": {"source": "models/clip-224"}})
+    proc = run_stage(project, "inputs", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "'tokenizer.source'" in proc.stderr and "clip-224" in proc.stderr
 
 
 def _changed(project: Path) -> dict:

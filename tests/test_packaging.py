@@ -27,8 +27,9 @@ def test_the_build_context_is_the_source_without_run_state(tmp_path):
     source = ["Dockerfile", "Makefile", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc/config", "src/biomedclip_factory/io.py",
               "stages/pretrain.py", "flows/retrain.py", "sample/pmc-mirror/ATTRIBUTION.md", "metrics/eval.json",
               "tests/conftest.py", "benchmarks/learning.py", "scripts/build_sample.py"]
-    source += [".git/HEAD", "data/.gitignore", "models/.gitignore"]  # DVC needs the repository and its ignores
-    state = [".venv/bin/python", "data/raw/manifest.jsonl", "data/align_journal/index.jsonl",
+    source += [".git/HEAD", "data/.gitignore", "data/inputs/.gitignore", "models/.gitignore"]  # DVC needs the repo and its ignores
+    state = [".venv/bin/python", "data/raw/manifest.jsonl", "data/align_journal/index.jsonl", "data/inputs/evaluate.json",
+             "data/inputs_digests.json",
              "models/clip/open_clip_model.safetensors", "models/checkpoints/latest", "models/clip.tmp/x", "mlflow.db",
              "mlartifacts/1/model.pkl", ".prefect/prefect.db", ".dvc/cache/files/md5/ab/cd", ".dvc/tmp/lock",
              "src/biomedclip_factory/__pycache__/io.cpython-311.pyc", "src/biomedclip_factory.egg-info/PKG-INFO",

@@ -614,20 +614,21 @@ def test_fingerprint_covers_the_train_shards(tmp_path):
     assert fingerprint(dataclasses.replace(cfg, lr=cfg.lr / 2)) != base
 
 
-def test_a_moved_checkout_keeps_its_checkpoints(tmp_path, monkeypatch):
-    """A starting model inside the project is named by its project path, so the run is the same run."""
+def test_a_moved_checkout_keeps_its_checkpoints_and_new_start_weights_restart(tmp_path, monkeypatch):
+    """The starting model is known by its content: the same weights in a moved checkout are the same run;
+    other weights copied over it (a corrected 224-px phase) are not, though the path is the same."""
     from .conftest import REPO
 
     params = REPO / "params.yaml"
     spec, cfg = ModelSpec.from_params(load_section("model", params)), TrainConfig.from_params(load_section("pretrain", params), 100)
     prints = []
-    for checkout in ("a", "b", "c"):
+    for checkout, weights in (("a", b"224-px run"), ("b", b"224-px run"), ("c", b"224-px run, corrected")):
         root = tmp_path / checkout
         for name in ("models/start", "tokenizer", "shards"):
             (root / name).mkdir(parents=True)
+        (root / "models" / "start" / "open_clip_model.safetensors").write_bytes(weights)
         (root / "tokenizer" / "tokenizer.json").write_text("{}")
         monkeypatch.chdir(root)
-        start = root / "models" / ("start" if checkout != "c" else "other")
-        prints.append(run_fingerprint(spec, cfg, (start, Path("/opt/BiomedBERT")), root / "tokenizer" / "tokenizer.json",
+        prints.append(run_fingerprint(spec, cfg, (root / "models" / "start", None), root / "tokenizer" / "tokenizer.json",
                                       root / "shards", 1))
     assert prints[0] == prints[1] != prints[2]

@@ -4,75 +4,98 @@ dvc.yaml can only list fixed paths, but some inputs are named in params (a start
 tokenizer, the evaluation sets) and may sit outside the project. A digest of what such a path holds
 is written to a file DVC does track. It depends on content and relative names only, not on where
 the tree lives or its mtimes, so two machines holding the same inputs agree and nothing reruns.
-Hashing a large dataset again on every run would cost minutes: a file whose size, mtime and inode
-are unchanged reuses its last hash, as DVC's own state database does.
+Hidden entries and ``__pycache__`` are left out: tools write them beside a model (``hf download``
+keeps timestamps in ``.cache/``), and no loader reads them. Links are followed, as the loaders do.
+Hashing a large dataset again on every run would cost minutes: a file whose size, mtimes, inode and
+device are unchanged reuses its last hash, as DVC's own state database does.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from .errors import DataError
 from .io import write_json_atomic
 
 CHUNK = 1 << 20
+RACY_NS = 2_000_000_000  # a file changed this recently may change again within one mtime tick: not cached
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
 class DigestCache:
-    """Last hashes by absolute file path, each valid while the file's (size, mtime_ns, inode) hold."""
+    """Last hashes by absolute file path, each valid while the file's stat stamp holds; ``path=None``
+    keeps them in memory only."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None = None):
         self.path = path
         try:
-            self._known: dict[str, list] = json.loads(path.read_text()) if path.is_file() else {}
+            known = json.loads(path.read_text()) if path is not None and path.is_file() else {}
         except (OSError, ValueError):  # a damaged cache only costs hashing again
-            self._known = {}
+            known = {}
+        self._known: dict[str, Any] = known if isinstance(known, dict) else {}
         self._used: dict[str, list] = {}
         self.hashed_bytes = 0
 
     def file_sha256(self, path: Path) -> tuple[str, int]:
         """The file's hash and size."""
         st = path.stat()
-        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+        key, stamp = str(path.resolve()), _stamp(st)
         known = self._known.get(key)
-        if known is None or known[:3] != stamp:
+        if not (isinstance(known, list) and known[:-1] == stamp):
             digest = hashlib.sha256()
             with path.open("rb") as fh:
                 while chunk := fh.read(CHUNK):
                     digest.update(chunk)
             known = [*stamp, digest.hexdigest()]
             self.hashed_bytes += st.st_size
-        self._used[key] = known
-        return known[3], st.st_size
+        if time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self._used[key] = known
+        return known[-1], st.st_size
 
     def save(self) -> None:
         """Keep the entries of this run only, so a removed dataset does not linger in the cache."""
-        write_json_atomic(self.path, self._used)
+        if self.path is not None:
+            write_json_atomic(self.path, self._used)
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name == "__pycache__"
 
 
 def _files(root: Path) -> list[Path]:
-    """Every file under ``root`` in a fixed order; a link to a file counts as that file's content."""
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs.sort()
-        found += [Path(folder) / n for n in sorted(names) if (Path(folder) / n).is_file()]
+    """Every file under ``root`` in a fixed order, through links (a folder reached twice, once)."""
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _skipped(d))
+        found += [Path(folder) / n for n in sorted(names) if not _skipped(n) and (Path(folder) / n).is_file()]
     return found
 
 
 def tree_digest(path: Path, cache: DigestCache, label: str) -> dict[str, Any]:
-    """``{"sha256", "files", "bytes"}`` of a file or folder (names relative to it, each file's hash),
-    or ``{"missing": true}``: a stage reports a missing input itself, and its appearance must rerun it."""
-    if not path.exists():
-        return {"missing": True}
+    """``{"sha256", "files", "bytes"}`` of a file or folder (names relative to it, each file's hash);
+    an unreadable file is a DataError naming it and ``label`` (the params key)."""
     files = [path] if path.is_file() else _files(path)
     lines, total = [], 0
     for file in tqdm(files, desc=f"inputs: {label}", unit="file", disable=len(files) < 1000):
         name = file.name if file == path else file.relative_to(path).as_posix()
-        sha256, size = cache.file_sha256(file)
-        lines.append(f"{name}\t{sha256}\n")
+        try:
+            sha256, size = cache.file_sha256(file)
+        except OSError as exc:
+            raise DataError(f"{label}: cannot read {file}: {exc}") from exc
+        lines.append(os.fsencode(name) + b"\t" + sha256.encode() + b"\n")
         total += size
-    return {"sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "files": len(files), "bytes": total}
+    return {"sha256": hashlib.sha256(b"".join(lines)).hexdigest(), "files": len(files), "bytes": total}

@@ -117,6 +117,12 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, buf.getvalue().encode())
 
 
+def relative_to(path: Path, root: Path) -> str:
+    """``path`` as params and committed metrics name it: relative to ``root`` (the project) when
+    under it, by name only (links not resolved), so it reads alike wherever the project is checked out."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def relative_to_cwd(path: Path) -> str:
     """``path`` as records name it: relative to the working dir (the project, where DVC runs every
     stage) when inside it, links resolved, so what a stage writes reads alike in every checkout."""

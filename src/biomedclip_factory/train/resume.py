@@ -7,7 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import read_append_log, relative_to_cwd, write_bytes_atomic, write_jsonl_atomic
+from ..digest import DigestCache, tree_digest
+from ..io import read_append_log, write_bytes_atomic, write_jsonl_atomic
 from ..model.build import ModelSpec
 from ..shards.loader import split_digests
 from .ds_config import TrainConfig
@@ -23,8 +24,8 @@ def run_fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, 
                     shard_dir: Path, world_size: int) -> str:
     """What a run's checkpoints belong to: model, recipe, ranks, starting point, vocabulary and train shards."""
     recipe = {k: v for k, v in cfg.__dict__.items() if k not in RESUMABLE_ACROSS}
-    # a starting dir inside the project by its project path: a moved checkout keeps its checkpoints
-    starts = [relative_to_cwd(i) if i is not None else "None" for i in init]
+    # a starting dir by its content: other weights copied in restart the run; a moved one resumes it
+    starts = [tree_digest(i, DigestCache(), "start")["sha256"] if i is not None else "None" for i in init]
     blob = json.dumps([spec.__dict__, recipe, world_size, vocabulary.read_text(), starts,
                        split_digests(shard_dir).get("train", "")], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
