@@ -11,7 +11,8 @@ from argparse import Namespace
 import mlflow
 
 from biomedclip_factory.evaluate.report import flat_metrics, markdown_report, write_plots
-from biomedclip_factory.evaluate.suite import OURS, Suite, evaluate_models, failures, items_scored, models_from_params
+from biomedclip_factory.evaluate.suite import evaluate_models, failures, items_scored
+from biomedclip_factory.evaluate.tasks import OURS, Suite, models_from_params
 from biomedclip_factory.io import write_bytes_atomic, write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run

@@ -16,7 +16,7 @@ import pandas as pd
 from biomedclip_factory.corpus.table import TABLE_NAME, split_captions
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import replace_dir, write_json_atomic
-from biomedclip_factory.model.build import resolve_pretrained_dir
+from biomedclip_factory.model.sources import resolve_pretrained_dir
 from biomedclip_factory.model.tokenizer import copy_tokenizer, train_wordpiece
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run

@@ -287,7 +287,7 @@ PAPER_ZEROSHOT = {  # Supplementary Table 5 of the BiomedCLIP paper: class names
 
 @pytest.mark.parametrize("profile", ["biomedclip.yaml", "biomedclip-384.yaml"])
 def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
-    from biomedclip_factory.evaluate.suite import Suite
+    from biomedclip_factory.evaluate.tasks import Suite
     from biomedclip_factory.params import load_section
 
     tasks = {t.name: t for t in Suite.from_params(load_section("evaluate", REPO / "params" / profile), REPO).zeroshot}
@@ -298,7 +298,7 @@ def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
 def test_a_probe_class_missing_from_training_is_never_predicted_and_bad_params_are_named(tmp_path):
     from biomedclip_factory.errors import ParamsError
     from biomedclip_factory.evaluate.linear_probe import probe_scores
-    from biomedclip_factory.evaluate.suite import probe_tasks
+    from biomedclip_factory.evaluate.tasks import probe_tasks
     from biomedclip_factory.params import Section
 
     rng = np.random.default_rng(1)

@@ -69,7 +69,7 @@ def test_copied_model_dir_loads_the_same_without_being_written(model_dir, tmp_pa
 
 def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     """params/biomedclip.yaml validates in every stage reader and builds BiomedCLIP's shape (~196M params)."""
-    from biomedclip_factory.evaluate.suite import Suite
+    from biomedclip_factory.evaluate.tasks import Suite
     from biomedclip_factory.task_runner import mapper_from_params
 
     from biomedclip_factory.params import load_section
@@ -130,7 +130,7 @@ def test_biomedclip_profile_takes_tokenizer_and_text_tower_from_one_biomedbert_d
     from transformers import BertConfig, BertModel
 
     from biomedclip_factory.errors import ParamsError
-    from biomedclip_factory.model.build import init_sources, resolve_pretrained_dir
+    from biomedclip_factory.model.sources import init_sources, resolve_pretrained_dir
     from biomedclip_factory.model.tokenizer import copy_tokenizer
     from biomedclip_factory.params import load_section
 
@@ -197,7 +197,7 @@ def test_continuing_at_384_px_resamples_the_position_embeddings(model_dir, tmp_p
 
 
 def test_the_384_profile_continues_the_224_model(tmp_path):
-    from biomedclip_factory.model.build import init_sources
+    from biomedclip_factory.model.sources import init_sources
     from biomedclip_factory.params import load_section
 
     from .conftest import REPO
@@ -236,7 +236,8 @@ def _hub_snapshot(model_dir: Path, dest: Path) -> Path:
 def test_a_hub_snapshot_converts_to_a_model_dir_with_identical_embeddings(model_dir, tmp_path):
     from biomedclip_factory.errors import DataError, ParamsError
     from biomedclip_factory.evaluate.models import load_encoder
-    from biomedclip_factory.model.build import init_from_model_dir, init_sources
+    from biomedclip_factory.model.build import init_from_model_dir
+    from biomedclip_factory.model.sources import init_sources
     from biomedclip_factory.model.snapshot import convert_snapshot, is_snapshot
     from biomedclip_factory.params import Section
 

@@ -12,9 +12,9 @@ from typing import Any, Union
 
 from .digest import DigestCache, tree_digest
 from .errors import ParamsError
-from .evaluate.suite import OURS, Suite, models_from_params
+from .evaluate.tasks import OURS, Suite, models_from_params
 from .io import relative_to
-from .model.build import init_sources, resolve_pretrained_dir
+from .model.sources import init_sources, resolve_pretrained_dir
 from .params import load_section
 
 Named = Union[Path, str]  # a local path, or a registry reference (``models:/…``)

@@ -10,7 +10,6 @@ dataset forms (ImageFolder or MedMNIST ``.npz``), so a new dataset is params onl
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,18 +18,10 @@ from sklearn.linear_model import LogisticRegressionCV
 
 from ..errors import DataError
 from .embed import Encoder
-from .zeroshot import ZeroShotTask, chance_levels, classification_metrics, embed_labelled
+from .tasks import ProbeTask
+from .zeroshot import chance_levels, classification_metrics, embed_labelled
 
 C_GRID = np.logspace(-4, 4, 9)
-
-
-@dataclass(frozen=True)
-class ProbeTask:
-    name: str
-    train: ZeroShotTask  # the dataset forms and class list are the zero-shot suite's; templates unused
-    test: ZeroShotTask
-    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 def subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""What the evaluate stage scores, read from params, and the scoring of one model on it.
+"""The scoring of each model on the suite (``tasks.py``: what params ask for).
 
 A suite is retrieval on the shard splits, the zero-shot sets, the linear-probe sets and the VQA sets,
 all from ``evaluate:`` in params, so a dataset is added without code. One bad dataset is reported by
@@ -6,113 +6,20 @@ name in the result; the others still run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..errors import DataError, ParamsError
-from ..params import Section
+from ..errors import DataError
 from ..shards.loader import CaptionCollator, eval_batches, split_size
 from .embed import Encoder
-from .linear_probe import ProbeTask, evaluate_linear_probe
+from .linear_probe import evaluate_linear_probe
 from .models import load_encoder
 from .retrieval import retrieval_metrics
-from .vqa import VqaTask, evaluate_vqa
-from .zeroshot import METRICS, ZeroShotTask, evaluate_zeroshot
-
-OURS = "ours"
-
-
-@dataclass(frozen=True)
-class Suite:
-    batch_size: int
-    splits: list[str]
-    workers: int = 0  # decoding the datasets
-    zeroshot: list[ZeroShotTask] = field(default_factory=list)
-    probes: list[ProbeTask] = field(default_factory=list)
-    vqa: list[VqaTask] = field(default_factory=list)
-
-    @classmethod
-    def from_params(cls, p: Section, root: Path) -> "Suite":
-        """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
-        return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0),
-                   splits=[str(s) for s in p.get("retrieval_splits", list)],
-                   zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
-
-    def named_paths(self) -> dict[str, Path]:
-        """Every dataset file or folder params name, by its key under ``evaluate``."""
-        paths = {f"zeroshot.{t.name}.path": t.path for t in self.zeroshot}
-        for probe in self.probes:
-            paths |= {f"linear_probe.sets.{probe.name}.{role}": getattr(probe, role).path for role in ("train", "test")}
-        for task in self.vqa:
-            paths |= {f"vqa.{task.name}.{part}": getattr(task, part) for part in ("images", "train", "test", "answers")}
-        return paths
-
-
-def models_from_params(p: Section, ours: str) -> dict[str, tuple[str, str | None]]:
-    """Every model to score, ``ours`` first: name → (source, the text-tower dir a hub snapshot needs)."""
-    others = {str(k): model_entry(p.section("models"), str(k)) for k in p.get("models", dict, {})}
-    if OURS in others:
-        raise ParamsError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
-    return {OURS: (ours, None), **others}
-
-
-def zeroshot_tasks(p: Section, root: Path) -> list[ZeroShotTask]:
-    suite = p.section("zeroshot")
-    tasks = []
-    for name in suite.raw():
-        t = suite.section(name)
-        tasks.append(ZeroShotTask(
-            name=name, path=root / Path(t.get("path", str)),
-            classnames={str(k): str(v) for k, v in t.get("classnames", dict).items()},
-            templates=tuple(str(x) for x in t.get("templates", list)),
-            metric=t.choice("metric", METRICS, "accuracy"), npz_split=t.get("npz_split", str, "test")))
-    return tasks
-
-
-def probe_tasks(p: Section, root: Path) -> list[ProbeTask]:
-    """``evaluate.linear_probe``: shared fractions and seeds, a train and a test set per dataset."""
-    if "linear_probe" not in p.raw():
-        return []
-    probe = p.section("linear_probe")
-    fractions, seeds = probe.get("fractions", list), probe.get("seeds", list)
-    if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions):
-        raise ParamsError(f"params: 'evaluate.linear_probe.fractions' must be numbers in (0, 1], got {fractions!r}")
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise ParamsError(f"params: 'evaluate.linear_probe.seeds' must be integers, got {seeds!r}")
-    fractions, seeds = tuple(float(f) for f in fractions), tuple(seeds) or (0,)
-    sets = probe.section("sets")
-    tasks = []
-    for name in sets.raw():
-        t = sets.section(name)
-        classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
-        metric = t.choice("metric", METRICS, "accuracy")
-        splits = {role: ZeroShotTask(name=f"{name} ({role})", path=root / Path(t.get(role, str)), classnames=classnames,
-                                     templates=(), metric=metric, npz_split=t.get(f"{role}_split", str, role))
-                  for role in ("train", "test")}
-        tasks.append(ProbeTask(name, splits["train"], splits["test"], fractions, seeds))
-    return tasks
-
-
-def vqa_tasks(p: Section, root: Path) -> list[VqaTask]:
-    """``evaluate.vqa``: per dataset its images, train/test records, answer list and the head's recipe."""
-    if "vqa" not in p.raw():
-        return []
-    suite = p.section("vqa")
-    return [VqaTask(name=name, **{k: root / Path(t.get(k, str)) for k in ("images", "train", "test", "answers")},
-                    epochs=t.positive("epochs", int, 200), hidden=t.positive("hidden", int, 256),
-                    lr=t.positive("lr", float, 1e-3), seed=t.get("seed", int, 0))
-            for name in suite.raw() for t in [suite.section(name)]]
-
-
-def model_entry(models: Section, name: str) -> tuple[str, str | None]:
-    """``name: local-dir:<dir> | models:/<name>@<alias>``, or for a hub snapshot (the released
-    BiomedCLIP) ``name: {source: local-dir:<snapshot>, text_dir: <local copy of the BERT it names>}``."""
-    if isinstance(models.raw()[name], dict):
-        entry = models.section(name)
-        return entry.get("source", str), entry.get("text_dir", str, None)
-    return models.get(name, str), None
+from .tasks import OURS, Suite
+from .vqa import evaluate_vqa
+from .zeroshot import evaluate_zeroshot
 
 
 EXAMPLES = 8  # images in the retrieval plot, each with its top text

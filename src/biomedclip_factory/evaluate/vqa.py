@@ -24,21 +24,9 @@ import torch
 
 from ..errors import DataError
 from .embed import Encoder, shown
+from .tasks import VqaTask
 
 FIELDS = ("qid", "image_name", "question", "answer", "answer_type")
-
-
-@dataclass(frozen=True)
-class VqaTask:
-    name: str
-    images: Path
-    train: Path
-    test: Path
-    answers: Path  # JSON list of the candidate answers
-    epochs: int = 200
-    hidden: int = 256
-    lr: float = 1e-3
-    seed: int = 0
 
 
 @dataclass(frozen=True)

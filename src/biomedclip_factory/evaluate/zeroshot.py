@@ -7,8 +7,6 @@ BiomedCLIP paper notes, so it is kept explicit).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,19 +14,9 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 
 from ..errors import DataError
 from .embed import Embedded, Encoder, ImageSource
+from .tasks import ZeroShotTask
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif"}
-METRICS = ("accuracy", "balanced_accuracy", "auroc")
-
-
-@dataclass(frozen=True)
-class ZeroShotTask:
-    name: str
-    path: Path
-    classnames: dict[str, str]  # folder name (or npz label index) → class name used in prompts
-    templates: tuple[str, ...]
-    metric: str = "accuracy"
-    npz_split: str = "test"
 
 
 def _imagefolder(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:

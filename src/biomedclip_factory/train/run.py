@@ -11,7 +11,8 @@ import torch
 
 from ..errors import DataError
 from ..io import append_log_row, read_jsonl, replace_dir
-from ..model.build import ModelSpec, create_model, init_sources, relocate
+from ..model.build import ModelSpec, create_model, relocate
+from ..model.sources import init_sources
 from ..model.start import start_model
 from ..params import Section
 from ..shards.loader import split_size

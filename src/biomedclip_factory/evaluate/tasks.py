@@ -1,0 +1,136 @@
+"""What the evaluate stage scores, read from ``evaluate:`` in params: retrieval splits, zero-shot,
+linear-probe and VQA sets, and the models. No torch here: the ``inputs`` stage reads the same params
+on every ``dvc repro`` to digest the datasets they name, and must start at once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ParamsError
+from ..params import Section
+
+OURS = "ours"
+METRICS = ("accuracy", "balanced_accuracy", "auroc")
+
+
+@dataclass(frozen=True)
+class ZeroShotTask:
+    name: str
+    path: Path
+    classnames: dict[str, str]  # folder name (or npz label index) → class name used in prompts
+    templates: tuple[str, ...]
+    metric: str = "accuracy"
+    npz_split: str = "test"
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    name: str
+    train: ZeroShotTask  # the dataset forms and class list are the zero-shot suite's; templates unused
+    test: ZeroShotTask
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class VqaTask:
+    name: str
+    images: Path
+    train: Path
+    test: Path
+    answers: Path  # JSON list of the candidate answers
+    epochs: int = 200
+    hidden: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Suite:
+    batch_size: int
+    splits: list[str]
+    workers: int = 0  # decoding the datasets
+    zeroshot: list[ZeroShotTask] = field(default_factory=list)
+    probes: list[ProbeTask] = field(default_factory=list)
+    vqa: list[VqaTask] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, p: Section, root: Path) -> "Suite":
+        """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
+        return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0),
+                   splits=[str(s) for s in p.get("retrieval_splits", list)],
+                   zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
+
+    def named_paths(self) -> dict[str, Path]:
+        """Every dataset file or folder params name, by its key under ``evaluate``."""
+        paths = {f"zeroshot.{t.name}.path": t.path for t in self.zeroshot}
+        for probe in self.probes:
+            paths |= {f"linear_probe.sets.{probe.name}.{role}": getattr(probe, role).path for role in ("train", "test")}
+        for task in self.vqa:
+            paths |= {f"vqa.{task.name}.{part}": getattr(task, part) for part in ("images", "train", "test", "answers")}
+        return paths
+
+
+def models_from_params(p: Section, ours: str) -> dict[str, tuple[str, str | None]]:
+    """Every model to score, ``ours`` first: name → (source, the text-tower dir a hub snapshot needs)."""
+    others = {str(k): model_entry(p.section("models"), str(k)) for k in p.get("models", dict, {})}
+    if OURS in others:
+        raise ParamsError(f"params: 'evaluate.models' must not redefine '{OURS}' (our trained model)")
+    return {OURS: (ours, None), **others}
+
+
+def zeroshot_tasks(p: Section, root: Path) -> list[ZeroShotTask]:
+    suite = p.section("zeroshot")
+    tasks = []
+    for name in suite.raw():
+        t = suite.section(name)
+        tasks.append(ZeroShotTask(
+            name=name, path=root / Path(t.get("path", str)),
+            classnames={str(k): str(v) for k, v in t.get("classnames", dict).items()},
+            templates=tuple(str(x) for x in t.get("templates", list)),
+            metric=t.choice("metric", METRICS, "accuracy"), npz_split=t.get("npz_split", str, "test")))
+    return tasks
+
+
+def probe_tasks(p: Section, root: Path) -> list[ProbeTask]:
+    """``evaluate.linear_probe``: shared fractions and seeds, a train and a test set per dataset."""
+    if "linear_probe" not in p.raw():
+        return []
+    probe = p.section("linear_probe")
+    fractions, seeds = probe.get("fractions", list), probe.get("seeds", list)
+    if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions):
+        raise ParamsError(f"params: 'evaluate.linear_probe.fractions' must be numbers in (0, 1], got {fractions!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ParamsError(f"params: 'evaluate.linear_probe.seeds' must be integers, got {seeds!r}")
+    fractions, seeds = tuple(float(f) for f in fractions), tuple(seeds) or (0,)
+    sets = probe.section("sets")
+    tasks = []
+    for name in sets.raw():
+        t = sets.section(name)
+        classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
+        metric = t.choice("metric", METRICS, "accuracy")
+        splits = {role: ZeroShotTask(name=f"{name} ({role})", path=root / Path(t.get(role, str)), classnames=classnames,
+                                     templates=(), metric=metric, npz_split=t.get(f"{role}_split", str, role))
+                  for role in ("train", "test")}
+        tasks.append(ProbeTask(name, splits["train"], splits["test"], fractions, seeds))
+    return tasks
+
+
+def vqa_tasks(p: Section, root: Path) -> list[VqaTask]:
+    """``evaluate.vqa``: per dataset its images, train/test records, answer list and the head's recipe."""
+    if "vqa" not in p.raw():
+        return []
+    suite = p.section("vqa")
+    return [VqaTask(name=name, **{k: root / Path(t.get(k, str)) for k in ("images", "train", "test", "answers")},
+                    epochs=t.positive("epochs", int, 200), hidden=t.positive("hidden", int, 256),
+                    lr=t.positive("lr", float, 1e-3), seed=t.get("seed", int, 0))
+            for name in suite.raw() for t in [suite.section(name)]]
+
+
+def model_entry(models: Section, name: str) -> tuple[str, str | None]:
+    """``name: local-dir:<dir> | models:/<name>@<alias>``, or for a hub snapshot (the released
+    BiomedCLIP) ``name: {source: local-dir:<snapshot>, text_dir: <local copy of the BERT it names>}``."""
+    if isinstance(models.raw()[name], dict):
+        entry = models.section(name)
+        return entry.get("source", str), entry.get("text_dir", str, None)
+    return models.get(name, str), None
