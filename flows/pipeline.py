@@ -17,8 +17,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 ROOT = Path(__file__).resolve().parent.parent
-# ``inputs`` first: it runs every time (it digests what params name) and fails fast on a named path
-# that is missing or is a pipeline output, before hours of scraping.
+# ``inputs`` first: it runs every time (it digests what params name) and fails fast on a missing
+# start or tokenizer dir, or a named path that is a pipeline output, before hours of scraping.
 STAGES = ("inputs", "scrape", "align", "shard", "tokenizer", "pretrain", "evaluate", "register")
 
 
@@ -37,34 +37,46 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
         try:
             done = repo.reproduce(stage, single_item=True, force=force)
         except BaseException:  # a failure, and a cancelled run too (Prefect's TerminationSignal, Ctrl-C)
-            _stop_stage_commands(stage)
+            _stop_stage_commands(stage, project)
             _restore_last_good(repo, stage, [str(out.fs_path) for out in outs if out.use_cache], uncached)
             raise
     return [s.addressing for s in done]
 
 
-def _stop_stage_commands(stage: str, grace_s: float = 10.0) -> None:
+def _stop_stage_commands(stage: str, project: Path, grace_s: float = 10.0) -> None:
     """An interrupted DVC leaves its stage's command running. Unstopped, that command would go on
     (holding the GPUs) and swap its outputs in after the last good ones were restored; a signal
     to this process alone (``kill``, a supervisor) reaches no child. Stop every process DVC started
-    for ``stage``: each carries ``DVC_STAGE`` in its environment, workers and launchers included."""
+    for this project's ``stage`` (``DVC_STAGE`` and ``DVC_ROOT`` in its environment) with all its
+    descendants, workers and launchers included. Never in the way of the restore that follows."""
     import psutil
 
     def runs_stage(process: psutil.Process) -> bool:
         try:
-            return process.environ().get("DVC_STAGE") == stage
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            env = process.environ()
+        except psutil.Error:  # gone, or another user's
             return False
+        root = env.get("DVC_ROOT")
+        return env.get("DVC_STAGE") == stage and (root is None or Path(root).resolve() == project.resolve())
 
-    running = [p for p in psutil.Process().children(recursive=True) if runs_stage(p)]
-    for process in running:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    for process in psutil.wait_procs(running, timeout=grace_s)[1]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    if running:
-        print(f"{stage}: stopped its command ({len(running)} processes)", flush=True)
+    try:
+        found = [p for p in psutil.Process().children(recursive=True) if runs_stage(p)]
+        running = {p.pid: p for p in found}
+        for process in found:  # a descendant that cleaned its environment is still the stage's
+            with contextlib.suppress(psutil.Error):
+                running.update((c.pid, c) for c in process.children(recursive=True))
+        for signal_them in (psutil.Process.terminate, psutil.Process.kill):
+            for process in running.values():
+                with contextlib.suppress(psutil.Error):
+                    signal_them(process)
+            left = psutil.wait_procs(list(running.values()), timeout=grace_s)[1]
+            running = {p.pid: p for p in left}
+            if not running:
+                break
+        if found:
+            print(f"{stage}: stopped its command ({len(found)} processes)", flush=True)
+    except Exception as exc:  # the restore must still run
+        print(f"{stage}: could not stop its command ({exc})", flush=True)
 
 
 def _keep_copies(paths: list[Path], into: Path) -> dict[Path, Path]:

@@ -5,7 +5,8 @@ was read without DVC seeing it: re-copying ``models/clip-224`` did not rerun the
 stage runs on every ``dvc repro`` (``always_changed``), digests what params name (a stat cache keeps
 that to seconds once a dataset is hashed) and writes one record per consuming stage, which is that
 stage's dep: a changed input reruns it; an unchanged one leaves the record, and the stage, as it was.
-A named path that is missing, or that is a pipeline output, fails it before any other stage starts.
+A missing start or tokenizer dir, or a named path that is a pipeline output, fails it before any
+other stage starts; a missing evaluation set is recorded, for evaluate to report by name.
 """
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ def main(a: Namespace) -> None:
         records = record(named[stage], cache, tracking_uri(ROOT))
         write_json_atomic(getattr(a, stage), records)
         for key, entry in records.items():
-            if entry.get("version", "") is None:
+            if entry.get("missing") or entry.get("version", "") is None:
                 unresolved += 1
-                print(f"inputs: {key}: {entry['ref']} does not resolve now; {stage} will report it", flush=True)
+                print(f"inputs: {key}: {entry['ref']} is not there now; {stage} will report it", flush=True)
     cache.save()
     seconds = time.perf_counter() - t0
     summary("inputs", sum(map(len, named.values())), len(CONSUMERS), unresolved, seconds, "inputs")

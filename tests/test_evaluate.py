@@ -56,6 +56,7 @@ def test_npz_and_imagefolder_datasets(tmp_path):
     with pytest.raises(DataError, match="class folder is empty or missing: .*f/no"):
         load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
     Image.new("RGB", (8, 8)).save(tmp_path / "f" / "no" / "1.png")
+    (tmp_path / "f" / "no" / "._1.png").write_bytes(b"\0\5\26\7")  # macOS's AppleDouble beside a copied file
     images, labels = load_dataset(ZeroShotTask("f", tmp_path / "f", {"yes": "y", "no": "n"}, ("{}",)))
     assert labels == [0, 0, 1] and [p.name for p in images] == ["1.png", "2.png", "1.png"]  # paths: decoded later
 

@@ -12,7 +12,7 @@ import yaml
 
 from biomedclip_factory.digest import DigestCache, tree_digest
 from biomedclip_factory.errors import DataError, ParamsError
-from biomedclip_factory.named_inputs import check_named_paths, named_inputs, record, registry_version
+from biomedclip_factory.named_inputs import check_named_paths, named_inputs, record, registry_weights
 
 from .conftest import UP_TO_DATE, dvc, dvc_status, make_project, run_stage, tiny_model_dir
 
@@ -165,21 +165,26 @@ def test_a_starting_model_and_tokenizer_dir_are_inputs_of_their_stages(tmp_path:
     assert before["model.init_from"]["sha256"] != after["model.init_from"]["sha256"]
 
 
-def test_a_registry_reference_records_the_version_its_alias_names(tmp_path: Path):
+def test_a_registry_reference_records_the_weights_its_alias_names(tmp_path: Path):
+    """By weights, not version number: the pipeline itself registers a new version of the same weights
+    and moves ``challenger``; only other weights may rerun evaluate."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_registered_model("m")
-    for _ in range(2):
-        client.create_model_version("m", source=str(tmp_path))
-    client.set_registered_model_alias("m", "champion", "1")
-    assert registry_version("models:/m@champion", uri) == {"version": "1"}
-    client.set_registered_model_alias("m", "champion", "2")  # promoted: evaluate must score the new one
-    assert registry_version("models:/m@champion", uri) == {"version": "2"}
-    assert registry_version("models:/m/1", uri) == {"version": "1"}
-    assert registry_version("models:/m@nobody", uri) == {"version": None}
-    assert registry_version("models:/absent@champion", uri) == {"version": None}
+    for weights in ("aaa.dir", "aaa.dir", "bbb.dir", None):
+        tags = {"dvc_data": json.dumps({"models/clip": weights, "data/shards": "x.dir"})} if weights else {}
+        client.create_model_version("m", source=str(tmp_path), tags=tags)
+    names = {}
+    for version in ("1", "2", "3", "4"):
+        client.set_registered_model_alias("m", "champion", version)
+        names[version] = registry_weights("models:/m@champion", uri)
+    assert names == {"1": {"weights": "aaa.dir"}, "2": {"weights": "aaa.dir"}, "3": {"weights": "bbb.dir"},
+                     "4": {"version": "4"}}  # registered elsewhere, without our tags: its number
+    assert registry_weights("models:/m/3", uri) == {"weights": "bbb.dir"}
+    assert registry_weights("models:/m@nobody", uri) == {"version": None}
+    assert registry_weights("models:/absent@champion", uri) == {"version": None}
 
 
 def test_a_registry_that_does_not_answer_leaves_the_version_unknown(monkeypatch):
@@ -189,7 +194,7 @@ def test_a_registry_that_does_not_answer_leaves_the_version_unknown(monkeypatch)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the stage sets it
-    assert registry_version("models:/m@champion", f"http://127.0.0.1:{port}") == {"version": None}
+    assert registry_weights("models:/m@champion", f"http://127.0.0.1:{port}") == {"version": None}
 
 
 def test_references_stay_as_params_wrote_them_and_other_models_are_inputs(tmp_path: Path):
@@ -212,7 +217,7 @@ def test_references_stay_as_params_wrote_them_and_other_models_are_inputs(tmp_pa
     assert tree_digest(named["evaluate.zeroshot.x.path"][1], DigestCache(), "x") == tree_digest(outside, DigestCache(), "x")
 
 
-def test_a_missing_or_self_written_input_fails_before_any_work(tmp_path: Path):
+def test_a_missing_start_or_self_written_input_fails_before_any_work(tmp_path: Path):
     root = tmp_path
     (root / "models" / "clip").mkdir(parents=True)
     (root / "models" / "clip" / "config.json").write_text("{}")
@@ -221,17 +226,38 @@ def test_a_missing_or_self_written_input_fails_before_any_work(tmp_path: Path):
     outputs = [root / "models/clip", root / "data/shards"]
     with pytest.raises(ParamsError, match="'model.init_from': local-dir:models/clip overlaps the pipeline's output"):
         check_named_paths(named, outputs)  # every run would rewrite what the next one starts from
+    (root / "models" / "clip-224").symlink_to("clip")  # linked, not copied: the same dir
+    named["pretrain"] = {"model.init_from": ("local-dir:models/clip-224", root / "models/clip-224")}
+    with pytest.raises(ParamsError, match="overlaps the pipeline's output"):
+        check_named_paths(named, outputs)
     (root / "data").mkdir()
     named["pretrain"] = {"model.init_from": ("local-dir:data", root / "data")}  # holds an output
     with pytest.raises(ParamsError, match="overlaps"):
         check_named_paths(named, outputs)
-    named["pretrain"] = {}
-    named["evaluate"] = {"evaluate.zeroshot.pcam.path": ("/data/zeroshot/pcam", root / "no" / "pcam"),
-                         "evaluate.models.prod": ("models:/m@champion", "models:/m@champion")}
-    with pytest.raises(ParamsError, match="'evaluate.zeroshot.pcam.path': /data/zeroshot/pcam does not exist"):
+    named["pretrain"] = {"model.init_from": ("local-dir:models/clip-384", root / "models/clip-384")}
+    with pytest.raises(ParamsError, match="'model.init_from': local-dir:models/clip-384 does not exist"):
         check_named_paths(named, outputs)
-    del named["evaluate"]["evaluate.zeroshot.pcam.path"]
-    check_named_paths(named, outputs)  # a registry reference is resolved, not checked for a path
+
+    # A missing evaluation set is evaluate's to report by name (the rest still score); its record says so.
+    named = {"tokenizer": {}, "pretrain": {},
+             "evaluate": {"evaluate.zeroshot.pcam.path": ("/data/zeroshot/pcam", root / "no" / "pcam"),
+                          "evaluate.models.prod": ("models:/m@champion", "models:/m@champion")}}
+    check_named_paths(named, outputs)
+    assert record(named["evaluate"], DigestCache(), f"sqlite:///{root / 'mlflow.db'}") == {
+        "evaluate.models.prod": {"ref": "models:/m@champion", "version": None},
+        "evaluate.zeroshot.pcam.path": {"ref": "/data/zeroshot/pcam", "missing": True}}
+    with pytest.raises(DataError, match="x: .*nowhere does not exist"):
+        tree_digest(root / "nowhere", DigestCache(), "x")  # nothing hashes an absent path as empty
+
+
+def test_the_stage_imports_no_torch():
+    """It runs on every dvc repro: a torch import there would cost seconds each time."""
+    import subprocess
+    import sys
+
+    probe = "import sys, stages.inputs; sys.exit('torch' in sys.modules or 'open_clip' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env).returncode == 0
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .errors import DataError
-from .io import write_json_atomic
+from .io import is_hidden, write_json_atomic
 
 CHUNK = 1 << 20
 RACY_NS = 2_000_000_000  # a file changed this recently may change again within one mtime tick: not cached
@@ -42,39 +42,43 @@ class DigestCache:
         except (OSError, ValueError):  # a damaged cache only costs hashing again
             known = {}
         self._known: dict[str, Any] = known if isinstance(known, dict) else {}
-        self._used: dict[str, list] = {}
+        self._read: dict[str, list] = {}  # this run's entries
         self.hashed_bytes = 0
 
     def file_sha256(self, path: Path) -> tuple[str, int]:
         """The file's hash and size."""
         st = path.stat()
         key, stamp = str(path.resolve()), _stamp(st)
-        known = self._known.get(key)
-        if not (isinstance(known, list) and known[:-1] == stamp):
+        known = self._read.get(key) or self._known.get(key)
+        if not (isinstance(known, list) and known[:-1] == stamp and isinstance(known[-1], str)):
             digest = hashlib.sha256()
             with path.open("rb") as fh:
                 while chunk := fh.read(CHUNK):
                     digest.update(chunk)
             known = [*stamp, digest.hexdigest()]
             self.hashed_bytes += st.st_size
-        if time.time_ns() - st.st_mtime_ns > RACY_NS:
-            self._used[key] = known
+        self._read[key] = known
         return known[-1], st.st_size
 
     def save(self) -> None:
-        """Keep the entries of this run only, so a removed dataset does not linger in the cache."""
+        """Keep the entries of this run only, so a removed dataset does not linger in the cache, and not
+        those of files changed within the last mtime tick, which may change again unseen."""
         if self.path is not None:
-            write_json_atomic(self.path, self._used)
+            now = time.time_ns()
+            write_json_atomic(self.path, {k: v for k, v in self._read.items() if now - v[1] > RACY_NS})
 
 
 def _skipped(name: str) -> bool:
-    return name.startswith(".") or name == "__pycache__"
+    return is_hidden(name) or name == "__pycache__"
 
 
-def _files(root: Path) -> list[Path]:
+def _files(root: Path, label: str) -> list[Path]:
     """Every file under ``root`` in a fixed order, through links (a folder reached twice, once)."""
+    def unreadable(exc: OSError) -> None:
+        raise DataError(f"{label}: cannot list {exc.filename}: {exc.strerror}") from exc
+
     found, seen = [], set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree, or a second link to one folder
             dirs[:] = []
@@ -87,8 +91,10 @@ def _files(root: Path) -> list[Path]:
 
 def tree_digest(path: Path, cache: DigestCache, label: str) -> dict[str, Any]:
     """``{"sha256", "files", "bytes"}`` of a file or folder (names relative to it, each file's hash);
-    an unreadable file is a DataError naming it and ``label`` (the params key)."""
-    files = [path] if path.is_file() else _files(path)
+    a missing path or an unreadable file or folder is a DataError naming it and ``label`` (the params key)."""
+    if not path.exists():
+        raise DataError(f"{label}: {path} does not exist")
+    files = [path] if path.is_file() else _files(path, label)
     lines, total = [], 0
     for file in tqdm(files, desc=f"inputs: {label}", unit="file", disable=len(files) < 1000):
         name = file.name if file == path else file.relative_to(path).as_posix()

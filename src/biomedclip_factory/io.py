@@ -117,6 +117,11 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, buf.getvalue().encode())
 
 
+def is_hidden(name: str) -> bool:
+    """A dot-name is never data: macOS's ``._`` copies and ``.DS_Store``, tools' caches (``.cache``, ``.git``)."""
+    return name.startswith(".")
+
+
 def relative_to(path: Path, root: Path) -> str:
     """``path`` as params and committed metrics name it: relative to ``root`` (the project) when
     under it, by name only (links not resolved), so it reads alike wherever the project is checked out."""

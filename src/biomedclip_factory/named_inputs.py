@@ -7,6 +7,7 @@ reference rather than where it resolved to on this machine) and a content digest
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Union
 
@@ -48,41 +49,56 @@ def named_inputs(params_file: Path, root: Path) -> dict[str, dict[str, tuple[str
 
 
 def check_named_paths(named: dict[str, dict[str, tuple[str, Named]]], outputs: list[Path]) -> None:
-    """Fail at the start, not hours in: a named path must be there, and must not be (or hold, or lie
-    in) a stage's output, whose every run would change the record and rerun its reader for ever."""
-    for stage in named.values():
-        for key, (ref, target) in stage.items():
+    """Fail at the start, not hours in: where training starts, and the tokenizer it copies, must be
+    there (a missing evaluation set or model is left to evaluate, which reports it by name and scores
+    the rest), and no named path may be (or hold, or lie in) a stage's output, links resolved: every
+    run would change its record and rerun its reader for ever."""
+    resolved_outputs = [out.resolve() for out in outputs]
+    for stage, entries in named.items():
+        for key, (ref, target) in entries.items():
             if isinstance(target, str):
                 continue
             if not target.exists():
+                if stage == "evaluate":
+                    continue
                 raise ParamsError(f"params: '{key}': {ref} does not exist ({target})")
-            for out in outputs:
-                if target == out or out in target.parents or target in out.parents:
+            real = target.resolve()
+            for out, real_out in zip(outputs, resolved_outputs):
+                if real == real_out or real_out in real.parents or real in real_out.parents:
                     raise ParamsError(f"params: '{key}': {ref} overlaps the pipeline's output {out}, which a run "
                                       "rewrites: copy it out first (e.g. cp -r models/clip models/clip-224)")
 
 
 def record(named: dict[str, tuple[str, Named]], cache: DigestCache, tracking_uri: str) -> dict[str, dict[str, Any]]:
-    """params key → the reference and its digest (a registry reference: the version it resolves to)."""
-    return {key: {"ref": ref, **(registry_version(target, tracking_uri) if isinstance(target, str) else
-                                 tree_digest(target, cache, key))}
-            for key, (ref, target) in sorted(named.items())}
+    """params key → the reference and what it names now: a digest, a registry version's weights, or
+    ``missing`` (an evaluation set not there yet: evaluate reports it; its arrival reruns evaluate)."""
+    records = {}
+    for key, (ref, target) in sorted(named.items()):
+        if isinstance(target, str):
+            entry = registry_weights(target, tracking_uri)
+        else:
+            entry = tree_digest(target, cache, key) if target.exists() else {"missing": True}
+        records[key] = {"ref": ref, **entry}
+    return records
 
 
-def registry_version(ref: str, tracking_uri: str) -> dict[str, Any]:
-    """The version a ``models:/`` reference resolves to now, so a moved alias reruns the stage. An
-    alias not set yet (no champion before the first promotion) or a registry that does not answer
-    gives ``None``: evaluate then reports that model by name. A refusal (401/403) is an AccessError."""
+def registry_weights(ref: str, tracking_uri: str) -> dict[str, Any]:
+    """What a ``models:/`` reference names now: the weights of the version it resolves to (their DVC
+    hash, the version's ``dvc_data`` tag), else the version's number. By weights, not number: the
+    pipeline registers versions and moves aliases itself, and a new version of the same weights
+    must not rerun evaluate. A registry that cannot answer gives ``{"version": None}``: evaluate
+    then reports that model by name."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    from .tracking import REFUSALS, refusals_named
-
-    with refusals_named(tracking_uri):
-        try:
-            return {"version": str(get_model_name_and_version(MlflowClient(tracking_uri), ref)[-1])}
-        except MlflowException as exc:
-            if exc.error_code in REFUSALS:
-                raise
-            return {"version": None}
+    client = MlflowClient(tracking_uri)
+    try:
+        resolved = get_model_name_and_version(client, ref)
+        if len(resolved) == 1:  # a logged model's id: immutable
+            return {"model_id": resolved[0]}
+        name, version = resolved
+        weights = json.loads(client.get_model_version(name, version).tags.get("dvc_data", "{}")).get("models/clip")
+    except (MlflowException, ValueError):
+        return {"version": None}
+    return {"weights": weights} if weights else {"version": str(version)}

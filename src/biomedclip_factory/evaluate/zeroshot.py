@@ -7,12 +7,12 @@ BiomedCLIP paper notes, so it is kept explicit).
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from ..errors import DataError
+from ..io import is_hidden
 from .embed import Embedded, Encoder, ImageSource
 from .tasks import ZeroShotTask
 
@@ -24,7 +24,8 @@ def _imagefolder(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:
     labels = []
     for index, folder in enumerate(task.classnames):
         class_dir = task.path / folder
-        files = sorted(f for f in class_dir.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if class_dir.is_dir() else []
+        files = sorted(f for f in class_dir.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(f.name)) \
+            if class_dir.is_dir() else []
         if not files:
             raise DataError(f"zero-shot '{task.name}': class folder is empty or missing: {class_dir}")
         images += files

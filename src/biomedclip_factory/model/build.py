@@ -26,6 +26,7 @@ from ..io import write_json_atomic
 from ..params import Section
 from .sources import CONFIG_NAME, WEIGHTS_NAME
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     embed_dim: int
