@@ -249,6 +249,43 @@ def test_a_step_is_open_clip_trainers_step(model_dir, grad_clip):
                                            msg=lambda m: f"{name}, {k} micro-batches: {m}")
 
 
+@pytest.mark.slow  # a DeepSpeed engine in this process
+def test_accumulated_micro_batches_reuse_their_dropout_masks(tmp_path):
+    """With dropout on, each micro-batch's gradient pass must draw the masks its cached no-grad pass drew, so
+    the summed gradients are those of one full-batch loss over exactly those features (else the fresh
+    features contrast with cached ones of another mask, and the step follows no loss at all)."""
+    dropout_dir = tiny_model_dir(tmp_path, dropout=0.3)
+    reference = create_model(dropout_dir, load_weights=True).train()
+    k, (images, texts) = 2, global_batches(reference.text.vocab_size, reference.visual.image_size[0])[0]
+    micro = list(zip(images.chunk(k), texts.chunk(k)))
+    torch.manual_seed(5)
+    states = []
+    with torch.no_grad():
+        for batch in micro:  # the draws train_step's cached passes make
+            states.append(torch.get_rng_state())
+            reference(*batch)
+    features = []
+    for state, batch in zip(states, micro):
+        torch.set_rng_state(state)
+        features.append(reference(*batch))
+    image_f, text_f = (torch.cat([f[i] for f in features]) for i in (0, 1))
+    contrastive_loss(1)(image_f, text_f, features[0][2]).backward()
+    expected = {n: p.grad for n, p in reference.named_parameters()}
+
+    with distributed():
+        engine, _ = build_engine(create_model(dropout_dir, load_weights=True),
+                                 config(micro_batch_size=4, gradient_accumulation_steps=k, grad_clip=1e9), 1)
+        grads: dict[str, torch.Tensor] = {}
+        getattr(engine.optimizer, "optimizer", engine.optimizer).register_step_pre_hook(lambda *_: grads.update(
+            {n: p.grad.clone() for n, p in engine.module.named_parameters()}))
+        torch.manual_seed(5)
+        train_step(engine, contrastive_loss(1), iter(micro), k, pad_token_id=0)
+    assert expected.keys() == grads.keys() and len(grads) > 20
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name].reshape(grad.shape), grad, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.slow  # two DeepSpeed engines in this process
 def test_runs_one_after_another_in_one_process(model_dir):
     """A long-lived process (a Prefect worker, a notebook) can train twice: the first run's process group
