@@ -554,25 +554,47 @@ def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def _pretrain_run(model_dir: Path, root: Path, shards: Path, steps: int, every: int, *options: str) -> list[str]:
+    """train_child's ``pretrain`` command for a run under ``root`` from ``model_dir``'s seeded init, as the stage's."""
+    (root / "clip").mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.name != WEIGHTS_NAME:
+            (root / "clip" / f.name).write_bytes(f.read_bytes())
+    return ["pretrain", str(root / "clip"), str(shards), str(root / "ckpt"), str(steps), str(every),
+            str(root / "log.jsonl"), *options]
+
+
+def _losses(log: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _log(log) if "step" in r}
+
+
+def _assert_resumed(straight: Path, interrupted: Path, steps: int, every: int, stopped_at: int) -> None:
+    """The interrupted run resumed from its last checkpoint and logged the straight run's losses, before and
+    after the stop, and ended with its weights."""
+    records = _log(interrupted / "log.jsonl")
+    done = records[-1]
+    assert done["done"] and every <= done["resumed_from"] <= stopped_at and done["resumed_from"] % every == 0
+    rerun = records[[i for i, r in enumerate(records) if r.get("step") == done["resumed_from"] + 1][-1]:]
+    resumed = {r["step"]: r["loss"] for r in rerun if "step" in r}
+    assert sorted(resumed) == list(range(done["resumed_from"] + 1, steps + 1))
+    expected = _losses(straight / "log.jsonl")
+    before_stop = {r["step"]: r["loss"] for r in records if "step" in r and r["step"] <= stopped_at}
+    for step, loss in {**before_stop, **resumed}.items():
+        assert loss == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
+    a, b = (load_file(run / "clip" / WEIGHTS_NAME) for run in (straight, interrupted))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_the_same_loss_curve(model_dir, shards, tmp_path):
     steps, every = 30, 8
-    dirs = {}
-    for run in ("straight", "killed"):
-        dirs[run] = tmp_path / run
-        dirs[run].mkdir()
-        (dirs[run] / "clip").mkdir()
-        for f in model_dir.iterdir():
-            (dirs[run] / "clip" / f.name).write_bytes(f.read_bytes())
-        (dirs[run] / "clip" / WEIGHTS_NAME).unlink()  # from the seeded init, like the stage
-    args = lambda run: ["pretrain", str(dirs[run] / "clip"), str(shards), str(dirs[run] / "ckpt"), str(steps),  # noqa: E731
-                        str(every), str(dirs[run] / "log.jsonl")]
-    launch(args("straight"), ranks=1)
-    straight = {r["step"]: r["loss"] for r in _log(dirs["straight"] / "log.jsonl") if "step" in r}
-    assert sorted(straight) == list(range(1, steps + 1))
+    launch(_pretrain_run(model_dir, tmp_path / "straight", shards, steps, every), ranks=1)
+    assert sorted(_losses(tmp_path / "straight" / "log.jsonl")) == list(range(1, steps + 1))
 
-    log = dirs["killed"] / "log.jsonl"
-    proc = subprocess.Popen([sys.executable, str(CHILD), *args("killed")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+    args = _pretrain_run(model_dir, tmp_path / "killed", shards, steps, every)
+    log = tmp_path / "killed" / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, str(CHILD), *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not any(r.get("step", 0) >= every + 3 for r in _log(log)) and proc.poll() is None:
@@ -582,19 +604,23 @@ def test_kill_9_then_rerun_resumes_the_same_loss_curve(model_dir, shards, tmp_pa
     proc.wait()
     killed_at = max(r["step"] for r in _log(log))
     assert killed_at < steps and not any("done" in r for r in _log(log)), "killed too late to test anything"
-    launch(args("killed"), ranks=1)
-    records = _log(log)
-    done = records[-1]
-    assert done["done"] and every <= done["resumed_from"] <= killed_at and done["resumed_from"] % every == 0
-    resumed = {r["step"]: r["loss"] for r in records[records.index(next(r for r in records if r.get("step") ==
-                                                                        done["resumed_from"] + 1)):] if "step" in r}
-    assert sorted(resumed) == list(range(done["resumed_from"] + 1, steps + 1))
-    before_kill = {r["step"]: r["loss"] for r in records if "step" in r and r["step"] <= killed_at}
-    for step, loss in {**before_kill, **resumed}.items():
-        assert loss == pytest.approx(straight[step], rel=1e-6, abs=1e-7), f"step {step}"
-    a, b = load_file(dirs["straight"] / "clip" / WEIGHTS_NAME), load_file(dirs["killed"] / "clip" / WEIGHTS_NAME)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    launch(args, ranks=1)
+    _assert_resumed(tmp_path / "straight", tmp_path / "killed", steps, every, killed_at)
+
+
+@pytest.mark.slow
+def test_a_lost_rank_then_rerun_resumes_zero_3_accumulated_bf16_dropout_training_on_two_ranks(shards, tmp_path):
+    """The paper's kind of run at toy size: two ranks, ZeRO-3's partitioned optimizer state, bf16, two
+    micro-batches a step, dropout on. Rank 0 dies after step 5 (checkpoint at 3); the rerun resumes every
+    rank's data stream, dropout draws, optimizer and schedule, and gives the straight run's losses."""
+    steps, every, options = 6, 3, ("--batch", "8", "--zero", "3", "--precision", "bf16", "--accumulation", "2")
+    dropout_dir = tiny_model_dir(tmp_path / "model", dropout=0.1)
+    launch(_pretrain_run(dropout_dir, tmp_path / "straight", shards, steps, every, *options), ranks=2)
+    args = _pretrain_run(dropout_dir, tmp_path / "lost", shards, steps, every, *options)
+    launch([*args, "--crash-after", "5"], ranks=2, crashes=True)
+    assert max(_losses(tmp_path / "lost" / "log.jsonl")) == 5
+    launch(args, ranks=2)
+    _assert_resumed(tmp_path / "straight", tmp_path / "lost", steps, every, stopped_at=5)
 
 
 def test_tokenizer_from_a_given_hf_dir_is_copied_as_it_is(model_dir, tmp_path):

@@ -9,7 +9,8 @@ consolidated model dir — so world sizes and ZeRO stages can be compared exactl
 layers' LayerNorms training, open_clip's default, or frozen).
 ``loss``: our contrastive loss (local × global logits) against the full matrix, gradients gathered.
 ``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file
-(the kill -9 / resume test reads it while the run is going).
+(the kill -9 / resume test reads it while the run is going); ZeRO stage, precision and accumulation
+as asked, and optionally a crash after a given step.
 ``seeds``: one step of the real loop per rank, recording the torch seed its first forward ran under.
 ``jobs``: several of the above, one after another in one launch (a launch costs ~5–8 s on 2 cores).
 """
@@ -40,13 +41,14 @@ GLOBAL_BATCH, STEPS, TEXT_LEN = 8, 3, 12
 CHILD = Path(__file__)
 
 
-def launch(args: list[str], ranks: int) -> None:
-    """Run this script as ``ranks`` processes (torch's elastic launcher for more than one) and check it ended well."""
+def launch(args: list[str], ranks: int, crashes: bool = False) -> None:
+    """Run this script as ``ranks`` processes (torch's elastic launcher for more than one) and check it ended
+    well (or, where it ``crashes`` by design, that it failed)."""
     launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                     "--standalone", "--nproc_per_node", str(ranks)]
     proc = subprocess.run(launcher + [str(CHILD), *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert (proc.returncode != 0) == crashes, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
 def loss_and_grads(model: torch.nn.Module, images: torch.Tensor, texts) -> tuple[torch.Tensor, dict]:
@@ -221,17 +223,25 @@ def run_loss(out: Path) -> None:
         out.write_text(json.dumps(results))
 
 
-def run_pretrain(model_dir: Path, shards: Path, checkpoints: Path, steps: int, every: int, log_file: Path) -> None:
+def run_pretrain(args: argparse.Namespace) -> None:
+    """The real loop; with ``crash_after``, rank 0 dies without a word after logging that step (a lost node:
+    no final checkpoint, no save) and the launcher takes the other ranks down."""
     def log(step: int, values: dict[str, float]) -> None:
-        with log_file.open("a") as f:
+        with args.log_file.open("a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
+        if step == args.crash_after:
+            os._exit(17)
 
-    cfg = config(steps=steps, checkpoint_every=every, warmup_steps=2)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    cfg = config(steps=args.steps, checkpoint_every=args.every, warmup_steps=2, zero_stage=args.zero,
+                 precision=args.precision, gradient_accumulation_steps=args.accumulation,
+                 micro_batch_size=args.batch // world // args.accumulation)
     torch.manual_seed(cfg.seed)  # a dir without weights starts from the seeded init, as the stage's does
-    model = create_model(model_dir, load_weights=(model_dir / WEIGHTS_NAME).is_file())
-    summary = pretrain(model, model_dir, shards, checkpoints, cfg, log)
-    with log_file.open("a") as f:
-        f.write(json.dumps({"done": True, "resumed_from": summary.resumed_from, "tokens": summary.tokens}) + "\n")
+    model = create_model(args.model_dir, load_weights=(args.model_dir / WEIGHTS_NAME).is_file())
+    summary = pretrain(model, args.model_dir, args.shards, args.checkpoints, cfg, log)
+    if torch.distributed.get_rank() == 0:
+        with args.log_file.open("a") as f:
+            f.write(json.dumps({"done": True, "resumed_from": summary.resumed_from, "tokens": summary.tokens}) + "\n")
 
 
 def run_seeds(model_dir: Path, shards: Path, out: Path) -> None:
@@ -311,6 +321,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("steps", type=int)
     p.add_argument("every", type=int)
     p.add_argument("log_file", type=Path)
+    p.add_argument("--batch", type=int, default=4, help="global batch, over ranks and micro-batches")
+    p.add_argument("--zero", type=int, default=0)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--accumulation", type=int, default=1)
+    p.add_argument("--crash-after", type=int)
     return parser
 
 
@@ -328,7 +343,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.mode in ("accum", "clamp"):
         (run_accum if args.mode == "accum" else run_clamp)(args.model_dir, args.out, args.stage)
     else:
-        run_pretrain(args.model_dir, args.shards, args.checkpoints, args.steps, args.every, args.log_file)
+        run_pretrain(args)
 
 
 if __name__ == "__main__":
