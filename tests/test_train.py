@@ -109,6 +109,29 @@ def test_bf16_runs_the_towers_under_autocast_over_fp32_weights(model_dir):
     assert {p.dtype for p in engine.module.parameters()} == {torch.float32}
 
 
+def test_an_engine_sets_the_cuda_math_open_clip_trainers_main_sets(model_dir):
+    """open_clip_train's main turns on TF32 matmuls and cuDNN autotuning whenever CUDA is there; the paper's
+    runs had them. Read from its source, so a change there shows here."""
+    import re
+
+    import open_clip_train.main
+
+    source = Path(open_clip_train.main.__file__).read_text()
+    settings = {(eval(flag.rsplit(".", 1)[0]), flag.rsplit(".", 1)[1]): value == "True" for flag, value in
+                re.findall(r"^\s+(torch\.backends\.[\w.]+) = (True|False)$", source, re.MULTILINE)}
+    assert {attr for _, attr in settings} >= {"allow_tf32", "benchmark", "deterministic"}
+    before = {key: getattr(*key) for key in settings}
+    try:
+        for (module, attr), value in settings.items():
+            setattr(module, attr, not value)
+        with distributed():
+            build_engine(create_model(model_dir, load_weights=True), config(), 1)
+        assert {key: getattr(*key) for key in settings} == settings
+    finally:
+        for (module, attr), value in before.items():
+            setattr(module, attr, value)
+
+
 def test_offload_is_in_the_deepspeed_config_and_needs_a_zero_stage():
     ds = deepspeed_config(config(zero_stage=2, offload_optimizer=True), world_size=2)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"

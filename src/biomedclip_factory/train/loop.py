@@ -182,8 +182,19 @@ def compile_towers(model: torch.nn.Module) -> None:
     model.text.transformer.compile(dynamic=True)
 
 
+def use_open_clips_cuda_math() -> None:
+    """TF32 matmuls and cuDNN autotuning, as open_clip_train's main sets whenever CUDA is there (so the paper's
+    runs had them): the fp32 work outside bf16 autocast (the loss's logits, an fp32 run) runs on tensor cores.
+    These flags touch only CUDA kernels: CPU results stay bit-for-bit the same."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.deterministic = False
+
+
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> tuple[Any, Any]:
     """Wrap ``model`` in a DeepSpeed engine configured from ``cfg``; returns (engine, lr scheduler)."""
+    use_open_clips_cuda_math()
     # Training mode, as open_clip's trainer sets every epoch: a text tower loaded with from_pretrained
     # arrives in eval mode, and would train without dropout (and skip checkpointing) on the rank that loaded it.
     model.train()
