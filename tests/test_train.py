@@ -309,6 +309,36 @@ def test_accumulated_micro_batches_reuse_their_dropout_masks(tmp_path):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+def _gloo_threads() -> int:
+    """The process group threads gloo runs in this process (their names, as the kernel lists them)."""
+    tasks = Path("/proc/self/task")
+    return sum((task / "comm").read_text().startswith(("pt_gloo", "gloo")) for task in tasks.iterdir())
+
+
+@pytest.mark.parametrize("variant", [dict(zero_stage=3), dict(zero_stage=2, offload_optimizer=True)],
+                         ids=["zero3", "zero2-offload"])
+def test_a_run_leaves_no_model_or_process_group_behind(model_dir, variant):
+    """DeepSpeed keeps every engine's model, and through it the process group, alive for good (gradient
+    hooks in a cycle, ZeRO-3's module stack and memo): leaving the group must free them, or a long-lived
+    process leaks a model a run and its gloo threads die in interpreter teardown (an abort under load)."""
+    import gc
+    import weakref
+
+    gc.collect()  # what earlier tests left to the collector is not this run's
+    before = _gloo_threads()
+    with distributed():
+        assert _gloo_threads() > before
+        model = create_model(model_dir, load_weights=True)
+        engine, scheduler = build_engine(model, config(**variant), 1)
+        batches = iter(global_batches(model.text.vocab_size, 160))
+        for _ in range(3):  # ZeRO-3 memoises from its second step, once it has traced the first
+            train_step(engine, contrastive_loss(1), batches, 1, 0)
+        freed = weakref.ref(model)
+        del engine, scheduler, model
+    assert freed() is None
+    assert _gloo_threads() == before
+
+
 @pytest.mark.slow  # two DeepSpeed engines in this process
 def test_runs_one_after_another_in_one_process(model_dir):
     """A long-lived process (a Prefect worker, a notebook) can train twice: the first run's process group

@@ -9,6 +9,7 @@ sees the same batches, augmentations and dropout masks as the run that never sto
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import os
@@ -87,6 +88,7 @@ def _free_port() -> int:
 
 
 _ONE_RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_ENGINES: list[Any] = []  # built since the process group started; released before it goes
 
 
 def init_distributed() -> None:
@@ -104,6 +106,7 @@ def distributed() -> Iterator[None]:
 
     A rank that exits with the group still alive can abort in C++ teardown ("terminate called without
     an active exception", SIGABRT) after its work succeeded, and the launcher then fails the whole run.
+    So every engine built under it is released first (see ``_release_engines``), and the group goes.
     A one-rank group's environment goes with it, so processes started later pick their own port.
     """
     own = "RANK" not in os.environ  # init_distributed then sets the one-rank environment, removed below
@@ -111,6 +114,7 @@ def distributed() -> Iterator[None]:
         init_distributed()
         yield
     finally:
+        _release_engines()
         if deepspeed.comm.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
             deepspeed.comm.destroy_process_group()  # which a second run in this process would find stale
         elif torch.distributed.is_initialized():  # a caller's group that never reached DeepSpeed
@@ -118,6 +122,43 @@ def distributed() -> Iterator[None]:
         if own:
             for key in _ONE_RANK_ENV:
                 os.environ.pop(key, None)
+
+
+def _release_engines() -> None:
+    """Destroy the engines built in this group and drop what DeepSpeed keeps of them.
+
+    DeepSpeed alone never frees an engine: ZeRO's gradient hooks close over their parameters (a cycle
+    the parameters' C++ side keeps), ZeRO-3 leaves its top module on a module-level stack
+    (``FWD_MODULE_STACK``) and memoises per-submodule work in a class-wide ``lru_cache`` keyed by the
+    submodule. Each keeps the model, its optimizer state and the process group alive after the group is
+    destroyed: memory lost to every later run in a long-lived process, and gloo threads still running
+    when the interpreter tears down, which aborted ranks under load. ``engine.destroy`` removes the
+    hooks; the stack entry and the cache go here, and the collector frees the rest at once.
+    """
+    from deepspeed.runtime.zero import parameter_offload
+
+    if not _ENGINES:
+        return
+    modules = {id(engine.module) for engine in _ENGINES}
+    for engine in _ENGINES:
+        engine.destroy()
+    del engine  # the loop's name would keep the last engine alive through the collection below
+    _ENGINES.clear()
+    stack = parameter_offload.FWD_MODULE_STACK
+    stack[:] = [module for module in stack if id(module) not in modules]
+    for cache in _zero3_submodule_caches():
+        cache.cache_clear()
+    gc.collect()
+
+
+def _zero3_submodule_caches() -> list[Any]:
+    """ZeRO-3's class-wide memo of the parameters each submodule releases (an ``lru_cache`` behind an NVTX
+    wrapper, so found in the wrapper's closure)."""
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    method = vars(PartitionedParameterCoordinator).get("_PartitionedParameterCoordinator__params_to_release")
+    candidates = [method, *(cell.cell_contents for cell in getattr(method, "__closure__", None) or ())]
+    return [fn for fn in candidates if hasattr(fn, "cache_clear")]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -216,6 +257,7 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps),
         config=deepspeed_config(cfg, world_size))
+    _ENGINES.append(engine)
     if stage == 0:
         if cfg.grad_clip is not None:
             clip_like_open_clip(engine, cfg.grad_clip)
