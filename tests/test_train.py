@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from deepspeed.runtime.zero import parameter_offload
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -315,28 +318,62 @@ def _gloo_threads() -> int:
     return sum((task / "comm").read_text().startswith(("pt_gloo", "gloo")) for task in tasks.iterdir())
 
 
-@pytest.mark.parametrize("variant", [dict(zero_stage=3), dict(zero_stage=2, offload_optimizer=True)],
-                         ids=["zero3", "zero2-offload"])
-def test_a_run_leaves_no_model_or_process_group_behind(model_dir, variant):
-    """DeepSpeed keeps every engine's model, and through it the process group, alive for good (gradient
-    hooks in a cycle, ZeRO-3's module stack and memo): leaving the group must free them, or a long-lived
-    process leaks a model a run and its gloo threads die in interpreter teardown (an abort under load)."""
-    import gc
-    import weakref
-
-    gc.collect()  # what earlier tests left to the collector is not this run's
-    before = _gloo_threads()
+def _train_in_a_group(model_dir: Path, variant: dict, fail: bool) -> weakref.ref:
+    """Three steps of an engine in its own process group (the third failing mid-forward if ``fail``); the
+    model, weakly: the caller sees whether leaving the group freed it."""
     with distributed():
-        assert _gloo_threads() > before
         model = create_model(model_dir, load_weights=True)
+        freed = weakref.ref(model)
         engine, scheduler = build_engine(model, config(**variant), 1)
         batches = iter(global_batches(model.text.vocab_size, 160))
-        for _ in range(3):  # ZeRO-3 memoises from its second step, once it has traced the first
+        for step in range(3):  # ZeRO-3 memoises from its second step, once it has traced the first
+            if fail and step == 2:
+                model.visual.trunk.blocks[0].register_forward_hook(lambda *_: 1 / 0)
             train_step(engine, contrastive_loss(1), batches, 1, 0)
-        freed = weakref.ref(model)
         del engine, scheduler, model
-    assert freed() is None
+    return freed
+
+
+@pytest.mark.parametrize("variant, fail", [(dict(zero_stage=3), False), (dict(zero_stage=3), True),
+                                           (dict(zero_stage=2, offload_optimizer=True), False)],
+                         ids=["zero3", "zero3-failing-mid-forward", "zero2-offload"])
+def test_a_run_leaves_no_model_or_process_group_behind(model_dir, variant, fail):
+    """DeepSpeed keeps every engine's model, and through it the process group, alive for good (gradient
+    hooks in a cycle, ZeRO-3's module stack and memo): leaving the group must free them, or a long-lived
+    process leaks a model a run and its gloo threads die in interpreter teardown (an abort under load).
+    A run that fails mid-forward leaves its submodules on ZeRO-3's stack: freed as well."""
+    gc.collect()  # what earlier tests left to the collector is not this run's
+    before = _gloo_threads()
+    if fail:
+        with pytest.raises(ZeroDivisionError):
+            _train_in_a_group(model_dir, variant, fail)
+        gc.collect()  # the traceback held the failed step's frames until now
+        assert not parameter_offload.FWD_MODULE_STACK
+    else:
+        assert _train_in_a_group(model_dir, variant, fail)() is None
     assert _gloo_threads() == before
+
+
+@pytest.mark.parametrize("run_fails", [False, True], ids=["run-succeeded", "run-failed"])
+def test_a_failing_engine_teardown_still_leaves_the_group_and_never_hides_the_runs_error(
+        model_dir, monkeypatch, capsys, run_fails):
+    """A teardown that raises (a CUDA error in DeepSpeed's destroy) must not keep the group alive, nor replace
+    the error a failed run raised: that one reaches the caller and the teardown's is printed."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    def broken(self) -> None:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(DeepSpeedEngine, "destroy", broken)
+    expected = (KeyError, "the run's own") if run_fails else (RuntimeError, "releasing a DeepSpeed engine failed: "
+                                                                             "RuntimeError: device lost")
+    with pytest.raises(expected[0], match=expected[1]):
+        with distributed():
+            build_engine(create_model(model_dir, load_weights=True), config(), 1)
+            if run_fails:
+                raise KeyError("the run's own")
+    assert not torch.distributed.is_initialized() and "MASTER_PORT" not in os.environ
+    assert ("releasing a DeepSpeed engine failed too: RuntimeError: device lost" in capsys.readouterr().err) == run_fails
 
 
 @pytest.mark.slow  # two DeepSpeed engines in this process

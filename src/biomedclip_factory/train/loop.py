@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import socket
+import sys
 import time
 import types
 from contextlib import contextmanager
@@ -110,45 +111,62 @@ def distributed() -> Iterator[None]:
     A one-rank group's environment goes with it, so processes started later pick their own port.
     """
     own = "RANK" not in os.environ  # init_distributed then sets the one-rank environment, removed below
+    failed = True
     try:
         init_distributed()
         yield
+        failed = False
     finally:
-        _release_engines()
-        if deepspeed.comm.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
-            deepspeed.comm.destroy_process_group()  # which a second run in this process would find stale
-        elif torch.distributed.is_initialized():  # a caller's group that never reached DeepSpeed
-            torch.distributed.destroy_process_group()
-        if own:
-            for key in _ONE_RANK_ENV:
-                os.environ.pop(key, None)
+        try:
+            _release_engines(quietly=failed)  # a run's own error is the one its caller hears of
+        finally:
+            if deepspeed.comm.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
+                deepspeed.comm.destroy_process_group()  # which a second run in this process would find stale
+            elif torch.distributed.is_initialized():  # a caller's group that never reached DeepSpeed
+                torch.distributed.destroy_process_group()
+            if own:
+                for key in _ONE_RANK_ENV:
+                    os.environ.pop(key, None)
 
 
-def _release_engines() -> None:
+def _release_engines(quietly: bool) -> None:
     """Destroy the engines built in this group and drop what DeepSpeed keeps of them.
 
     DeepSpeed alone never frees an engine: ZeRO's gradient hooks close over their parameters (a cycle
-    the parameters' C++ side keeps), ZeRO-3 leaves its top module on a module-level stack
-    (``FWD_MODULE_STACK``) and memoises per-submodule work in a class-wide ``lru_cache`` keyed by the
-    submodule. Each keeps the model, its optimizer state and the process group alive after the group is
-    destroyed: memory lost to every later run in a long-lived process, and gloo threads still running
-    when the interpreter tears down, which aborted ranks under load. ``engine.destroy`` removes the
-    hooks; the stack entry and the cache go here, and the collector frees the rest at once.
+    the parameters' C++ side keeps), ZeRO-3 keeps its top module (and, after a failed forward, the
+    submodules it was in) on a module-level stack (``FWD_MODULE_STACK``) and memoises per-submodule work
+    in a class-wide ``lru_cache`` keyed by the submodule. Each keeps the model, its optimizer state and
+    the process group alive after the group is destroyed: memory lost to every later run in a long-lived
+    process, and gloo threads still running when the interpreter tears down, which aborted ranks under
+    load. ``engine.destroy`` removes the hooks; the stack entries and the cache go here, and the collector
+    frees the rest at once. Every engine is released even if one fails; ``quietly`` (a run already
+    failing) reports such a failure instead of raising it over the run's own error.
     """
     from deepspeed.runtime.zero import parameter_offload
 
     if not _ENGINES:
         return
-    modules = {id(engine.module) for engine in _ENGINES}
-    for engine in _ENGINES:
-        engine.destroy()
-    del engine  # the loop's name would keep the last engine alive through the collection below
+    modules = {id(module) for engine in _ENGINES for module in engine.module.modules()}
+    failures = [failure for failure in map(_destroy, _ENGINES) if failure]
     _ENGINES.clear()
     stack = parameter_offload.FWD_MODULE_STACK
     stack[:] = [module for module in stack if id(module) not in modules]
     for cache in _zero3_submodule_caches():
         cache.cache_clear()
     gc.collect()
+    if failures and not quietly:
+        raise RuntimeError(f"releasing a DeepSpeed engine failed: {failures[0]}")
+    for failure in failures:
+        print(f"pretrain: releasing a DeepSpeed engine failed too: {failure}", file=sys.stderr, flush=True)
+
+
+def _destroy(engine: Any) -> str | None:
+    """``engine.destroy()``; its failure as text (an exception kept would keep the engine in its frames)."""
+    try:
+        engine.destroy()
+    except Exception as error:  # noqa: BLE001 - reported or raised by the caller, with every engine released
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def _zero3_submodule_caches() -> list[Any]:
@@ -228,7 +246,6 @@ def use_open_clips_cuda_math() -> None:
     runs had them): the fp32 work outside bf16 autocast (the loss's logits, an fp32 run) runs on tensor cores.
     These flags touch only CUDA kernels: CPU results stay bit-for-bit the same."""
     torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.deterministic = False
 
