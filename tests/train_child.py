@@ -8,9 +8,8 @@ consolidated model dir — so world sizes and ZeRO stages can be compared exactl
 ``lock``: steps with the image tower locked and the text tower locked but for its last layer (the locked
 layers' LayerNorms training, open_clip's default, or frozen).
 ``loss``: our contrastive loss (local × global logits) against the full matrix, gradients gathered.
-``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file
-(the kill -9 / resume test reads it while the run is going); ZeRO stage, precision and accumulation
-as asked, and optionally a crash after a given step.
+``pretrain``: the real pretraining loop on shards, logging every step's loss to a JSON-lines file; ZeRO
+stage, precision and accumulation as asked, and optionally a crash after a given step (a lost rank).
 ``seeds``: one step of the real loop per rank, recording the torch seed its first forward ran under.
 ``jobs``: several of the above, one after another in one launch (a launch costs ~5–8 s on 2 cores).
 """
