@@ -21,7 +21,9 @@ def _fmt(value: Any) -> str:
 def _probe_cell(run: dict | None) -> str:
     if not run:
         return "–"
-    return _fmt(run["score"]) + (f" ± {run['std']:.3f}" if run["runs"] > 1 else "")
+    unconverged = run.get("unconverged_fits", 0)  # a score short of its optimum: not the model's alone
+    return (_fmt(run["score"]) + (f" ± {run['std']:.3f}" if run["runs"] > 1 else "")
+            + (f" ({unconverged} fits unconverged)" if unconverged else ""))
 
 
 def markdown_report(models: dict[str, dict]) -> str:
