@@ -14,7 +14,7 @@ import torch
 from biomedclip_factory.io import write_csv_atomic, write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.tracking import stage_run
-from biomedclip_factory.train.loop import distributed
+from biomedclip_factory.train.process_group import distributed
 from biomedclip_factory.train.run import PretrainRun
 
 from .common import ROOT, run_stage, summary

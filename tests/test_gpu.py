@@ -59,7 +59,8 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch, layout):
     and length groups or packed captions. A first pass over the batches compiles every shape."""
     from biomedclip_factory.model.build import create_model
     from biomedclip_factory.train.ds_config import TextLayout
-    from biomedclip_factory.train.loop import build_engine, contrastive_loss, distributed, train_step
+    from biomedclip_factory.train.loop import build_engine, contrastive_loss, train_step
+    from biomedclip_factory.train.process_group import distributed
 
     from .conftest import tiny_model_dir
     from .train_child import config, global_batches

@@ -31,9 +31,10 @@ from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_text_layouts, build_engine, checkpoint_step,
-                                           compile_towers, contrastive_loss, distributed, rank_seed, segment_seed,
-                                           segments, train_step)
+                                           compile_towers, contrastive_loss, rank_seed, segment_seed, segments,
+                                           train_step)
 from biomedclip_factory.train.packing import pack_captions
+from biomedclip_factory.train.process_group import distributed
 from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 

@@ -33,8 +33,9 @@ from open_clip.loss import ClipLoss
 
 from biomedclip_factory.model.build import WEIGHTS_NAME, create_model
 from biomedclip_factory.train.ds_config import TrainConfig
-from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, MicroBatch, build_engine, contrastive_loss,
-                                           distributed, pretrain, save_consolidated, train_step)
+from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, MicroBatch, build_engine, contrastive_loss, pretrain,
+                                           save_consolidated, train_step)
+from biomedclip_factory.train.process_group import distributed
 
 GLOBAL_BATCH, STEPS, TEXT_LEN = 8, 3, 12
 CHILD = Path(__file__)

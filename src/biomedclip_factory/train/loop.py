@@ -9,15 +9,10 @@ sees the same batches, augmentations and dropout masks as the run that never sto
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import math
-import os
-import socket
-import sys
 import time
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,6 +28,7 @@ from ..shards.loader import CaptionCollator, SkipCounter, bucket_cuts, train_bat
 from ..shards.transform import to_model_input, train_image_transform
 from .ds_config import TextLayout, TrainConfig, deepspeed_config, effective_zero_stage
 from .packing import PackedCaptions, check_packable, pack_captions, packed_text_features
+from .process_group import init_distributed, track_engine
 from .schedule import cosine_schedule
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -80,103 +76,6 @@ class StepResult:
     @property
     def logit_scale(self) -> float:
         return float(self.logit_scale_tensor.reshape(-1)[0])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_ONE_RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_ENGINES: list[Any] = []  # built since the process group started; released before it goes
-
-
-def init_distributed() -> None:
-    """Join the launcher's process group, or make a one-rank group when run as a plain process."""
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-
-
-@contextmanager
-def distributed() -> Iterator[None]:
-    """The process group for the length of a run, left cleanly at its end.
-
-    A rank that exits with the group still alive can abort in C++ teardown ("terminate called without
-    an active exception", SIGABRT) after its work succeeded, and the launcher then fails the whole run.
-    So every engine built under it is released first (see ``_release_engines``), and the group goes.
-    A one-rank group's environment goes with it, so processes started later pick their own port.
-    """
-    own = "RANK" not in os.environ  # init_distributed then sets the one-rank environment, removed below
-    failed = True
-    try:
-        init_distributed()
-        yield
-        failed = False
-    finally:
-        try:
-            _release_engines(quietly=failed)  # a run's own error is the one its caller hears of
-        finally:
-            if deepspeed.comm.is_initialized():  # DeepSpeed's own: it also drops the groups DeepSpeed cached,
-                deepspeed.comm.destroy_process_group()  # which a second run in this process would find stale
-            elif torch.distributed.is_initialized():  # a caller's group that never reached DeepSpeed
-                torch.distributed.destroy_process_group()
-            if own:
-                for key in _ONE_RANK_ENV:
-                    os.environ.pop(key, None)
-
-
-def _release_engines(quietly: bool) -> None:
-    """Destroy the engines built in this group and drop what DeepSpeed keeps of them.
-
-    DeepSpeed alone never frees an engine: ZeRO's gradient hooks close over their parameters (a cycle
-    the parameters' C++ side keeps), ZeRO-3 keeps its top module (and, after a failed forward, the
-    submodules it was in) on a module-level stack (``FWD_MODULE_STACK``) and memoises per-submodule work
-    in a class-wide ``lru_cache`` keyed by the submodule. Each keeps the model, its optimizer state and
-    the process group alive after the group is destroyed: memory lost to every later run in a long-lived
-    process, and gloo threads still running when the interpreter tears down, which aborted ranks under
-    load. ``engine.destroy`` removes the hooks; the stack entries and the cache go here, and the collector
-    frees the rest at once. Every engine is released even if one fails; ``quietly`` (a run already
-    failing) reports such a failure instead of raising it over the run's own error.
-    """
-    from deepspeed.runtime.zero import parameter_offload
-
-    if not _ENGINES:
-        return
-    modules = {id(module) for engine in _ENGINES for module in engine.module.modules()}
-    failures = [failure for failure in map(_destroy, _ENGINES) if failure]
-    _ENGINES.clear()
-    stack = parameter_offload.FWD_MODULE_STACK
-    stack[:] = [module for module in stack if id(module) not in modules]
-    for cache in _zero3_submodule_caches():
-        cache.cache_clear()
-    gc.collect()
-    if failures and not quietly:
-        raise RuntimeError(f"releasing a DeepSpeed engine failed: {failures[0]}")
-    for failure in failures:
-        print(f"pretrain: releasing a DeepSpeed engine failed too: {failure}", file=sys.stderr, flush=True)
-
-
-def _destroy(engine: Any) -> str | None:
-    """``engine.destroy()``; its failure as text (an exception kept would keep the engine in its frames)."""
-    try:
-        engine.destroy()
-    except Exception as error:  # noqa: BLE001 - reported or raised by the caller, with every engine released
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
-def _zero3_submodule_caches() -> list[Any]:
-    """ZeRO-3's class-wide memo of the parameters each submodule releases (an ``lru_cache`` behind an NVTX
-    wrapper, so found in the wrapper's closure)."""
-    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
-
-    method = vars(PartitionedParameterCoordinator).get("_PartitionedParameterCoordinator__params_to_release")
-    candidates = [method, *(cell.cell_contents for cell in getattr(method, "__closure__", None) or ())]
-    return [fn for fn in candidates if hasattr(fn, "cache_clear")]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -274,7 +173,7 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> t
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps),
         config=deepspeed_config(cfg, world_size))
-    _ENGINES.append(engine)
+    track_engine(engine)
     if stage == 0:
         if cfg.grad_clip is not None:
             clip_like_open_clip(engine, cfg.grad_clip)
