@@ -1,11 +1,13 @@
 """Shared fixtures: the repo's real sample, and throw-away copies of the project to run stages in."""
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,16 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Flows run without the harness below use Prefect's ephemeral API on $PREFECT_HOME's database: one of
+# this process's own, not the user's ~/.prefect, nor one a parallel test worker writes to as well.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the built project run last (in their own order): under ``make test``'s workers (pytest-xdist)
+    the first to reach one builds the project while the other still has its own tests to run."""
+    items.sort(key=lambda item: "built_project" in getattr(item, "fixturenames", ()))
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -102,14 +114,29 @@ def run_stage(project: Path, stage: str, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door)."""
-    project = make_project(tmp_path_factory.mktemp("built") / "project")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    (project / "repro.log").write_text(proc.stdout + proc.stderr)
+    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door).
+
+    Built once per test run, whichever worker needs it first; tests copy it before changing anything in it.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, shared by its workers
+    project, failed = root / "built" / "project", root / "built.failed"
+    with FileLock(str(root / "built.lock")):
+        if failed.is_file():
+            raise AssertionError(failed.read_text())
+        if not (project / "repro.log").is_file():
+            make_project(project)
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+            proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                failed.write_text(f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+                raise AssertionError(failed.read_text())
+            (project / "repro.log").write_text(proc.stdout + proc.stderr)
     return project
 
 
