@@ -23,3 +23,7 @@ class DataError(FactoryError):
 
 class AccessError(FactoryError):
     """A tracking server refused the request: no credentials, wrong ones, or too few permissions."""
+
+
+class TrackingServerError(FactoryError):
+    """The tracking server could not be reached, or did not answer in time, through all of MLflow's retries."""
