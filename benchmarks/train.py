@@ -45,9 +45,9 @@ from biomedclip_factory.model.tokenizer import train_wordpiece  # noqa: E402
 from biomedclip_factory.params import load_section  # noqa: E402
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, _param_groups, _text_input,  # noqa: E402
                                            accept_text_layouts, build_engine, contrastive_loss, train_step)
-from biomedclip_factory.train.process_group import distributed  # noqa: E402
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, effective_zero_stage  # noqa: E402
 from biomedclip_factory.train.packing import check_packable  # noqa: E402
+from biomedclip_factory.train.process_group import distributed  # noqa: E402
 
 CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
             "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm."]

@@ -1,38 +1,66 @@
-"""A tracking server that is down or hangs: the stage says so at once, and fails in one line naming it."""
+"""A tracking server that is down, hangs or fails: the stage says so at once, and stops in one line naming it."""
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from .conftest import make_project, project_env, stage_command
 
-KNOBS = ("s of waits (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR; each try up to "
-         "MLFLOW_HTTP_REQUEST_TIMEOUT=1 s): start it, or point MLFLOW_TRACKING_URI at one that runs; the last error: ")
+KNOBS = ("(MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_TIMEOUT): "
+         "start it, or point MLFLOW_TRACKING_URI at one that runs; the last error: ")
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """A server whose backend is broken: 500 to everything, /health included."""
+
+    def do_GET(self) -> None:
+        self.send_response(500)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 @pytest.mark.slow  # a stage in a subprocess
-@pytest.mark.parametrize("server, retries, waits", [("down", 2, 2), ("hung", 0, 0)])
-def test_a_silent_tracking_server_is_announced_then_named_in_one_line(tmp_path: Path, server: str, retries: int,
-                                                                      waits: int):
-    """MLflow retries an unreachable server for ~4 minutes with nothing on screen, then raises a 60-line
-    traceback; a hung one (accepts, never answers) too. The stage says at once that it is waiting, does no
-    work, and ends with exit 2 and one line that names the server and the knobs."""
+@pytest.mark.parametrize("server, retries, said", [
+    ("down", 2, f"did not answer through 2 retries over ~2 s of waits, each try up to 1 s more {KNOBS}"),
+    ("hung", 0, f"did not answer through 0 retries over ~0 s of waits, each try up to 1 s more {KNOBS}"),
+    ("failing", 1, "answered every one of its 2 tries with an error (too many 500 error responses): the server's log"),
+])
+def test_a_tracking_server_that_is_down_hangs_or_fails_is_named_in_one_line(tmp_path: Path, server: str,
+                                                                            retries: int, said: str):
+    """MLflow retries an unreachable or hung server for minutes with nothing on screen, then raises a 60-line
+    traceback; a failing one too. The stage says at once that it is waiting (unless the server answers), does
+    no work, and ends with exit 2 and one line naming the server (never its password) and what to do."""
     project = make_project(tmp_path / "project")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
         if server == "hung":
             listener.listen(8)  # the kernel accepts connections; nobody ever answers them
-        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        env = {**project_env(project), "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
-               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
+        elif server == "failing":
+            listener.close()
+            failing = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Failing)
+            threading.Thread(target=failing.serve_forever, daemon=True).start()
+        env = {**project_env(project), "MLFLOW_TRACKING_URI": f"http://factory:secret-pw@127.0.0.1:{port}",
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
         proc = subprocess.run(stage_command(project, "scrape"), cwd=project, env=env, capture_output=True, text=True)
+        if server == "failing":
+            failing.shutdown()
+            failing.server_close()
+    shown = f"http://factory:***@127.0.0.1:{port}"
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"scrape: the MLflow server at {uri} does not answer" in proc.stderr
+    assert "Traceback" not in proc.stderr and "secret-pw" not in proc.stderr, proc.stderr[-3000:]
+    announced = f"scrape: the MLflow server at {shown} does not answer; waiting for it" in proc.stderr
+    assert announced == (server != "failing"), proc.stderr[-3000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("scrape: error:")]
-    assert len(error) == 1 and error[0].startswith(
-        f"scrape: error: the MLflow server at {uri} did not answer through {retries} retries over ~{waits} {KNOBS}"), error
+    assert len(error) == 1 and error[0].startswith(f"scrape: error: the MLflow server at {shown} {said}"), error
     assert not (project / "data" / "raw").exists()  # it stopped before any work

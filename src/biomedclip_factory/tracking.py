@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import AccessError, TrackingServerError
 
@@ -41,8 +42,7 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
 
     uri = tracking_uri(project_root)
     with server_errors_named(uri):
-        if uri.startswith(("http://", "https://")):
-            announce_if_silent(uri, stage)
+        announce_if_silent(uri, stage)
         experiment_id = configure(project_root)
         with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags={"stage": stage}) as run:
             mlflow.log_params(_flatten(params, stage))
@@ -51,26 +51,42 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
 
 @contextlib.contextmanager
 def server_errors_named(uri: str) -> Iterator[None]:
-    """A server's 401/403, or its silence through MLflow's retries, as one line saying what to set or ask
-    for, instead of MLflow's traceback."""
-    import requests
+    """A tracking server's 401/403, its silence or its failing on every one of MLflow's retries, as one line
+    saying what to set, ask for or look at, instead of MLflow's traceback."""
     from mlflow.exceptions import MlflowException
 
     try:
         yield
     except MlflowException as exc:
-        cause = exc.__cause__ or exc.__context__
         if exc.error_code in REFUSALS:
             raise AccessError(_refusal(uri, exc)) from None
-        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                              requests.exceptions.RetryError)) \
-                and not isinstance(cause, requests.exceptions.SSLError):
-            raise TrackingServerError(
-                f"the MLflow server at {uri} did not answer through {_retries()} retries over "
-                f"~{_retry_seconds()} s of waits (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR; "
-                f"each try up to MLFLOW_HTTP_REQUEST_TIMEOUT={_request_timeout()} s): "
-                f"start it, or point MLFLOW_TRACKING_URI at one that runs; the last error: {str(cause)[:300]}") from None
+        problem = _server_problem(exc, uri)
+        if problem:
+            raise TrackingServerError(f"the MLflow server at {_shown(uri)} {problem}") from None
         raise
+
+
+def _server_problem(exc: BaseException, uri: str) -> str | None:
+    """What went wrong between MLflow and the server at ``uri``, if that is what ``exc`` is about: MLflow
+    re-raises the request's error as the context of its own (``from`` it, for a timeout)."""
+    import requests
+
+    cause = exc.__cause__ if exc.__suppress_context__ else (exc.__cause__ or exc.__context__)
+    request = getattr(cause, "request", None)
+    if not isinstance(cause, requests.exceptions.RequestException) or request is None \
+            or urlsplit(request.url).netloc != urlsplit(uri).netloc:
+        return None  # another server's error (a registry or artifact store elsewhere), or not a request's
+    if isinstance(cause, requests.exceptions.RetryError):
+        reason = getattr(cause.args[0], "reason", cause) if cause.args else cause
+        return (f"answered every one of its {_retries() + 1} tries with an error ({reason}): the server's log "
+                "says why (its database, or its artifact store's credentials)")
+    if isinstance(cause, requests.exceptions.SSLError):
+        return None  # MLflow's own message says what to trust
+    if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return (f"did not answer through {_retries()} retries over {_waits()} (MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_TIMEOUT): start it, or point "
+                f"MLFLOW_TRACKING_URI at one that runs; the last error: {str(cause)[:300]}")
+    return None
 
 
 def _refusal(uri: str, exc: Any) -> str:
@@ -83,35 +99,52 @@ def _refusal(uri: str, exc: Any) -> str:
         hint = f"user {user!r} is unknown or its password (MLFLOW_TRACKING_PASSWORD) is wrong"
     else:
         hint = f"user {user!r} lacks the permission (models and experiments belong to whoever created them)"
-    return f"the MLflow server at {uri} refused the request ({exc.error_code}): {hint}; it said: {exc.message[:300]}"
+    return (f"the MLflow server at {_shown(uri)} refused the request ({exc.error_code}): {hint}; "
+            f"it said: {exc.message[:300]}")
 
 
 def announce_if_silent(uri: str, stage: str) -> None:
-    """Say at once when the server does not answer: MLflow retries it for minutes in silence (~4 by default)
-    before the stage can fail, and a scheduled run should wait out a restart, not fail on it."""
-    import requests
+    """Say at once when an HTTP tracking server does not answer: MLflow retries it for minutes in silence
+    before the stage can fail (a scheduled run should wait out a restart, not fail on it). The probe goes as
+    MLflow's own requests do (its credentials, client certificate, TLS settings), once, within 5 s."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
+    if not uri.startswith(("http://", "https://")):
+        return
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=min(5, _request_timeout()))
-    except requests.exceptions.SSLError:
-        return  # MLflow may be told to trust this server (MLFLOW_TRACKING_INSECURE_TLS, a CA bundle)
-    except requests.exceptions.RequestException as exc:
-        print(f"{stage}: the MLflow server at {uri} does not answer ({type(exc).__name__}); waiting for it through "
-              f"MLflow's {_retries()} retries (~{_retry_seconds()} s)", file=sys.stderr, flush=True)
+        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0,  # any status is an answer
+                     timeout=min(5, _request_timeout()), raise_on_status=False)
+    except MlflowException as exc:
+        if _server_problem(exc, uri):
+            print(f"{stage}: the MLflow server at {_shown(uri)} does not answer; waiting for it through MLflow's "
+                  f"{_retries()} retries ({_waits()})", file=sys.stderr, flush=True)
+
+
+def _shown(uri: str) -> str:
+    """``uri`` without a password in it (``http://user:secret@host`` is valid for MLflow, and logs are shared)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
+                                            + (f":{parts.port}" if parts.port else "")))
+
+
+def _waits() -> str:
+    """The time MLflow's retries take at most: urllib3's sleeps (none before the 2nd try, then doubling from
+    the backoff factor, each ≤ 120 s) plus each try's timeout, for a server that accepts and never answers."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
+
+    factor, retries = MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get(), _retries()
+    sleeps = round(sum(min(factor * 2 ** k, 120) for k in range(1, retries)))
+    return f"~{sleeps} s of waits, each try up to {_request_timeout()} s more"
 
 
 def _retries() -> int:
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
     return MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
-
-
-def _retry_seconds() -> int:
-    """The sleeps urllib3's Retry takes between MLflow's tries: none before the 2nd, then doubling, each ≤ 120 s."""
-    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
-
-    factor = MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
-    return round(sum(min(factor * 2 ** k, 120) for k in range(1, _retries())))
 
 
 def _request_timeout() -> int:
