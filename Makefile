@@ -29,11 +29,11 @@ flow: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/python -m flows.pipeline
 
 test: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n logical
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # The edit-test loop: everything but the tests that run whole DAGs, servers or several ranks (marked slow).
 test-fast: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n logical -m "not slow"
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 # The wheels the GPU machine lacks, for Python 3.12 there (no package index there): see scripts/device_check.sh.
 WHEEL_TAGS := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \

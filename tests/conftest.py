@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,15 +31,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Flows run without the harness below use Prefect's ephemeral API on $PREFECT_HOME's database: one of
-# this process's own, not the user's ~/.prefect, nor one a parallel test worker writes to as well.
+# the test run's own, not the user's ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the built project run last (in their own order): under ``make test``'s workers (pytest-xdist)
-    the first to reach one builds the project while the other still has its own tests to run."""
-    items.sort(key=lambda item: "built_project" in getattr(item, "fixturenames", ()))
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -114,30 +110,34 @@ def run_stage(project: Path, stage: str, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door).
-
-    Built once per test run, whichever worker needs it first; tests copy it before changing anything in it.
-    """
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's directory, shared by its workers
-    project, failed = root / "built" / "project", root / "built.failed"
-    with FileLock(str(root / "built.lock")):
-        if failed.is_file():
-            raise AssertionError(failed.read_text())
-        if not (project / "repro.log").is_file():
-            make_project(project)
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
-            proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True,
-                                  text=True)
-            if proc.returncode != 0:
-                failed.write_text(f"dvc repro failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-                raise AssertionError(failed.read_text())
-            (project / "repro.log").write_text(proc.stdout + proc.stderr)
+    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door); tests that
+    change anything in it change a ``copy_built`` copy."""
+    project = make_project(tmp_path_factory.mktemp("built") / "project")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
+        try:
+            log, _ = proc.communicate()
+        finally:
+            if proc.poll() is None:  # interrupted (a timeout, ^C): no stage of it goes on writing
+                os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc repro failed:\n{log[-10000:]}")
+    (project / "repro.log").write_text(log)
     return project
+
+
+def copy_built(built_project: Path, dest: Path) -> Path:
+    """A copy of the built project that is its own: its MLflow experiment logs artifacts into the copy (the
+    store records an absolute location), not into the project other tests are copying or reading."""
+    import sqlite3
+
+    shutil.copytree(built_project, dest, symlinks=True)
+    with contextlib.closing(sqlite3.connect(dest / "mlflow.db")) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?",
+                   ((dest / "mlartifacts").resolve().as_uri(), (built_project / "mlartifacts").resolve().as_uri()))
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from PIL import Image
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.zeroshot import ZeroShotTask, class_embeddings, classification_metrics, load_dataset
 
-from .conftest import REPO, run_stage
+from .conftest import REPO, copy_built, run_stage
 
 
 def test_auroc_and_balanced_accuracy_hand_computed():
@@ -88,7 +88,7 @@ def test_datasets_stream_through_decoding_workers_and_skip_an_unreadable_image(t
 @pytest.mark.slow
 def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_path: Path):
     project = tmp_path / "p"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     suite = yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"]["zeroshot"]
     params["evaluate"]["zeroshot"] = {**suite, "missing": {**suite["brain_tumor_mri"], "path": "no/such/dir"}}
@@ -114,6 +114,7 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     assert "linear probe pneumoniamnist accuracy at 10% of train (40 images, 3 seeds)" in table
 
 
+@pytest.mark.slow  # the built project
 def test_an_evaluation_with_nothing_to_plot_still_completes_under_dvc(built_project: Path, tmp_path: Path):
     """Every zero-shot set unreadable and no retrieval split: the stage reports that and still writes its
     declared plots, or DVC fails the run after the work is done."""
@@ -123,7 +124,7 @@ def test_an_evaluation_with_nothing_to_plot_still_completes_under_dvc(built_proj
     from .conftest import project_env
 
     project = tmp_path / "p"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["evaluate"].update(retrieval_splits=[], vqa={})
     params["evaluate"]["linear_probe"]["sets"] = {}
@@ -140,6 +141,7 @@ def test_an_evaluation_with_nothing_to_plot_still_completes_under_dvc(built_proj
     assert all("dataset not found" in task["error"] for task in report["zeroshot"].values())
 
 
+@pytest.mark.slow  # the built project
 def test_an_unreadable_gallery_sample_is_counted_not_silently_dropped(built_project: Path, tmp_path: Path):
     """A corrupt image in a test shard, decoded in a worker process: the gallery shrinks by one and the
     report says so (a worker's skip count never reaches the parent)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import forget_flows as _forget_flows
+from .conftest import copy_built, forget_flows as _forget_flows
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, built_project: Path, tmp_path: Path):
     """The flow drives DVC stage by stage: after a params change only the affected stages run."""
     project = tmp_path / "project"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["evaluate"]["retrieval_splits"] = ["test"]  # changes eval.json, so register follows
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -14,7 +14,7 @@ from biomedclip_factory.digest import DigestCache, tree_digest
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.named_inputs import check_named_paths, named_inputs, record, registry_weights
 
-from .conftest import UP_TO_DATE, dvc, dvc_status, make_project, run_stage, tiny_model_dir
+from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, make_project, run_stage, tiny_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -276,7 +276,7 @@ def _changed(project: Path) -> dict:
 @pytest.mark.slow
 def test_dvc_reruns_the_stage_whose_named_input_changed_and_only_it(built_project: Path, tmp_path: Path):
     project = tmp_path / "project"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     assert _changed(project) == UP_TO_DATE  # digested again: the same records
     image = next((project / "sample/labelled/chest_xray_pneumonia").rglob("*.jpg"))
     image.write_bytes(image.read_bytes() + b"\0")  # the zero-shot set params name was edited

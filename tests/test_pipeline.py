@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import UP_TO_DATE, dvc_status, project_env, run_stage, stage_command
+from .conftest import UP_TO_DATE, copy_built, dvc_status, project_env, run_stage, stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +38,14 @@ def test_dvc_repro_builds_every_output(built_project: Path):
     assert (p / "dvc.lock").is_file() and (p / "plots/pretrain_loss.csv").read_text().startswith("step,loss\n10,")
 
 
-def test_dvc_repro_again_is_a_no_op(built_project: Path, tmp_path: Path):
-    project = tmp_path / "project"  # dvc writes its own state in a repo it looks at: not in the shared one
-    shutil.copytree(built_project, project, symlinks=True)
-    assert dvc_status(project) == UP_TO_DATE
+def test_dvc_repro_again_is_a_no_op(built_project: Path):
+    assert dvc_status(built_project) == UP_TO_DATE
 
 
 def test_run_state_absent_as_after_dvc_pull_changes_nothing(built_project: Path, tmp_path: Path):
     """A teammate's clone has the outs (`dvc pull`) but not the resume state; nothing must rerun."""
     project = tmp_path / "project"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     shutil.rmtree(project / "data" / "align_journal")
     shutil.rmtree(project / "models" / "checkpoints")
     assert dvc_status(project) == UP_TO_DATE
@@ -184,10 +182,8 @@ def test_mlflow_models_serve_answers_requests_and_survives_a_bounded_load_with_a
 
 def test_dvc_experiment_and_plots(built_project: Path, tmp_path: Path):
     """`dvc exp run -S` on the defaults, then `dvc plots show` renders the loss and eval plots."""
-    import shutil
-
     project = tmp_path / "p"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
     dvc = [sys.executable, "-m", "dvc"]
@@ -221,7 +217,7 @@ def test_trained_sample_model_retrieves_its_train_pairs_above_chance(built_proje
 def test_pretrain_stage_killed_then_rerun_keeps_the_whole_loss_curve(built_project: Path, tmp_path: Path):
     """kill -9 past the step-50 checkpoint, rerun: resumes there, same curve and model as unbroken."""
     project = tmp_path / "project"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     shutil.rmtree(project / "models" / "checkpoints")
     proc = subprocess.Popen(stage_command(project, "pretrain"), cwd=project, env=project_env(project),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -245,7 +241,7 @@ def test_align_stage_rerun_reuses_its_journal_and_resumes_a_cut_one(built_projec
     """`dvc repro -f` keeps the align journal (a persisted out): nothing is decoded again; with the
     journal cut as a kill -9 leaves it (half a line), the rerun aligns only the rest. Same pairs."""
     project = tmp_path / "project"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
     built = (built_project / "data/pairs/pairs.parquet").read_bytes()
@@ -286,7 +282,7 @@ def test_a_failed_stage_leaves_the_last_good_outputs_as_they_were(built_project:
     from .conftest import _merge
 
     project = tmp_path / "p"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     outputs = ("data/pairs", "data/shards", "models/tokenizer", "models/clip", "metrics")
     before = _tree_digest(project, outputs)
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -304,7 +300,7 @@ def test_a_stage_failing_under_dvc_in_the_flow_gets_its_last_good_outputs_back(b
     from .conftest import _merge
 
     project = tmp_path / "p"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     outputs = ("models/tokenizer", "models/clip", "data/shards", "metrics/tokenizer.json")
     before = _tree_digest(project, outputs)
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import UP_TO_DATE, dvc, dvc_status, stage_command
+from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, stage_command
 
 
 pytestmark = pytest.mark.slow
@@ -79,7 +78,7 @@ def test_the_team_registry_refuses_alias_changes_from_anyone_but_the_pipeline(bu
     port, admin = _port(), ("admin", "admin-secret-1")
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     project = tmp_path / "p"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_AUTH_CONFIG_PATH": str(project / "deploy" / "mlflow_basic_auth.ini"),
            "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
@@ -126,7 +125,7 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     """The README's schedule against a real server: the serve process registers the cron deployment (one
     run at a time), executes a triggered run, and that no-change run completes having trained nothing."""
     project = tmp_path / "project"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     weights = (project / "models/clip/open_clip_model.safetensors").read_bytes()
     port = _port()
     api = f"http://127.0.0.1:{port}/api"
@@ -184,7 +183,7 @@ def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_t
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # the flow's own local API, on a busy machine
     project, clone = tmp_path / "project", tmp_path / "clone"
-    shutil.copytree(built_project, project, symlinks=True)
+    copy_built(built_project, project)
     s3 = _server(["moto.server", "-H", "127.0.0.1", "-p", str(port)], env, tmp_path)
     try:
         _wait(f"http://127.0.0.1:{port}/moto-api/", s3)
