@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -31,8 +32,8 @@ from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, deepspeed_config
 from biomedclip_factory.params import load_section
 from biomedclip_factory.train.loop import (MAX_LOGIT_SCALE, accept_text_layouts, build_engine, checkpoint_step,
-                                           compile_towers, contrastive_loss, rank_seed, segment_seed, segments,
-                                           train_step)
+                                           compile_towers, contrastive_loss, pretrain, rank_seed, segment_seed,
+                                           segments, train_step)
 from biomedclip_factory.train.packing import pack_captions
 from biomedclip_factory.train.process_group import distributed
 from biomedclip_factory.train.resume import RunState, run_fingerprint
@@ -753,3 +754,24 @@ def test_a_moved_checkout_keeps_its_checkpoints_and_new_start_weights_restart(tm
         prints.append(run_fingerprint(spec, cfg, (root / "models" / "start", None), root / "tokenizer" / "tokenizer.json",
                                       root / "shards", 1))
     assert prints[0] == prints[1] != prints[2]
+
+
+def test_a_resume_on_another_thread_count_says_it_will_not_be_bit_identical(model_dir, shards, tmp_path, capsys):
+    """CPU float sums follow torch's thread count (the sample trained on 1 thread ends at other weights than on
+    2): a resume on another count goes on, and says it is no longer the uninterrupted run."""
+    work, checkpoints = tmp_path / "clip", tmp_path / "checkpoints"
+    shutil.copytree(model_dir, work)
+    threads = torch.get_num_threads()
+    try:
+        for steps, count in ((2, threads), (4, threads), (6, threads + 1)):
+            torch.set_num_threads(count)
+            with distributed():
+                pretrain(create_model(work, load_weights=True), work, shards, checkpoints,
+                         config(steps=steps, checkpoint_every=2), lambda step, values: None)
+            said = [line for line in capsys.readouterr().out.splitlines() if "torch threads" in line]
+            assert said == ([] if count == threads else [
+                f"pretrain: resuming from step 4 on {threads + 1} torch threads, the checkpoint was written on "
+                f"{threads}: the run goes on, but not bit-identical to an uninterrupted one "
+                f"(OMP_NUM_THREADS={threads} would make it so)"]), steps
+    finally:
+        torch.set_num_threads(threads)

@@ -340,6 +340,16 @@ def checkpoint_step(checkpoint_dir: Path) -> int:
     return int(latest.read_text().strip().removeprefix(_TAG)) if latest.is_file() else 0
 
 
+def say_if_threads_differ(written_on: int | None, step: int) -> None:
+    """A CPU run's float sums follow torch's thread count: resumed on another count, training goes on validly
+    but no longer as the uninterrupted run would have (exact resume needs the same count)."""
+    now = torch.get_num_threads()
+    if written_on is not None and written_on != now and not torch.cuda.is_available():
+        print(f"pretrain: resuming from step {step} on {now} torch threads, the checkpoint was written on "
+              f"{written_on}: the run goes on, but not bit-identical to an uninterrupted one "
+              f"(OMP_NUM_THREADS={written_on} would make it so)", flush=True)
+
+
 def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoint_dir: Path, cfg: TrainConfig,
              log: LogFn | None = None) -> TrainSummary:
     """Train ``model`` (described by ``model_dir``: its configs and tokenizer) on the train shards, resuming
@@ -355,6 +365,7 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
     if (checkpoint_dir / "latest").is_file():
         _, client_state = engine.load_checkpoint(str(checkpoint_dir))
         start, loss_value = int(client_state["step"]), float(client_state.get("loss", "nan"))
+        say_if_threads_differ(client_state.get("torch_threads"), start)
 
     image_size = model.visual.image_size[0]
     preprocess = train_image_transform(image_size)  # uint8 out; normalised on the device in train_step
@@ -385,7 +396,8 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
         loss_value = result.loss  # one wait for the GPU per segment, not per step
         if cfg.checkpoint_every:
             engine.save_checkpoint(str(checkpoint_dir), tag=f"{_TAG}{end}",
-                                   client_state={"step": end, "loss": loss_value})
+                                   client_state={"step": end, "loss": loss_value,
+                                                 "torch_threads": torch.get_num_threads()})
     seconds = time.perf_counter() - t0
     save_consolidated(engine, model_dir)
     return TrainSummary(steps=cfg.steps, resumed_from=start, samples=samples, tokens=tokens, seconds=seconds,
