@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -67,14 +68,18 @@ def _mark(folder: Path, item: int) -> int:
 @pytest.mark.slow
 def test_dask_mapper_yields_each_batch_as_it_finishes_in_order(prefect_api, tmp_path):
     """A killed multi-hour Dask run keeps what finished: results arrive per batch, not at the end; each
-    Prefect task run holds a chunk of items, not one (the server's bookkeeping per task run)."""
+    Prefect task run holds a chunk of items, not one (the server's bookkeeping per task run). The map
+    leaves this process's environment as it found it: Dask's nannies set OMP_NUM_THREADS=1 in it, and
+    every stage or trainer started after the map would have run on one thread."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
+    environment = dict(os.environ)
     results = dask_map("batches", None, 2, batch=3, chunk=2)(partial(_mark, tmp_path), list(range(8)))
     first = [next(results) for _ in range(3)]
     assert first == [0, 10, 20] and sorted(int(p.name) for p in tmp_path.iterdir()) == [0, 1, 2]
     assert list(results) == [30, 40, 50, 60, 70]
+    assert dict(os.environ) == environment
     assert len(list(tmp_path.iterdir())) == 8
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="batches-articles")))

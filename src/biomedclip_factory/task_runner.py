@@ -44,9 +44,23 @@ def _scheduler(address: str | None, workers: int) -> Iterator[str]:
         return
     from distributed import LocalCluster
 
-    with _one_prefect_api(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                          dashboard_address=None) as cluster:
+    with _environ_kept(), _one_prefect_api(), LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                           processes=True, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
+
+
+@contextmanager
+def _environ_kept() -> Iterator[None]:
+    """Dask's nannies run in this process and set their workers' ``pre-spawn-environ`` (OMP_NUM_THREADS=1
+    and its kin) in *our* environment, never undone: every process started after the map (a stage, a
+    trainer) would run one numeric thread and reach other floating-point sums. Put it back as it was."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        os.environ.update(before)
 
 
 @contextmanager
@@ -63,15 +77,8 @@ def _one_prefect_api() -> Iterator[None]:
 
     server = SubprocessASGIServer()  # the instance the flow's client then finds already running
     server.start()
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
+    os.environ["PREFECT_API_URL"] = server.api_url  # until _environ_kept puts the environment back
+    yield
 
 
 def dask_map(flow_name: str, address: str | None, workers: int, batch: int = DASK_BATCH,
