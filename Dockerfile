@@ -15,7 +15,8 @@ COPY scripts ./scripts
 COPY src ./src
 RUN make venv
 COPY . .
-ENV PATH="/app/.venv/bin:${PATH}" DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+ENV PATH="/app/.venv/bin:${PATH}" DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    MLFLOW_DISABLE_TELEMETRY=true
 CMD ["make", "run"]
 
 # CUDA 13 devel image: torch 2.14.1's wheels are CUDA 13 builds, and nvcc compiles DeepSpeed's ops.
@@ -38,5 +39,6 @@ RUN make venv PYTHON=python3.11 \
        .venv/bin/pip install --no-cache-dir --no-build-isolation --no-deps --force-reinstall \
        "deepspeed==$(grep -i '^deepspeed==' constraints.txt | cut -d= -f3)"
 COPY . .
-ENV PATH="/app/.venv/bin:${PATH}" DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+ENV PATH="/app/.venv/bin:${PATH}" DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    MLFLOW_DISABLE_TELEMETRY=true
 CMD ["make", "run"]
