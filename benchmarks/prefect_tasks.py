@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from biomedclip_factory.net import free_port  # noqa: E402
+
 PMC_VERSIONS = 8_000_000
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def identity(item: int) -> int:
@@ -54,7 +49,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="items per Prefect task run (default: DASK_CHUNK)")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="prefect_tasks."))
-    port = _port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                       PREFECT_LOGGING_LEVEL="WARNING")

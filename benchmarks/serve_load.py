@@ -16,7 +16,6 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,9 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from biomedclip_factory.net import free_port  # noqa: E402
 
 
 def serve(model_uri: str, tracking_uri: str, cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:

@@ -12,6 +12,7 @@ import yaml
 
 from biomedclip_factory.digest import DigestCache, tree_digest
 from biomedclip_factory.errors import DataError, ParamsError
+from biomedclip_factory.net import free_port
 from biomedclip_factory.named_inputs import check_named_paths, named_inputs, record, registry_weights
 
 from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, make_project, run_stage, tiny_model_dir
@@ -188,11 +189,7 @@ def test_a_registry_reference_records_the_weights_its_alias_names(tmp_path: Path
 
 
 def test_a_registry_that_does_not_answer_leaves_the_version_unknown(monkeypatch):
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the stage sets it
     assert registry_weights("models:/m@champion", f"http://127.0.0.1:{port}") == {"version": None}
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from biomedclip_factory.net import free_port
+
 from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, stage_command
 
 
 pytestmark = pytest.mark.slow
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
@@ -75,7 +70,7 @@ def test_the_team_registry_refuses_alias_changes_from_anyone_but_the_pipeline(bu
     """README's team setup: MLflow's basic-auth app with the shipped config. The register stage
     authenticates through MLflow's standard variables and its gate sets champion; an anonymous
     client, a team member and a wrong password cannot move it."""
-    port, admin = _port(), ("admin", "admin-secret-1")
+    port, admin = free_port(), ("admin", "admin-secret-1")
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     project = tmp_path / "p"
     copy_built(built_project, project)
@@ -127,7 +122,7 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     project = tmp_path / "project"
     copy_built(built_project, project)
     weights = (project / "models/clip/open_clip_model.safetensors").read_bytes()
-    port = _port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": api, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}",
@@ -173,7 +168,7 @@ def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_t
         built_project: Path, tmp_path: Path):
     """The team's data remote on a real S3 implementation (moto) on loopback: ``flows.retrain --push``
     sends data and models there, and a clone of the repo gets them back with ``dvc pull``."""
-    port = _port()
+    port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "team-key", "AWS_SECRET_ACCESS_KEY": "team-secret",
            "AWS_DEFAULT_REGION": "us-east-1", "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
