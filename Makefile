@@ -6,6 +6,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 .PHONY: run test test-fast venv flow clean wheelhouse device-dry-run
@@ -29,11 +30,11 @@ flow: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/python -m flows.pipeline
 
 test: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n logical
 
 # The edit-test loop: everything but the tests that run whole DAGs, servers or several ranks (marked slow).
 test-fast: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n logical -m "not slow"
 
 # The wheels the GPU machine lacks, for Python 3.12 there (no package index there): see scripts/device_check.sh.
 WHEEL_TAGS := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \

@@ -28,12 +28,21 @@ TINY = {"evaluate": {"zeroshot": {"chest_xray_pneumonia": None}}}
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Flows run without the harness below use Prefect's ephemeral API on $PREFECT_HOME's database: one of
 # the test run's own, not the user's ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+# Under ``make test``'s workers (pytest-xdist) each worker, and every stage it starts, gets its share of the
+# cores for torch's threads and torch.compile's compiler processes: two workers of two threads each on two
+# cores spin against each other (measured: 21 CPU-minutes for the suite against 19), and a pool of compiler
+# processes per worker costs more to start than it saves.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(_share))
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -108,23 +117,58 @@ def run_stage(project: Path, stage: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the built project run last (in their own order): under ``make test``'s workers (pytest-xdist)
+    the first to reach one builds the project while the others still have their own tests to run."""
+    items.sort(key=lambda item: "built_project" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(autouse=True)
+def _environment_left_as_found():
+    """A test that leaves this process's environment changed changes every stage the later tests start
+    (Dask's nannies once left OMP_NUM_THREADS=1 here, and the whole-DAG project trained on one thread to
+    other weights): fail the test that does it. Runs after the test's own fixtures undo theirs."""
+    before = dict(os.environ)
+    yield
+    changed = {k: (before.get(k), os.environ.get(k)) for k in set(before) | set(os.environ)
+               if before.get(k) != os.environ.get(k) and not k.startswith(("_", "PYTEST_"))}  # libraries' own
+    for name in changed:
+        if name in before:
+            os.environ[name] = before[name]
+        else:
+            del os.environ[name]
+    assert not changed, f"the test left the environment changed (name: (before, after)): {changed}"
+
+
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy taken through the whole DAG once with `dvc repro` (the users' first door); tests that
-    change anything in it change a ``copy_built`` copy."""
-    project = make_project(tmp_path_factory.mktemp("built") / "project")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
-    with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
-        try:
-            log, _ = proc.communicate()
-        finally:
-            if proc.poll() is None:  # interrupted (a timeout, ^C): no stage of it goes on writing
-                os.killpg(proc.pid, signal.SIGKILL)
-    if proc.returncode != 0:
-        raise AssertionError(f"dvc repro failed:\n{log[-10000:]}")
-    (project / "repro.log").write_text(log)
+    change anything in it (a dvc command included: DVC writes state in a repo it looks at) change a
+    ``copy_built`` copy. Built once per test run, by whichever worker needs it first."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, shared by its workers
+    project, failed = root / "built" / "project", root / "built.failed"
+    with FileLock(str(root / "built.lock")):
+        if failed.is_file():
+            raise AssertionError(failed.read_text())
+        if not (project / "repro.log").is_file():
+            make_project(project)
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+            with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
+                try:
+                    log, _ = proc.communicate()
+                finally:
+                    if proc.poll() is None:  # interrupted (a timeout, ^C): no stage of it goes on writing
+                        os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode != 0:
+                failed.write_text(f"dvc repro failed:\n{log[-10000:]}")
+                raise AssertionError(failed.read_text())
+            (project / "repro.log").write_text(log)
     return project
 
 
