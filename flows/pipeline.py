@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 
@@ -25,13 +25,9 @@ STAGES = ("inputs", "scrape", "align", "shard", "tokenizer", "pretrain", "evalua
 def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
     from dvc.repo import Repo
 
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    # Stage commands call `python`: make it this interpreter (the project's venv).
-    bin_dir = str(Path(sys.executable).parent)
-    if not os.environ.get("PATH", "").startswith(bin_dir):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     # DVC resolves stage paths against the working directory: run from inside the project.
-    with contextlib.chdir(project), Repo(str(project)) as repo, tempfile.TemporaryDirectory() as kept:
+    with _this_python_first(), contextlib.chdir(project), Repo(str(project)) as repo, \
+            tempfile.TemporaryDirectory() as kept:
         outs = [out for found in repo.stage.collect(stage) for out in found.outs if not out.persist]
         uncached = _keep_copies([Path(out.fs_path) for out in outs if not out.use_cache], Path(kept))
         try:
@@ -41,6 +37,19 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
             _restore_last_good(repo, stage, [str(out.fs_path) for out in outs if out.use_cache], uncached)
             raise
     return [s.addressing for s in done]
+
+
+@contextlib.contextmanager
+def _this_python_first() -> Iterator[None]:
+    """Stage commands call `python`: make it this interpreter (the project's venv) while DVC runs them,
+    and leave the caller's PATH as it was (a worker or notebook runs other things after the flow)."""
+    before, bin_dir = os.environ.get("PATH", ""), str(Path(sys.executable).parent)
+    if not before.startswith(bin_dir):
+        os.environ["PATH"] = bin_dir + os.pathsep + before
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
 
 
 def _stop_stage_commands(stage: str, project: Path, grace_s: float = 10.0) -> None:

@@ -117,10 +117,19 @@ def run_stage(project: Path, stage: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+# Among the tests on the built project, the longest (servers started, whole flows run): first, so that
+# no worker is left running one of them alone at the end.
+LONGEST_ON_THE_BUILT_PROJECT = ("tests.test_servers", "tests.test_flows")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the built project run last (in their own order): under ``make test``'s workers (pytest-xdist)
-    the first to reach one builds the project while the others still have their own tests to run."""
-    items.sort(key=lambda item: "built_project" in getattr(item, "fixturenames", ()))
+    """Tests on the built project run last: under ``make test``'s workers (pytest-xdist) the first to reach one
+    builds the project while the others still have their own tests to run."""
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        on_built = "built_project" in getattr(item, "fixturenames", ())
+        return on_built, on_built and item.module.__name__ not in LONGEST_ON_THE_BUILT_PROJECT
+
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True)
@@ -155,21 +164,28 @@ def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if failed.is_file():
             raise AssertionError(failed.read_text())
         if not (project / "repro.log").is_file():
-            make_project(project)
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
-            with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
-                try:
-                    log, _ = proc.communicate()
-                finally:
-                    if proc.poll() is None:  # interrupted (a timeout, ^C): no stage of it goes on writing
-                        os.killpg(proc.pid, signal.SIGKILL)
-            if proc.returncode != 0:
-                failed.write_text(f"dvc repro failed:\n{log[-10000:]}")
-                raise AssertionError(failed.read_text())
-            (project / "repro.log").write_text(log)
+            try:
+                _build(project)
+            except BaseException as exc:  # the other workers then fail at once with this, not on a half-built dir
+                failed.write_text(f"building the shared project failed: {type(exc).__name__}: {exc}")
+                raise
     return project
+
+
+def _build(project: Path) -> None:
+    make_project(project)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
+        try:
+            log, _ = proc.communicate()
+        finally:
+            if proc.poll() is None:  # interrupted (a timeout, ^C): no stage of it goes on writing
+                os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc repro failed:\n{log[-10000:]}")
+    (project / "repro.log").write_text(log)
 
 
 def copy_built(built_project: Path, dest: Path) -> Path:

@@ -5,8 +5,9 @@ import socket
 
 
 def free_port() -> int:
-    """A loopback TCP port nothing listens on now. The OS hands out each such port in turn, so another
-    process asking at the same moment gets another one; a server given it binds it a moment later."""
+    """A loopback TCP port nothing listens on now, for a server or process group that binds it a moment
+    later; another process may take it in between (rare: the OS hands out free ports in turn), and the
+    bind then fails with "address in use" rather than joining the wrong server."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

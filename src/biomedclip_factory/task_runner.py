@@ -57,10 +57,12 @@ def _environ_kept() -> Iterator[None]:
     before = dict(os.environ)
     try:
         yield
-    finally:
+    finally:  # only what changed: Prefect's and Dask's threads may still be reading the environment
         for name in set(os.environ) - set(before):
-            del os.environ[name]
-        os.environ.update(before)
+            os.environ.pop(name, None)
+        for name, value in before.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
 
 
 @contextmanager
