@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -112,8 +113,20 @@ def test_the_team_registry_refuses_alias_changes_from_anyone_but_the_pipeline(bu
         _stop(server)
 
 
+def _prefect(method: str, url: str, **kwargs) -> Any:
+    """A Prefect API call as Prefect's own client makes it: a busy server's SQLite answers 503 ("database is
+    locked") and the like, which the client retries; any other answer than 2xx fails with the server's text."""
+    for attempt in range(6):
+        response = requests.request(method, url, timeout=10, **kwargs)
+        if response.status_code not in (408, 429, 502, 503):
+            break
+        time.sleep(2 ** attempt / 4)
+    assert response.ok, f"{method} {url}: {response.status_code} {response.text[:2000]}"
+    return response.json()
+
+
 def _run_logs(api: str, run_id: str) -> list[dict]:
-    return requests.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}, timeout=10).json()
+    return _prefect("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}})
 
 
 def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_project: Path, tmp_path: Path):
@@ -135,7 +148,7 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
         deadline = time.monotonic() + 120
         found: list = []
         while not found and time.monotonic() < deadline and worker.poll() is None:
-            found = requests.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+            found = _prefect("POST", f"{api}/deployments/filter", json={})
             time.sleep(1)
         assert found, _tail(worker) if worker.poll() is not None else "no deployment"
         deployment = found[0]
@@ -143,12 +156,12 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
         assert deployment["schedules"][0]["active"] and not deployment["paused"]  # the server will create its runs
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
-        run = requests.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        run = _prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
         deadline = time.monotonic() + 300
         state = run["state"]["type"]
         while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
             time.sleep(2)
-            state = requests.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+            state = _prefect("GET", f"{api}/flow_runs/{run['id']}")["state"]["type"]
         deadline = time.monotonic() + 60  # the runner ships logs in batches, some after the state turns final
         logs = _run_logs(api, run["id"])
         while not any("'trained'" in entry["message"] for entry in logs) and time.monotonic() < deadline:
