@@ -98,11 +98,16 @@ def test_images_embedded_in_batches_equal_one_at_a_time(served):
     alone = [served.predict(pd.DataFrame({"image": [image]}))["image_embedding"][0] for image in images[:3]]
     torch.testing.assert_close(torch.tensor(list(together["image_embedding"][:3])), torch.tensor(alone))
     assert together["similarity"].notna().all()
+    # Large images, as open_clip's preprocess embeds the file decoded whole (a JPEG shrunk while decoding
+    # would move the embedding by ~1e-2)
     ramp = np.linspace(0, 255, 900 * 700 * 3).reshape(900, 700, 3).astype(np.uint8)
-    large = Image.fromarray(ramp)  # shrunk while decoding (and small as a PNG)
+    detail = np.asarray(Image.effect_mandelbrot((700, 900), (-2, -1.2, 1, 1.2), 60).convert("RGB"))
     encoder = served.unwrap_python_model().encoder
-    torch.testing.assert_close(torch.tensor(served.predict(pd.DataFrame({"image": [_b64(large)]}))["image_embedding"][0]),
-                               encoder.embed_images([large])[0], rtol=0, atol=1e-6)
+    for pixels, fmt in ((ramp, "PNG"), (detail, "JPEG")):
+        sent = _b64(Image.fromarray(pixels), fmt)
+        as_open_clip = encoder.embed_images([Image.open(io.BytesIO(base64.b64decode(sent))).convert("RGB")])[0]
+        torch.testing.assert_close(torch.tensor(served.predict(pd.DataFrame({"image": [sent]}))["image_embedding"][0]),
+                                   as_open_clip, rtol=0, atol=1e-6, msg=fmt)
     labelled = served.predict(pd.DataFrame({"image": images[:2]}), params={"candidate_labels": ["ct", "mri"]})
     assert list(labelled["label"]) == [["ct", "mri"][int(np.argmax(p))] for p in labelled["probabilities"]]
 

@@ -20,15 +20,13 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.functional import resize
 
 from ..params import Section
 from ..rgb import to_rgb
@@ -66,10 +64,11 @@ def bad_input(message: str) -> MlflowException:
     return MlflowException.invalid_parameter_value(message)
 
 
-def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Image.Image:
-    """Row ``row``'s base64 image, checked against ``limits`` from its header, decoded at the smallest
-    JPEG scale whose shorter side still covers ``min_side`` (the model's input size). Non-strings never
-    get here: the model's signature makes MLflow refuse them with a 400."""
+def decode_image(value: str, row: int, limits: ServeLimits) -> Image.Image:
+    """Row ``row``'s base64 image, checked against ``limits`` from its header, decoded whole as RGB: a JPEG
+    shrunk while decoding (Pillow's draft) would give other pixels, hence other embeddings, than the ones
+    open_clip's preprocess and the evaluate stage compute from the same file. Non-strings never get here:
+    the model's signature makes MLflow refuse them with a 400."""
     if len(value) * 3 // 4 > limits.max_image_bytes:
         raise bad_input(f"row {row}: image is larger than {limits.max_image_bytes} bytes")
     value = "".join(value.split())  # line breaks of wrapped base64 (GNU base64 wraps at 76 columns, MIME too)
@@ -91,15 +90,11 @@ def decode_image(value: str, row: int, limits: ServeLimits, min_side: int) -> Im
         raise bad_input(f"row {row}: image of {width}x{height} pixels exceeds the limit of "
                         f"{limits.max_image_pixels} pixels")
     try:
-        if img.format == "JPEG":
-            img.draft("RGB", (min_side, min_side))
         img = to_rgb(img)  # as align made the training figures RGB
     except (OSError, ValueError, SyntaxError):
         raise bad_input(f"row {row}: 'image' is not a decodable image") from None
     if img.width * img.height > limits.max_image_pixels:  # the header said less than the decoder made
         raise bad_input(too_big)
-    if min(img.size) > min_side:  # the preprocess's own first step, done now: a batch holds small images
-        img = resize(img, min_side, interpolation=InterpolationMode.BICUBIC)
     return img
 
 
@@ -132,22 +127,17 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         self.limits = ServeLimits.from_config(context.model_config)
 
     def _embed_images(self, images: list[Any], rows: list[int]) -> torch.Tensor | None:
-        """Embeddings of ``rows``' images, ``batch_size`` decoded at a time: memory stays bounded."""
-        size = self.encoder.model.visual.image_size
-        min_side = size[0] if isinstance(size, tuple) else size
-
-        def batches() -> Iterator[list[Image.Image]]:  # batch_size images, or fewer past a pixel budget
-            batch: list[Image.Image] = []
-            for i in rows:
-                batch.append(decode_image(images[i], i, self.limits, min_side))
-                if len(batch) == self.limits.batch_size or sum(b.width * b.height for b in batch) > \
-                        self.limits.max_image_pixels:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-
-        chunks = [self.encoder.embed_images(batch, self.limits.batch_size) for batch in batches()]
+        """Embeddings of ``rows``' images, ``batch_size`` at a time. Each image goes through the model's
+        preprocess as soon as it is decoded: one full-size image is in memory at a time, and a batch holds
+        only model-sized pixels."""
+        chunks, batch = [], []
+        for i in rows:
+            batch.append(self.encoder.preprocess(decode_image(images[i], i, self.limits)))
+            if len(batch) == self.limits.batch_size:
+                chunks.append(self.encoder.embed_pixels(torch.stack(batch)))
+                batch = []
+        if batch:
+            chunks.append(self.encoder.embed_pixels(torch.stack(batch)))
         return torch.cat(chunks) if chunks else None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
