@@ -13,7 +13,9 @@ from transformers import AutoTokenizer
 from biomedclip_factory.model.build import ModelSpec, create_model, init_model_dir, relocate
 from biomedclip_factory.model.text import tokenize
 from biomedclip_factory.model.tokenizer import train_wordpiece
+from biomedclip_factory.shards.transform import to_model_input
 from biomedclip_factory.train.ds_config import TextLayout, TrainConfig, deepspeed_config
+from biomedclip_factory.train.loop import MAX_LOGIT_SCALE
 from biomedclip_factory.train.packing import check_packable
 
 from .conftest import CAPTIONS, tiny_model_dir
@@ -93,7 +95,8 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
     assert list(align_on_processes(abs, [-1, -2])) == [1, 2]
     train_wordpiece(CAPTIONS, tmp_path / "tok", 30522, 1, True, 256)
     model = init_model_dir(spec, tmp_path / "tok", tmp_path / "clip")  # the text sizes a BERT-base dir would give
-    config = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
+    written = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())
+    config = written["model_cfg"]
     assert config["vision_cfg"]["image_size"] == 224 and config["text_cfg"]["context_length"] == 256
     assert config["text_cfg"]["hf_pooler_type"] == "cls_last_hidden_state_pooler" and config["embed_dim"] == 512
     # the released open_clip_config.json: timm ViT without its own pooling, linear image and MLP text projections
@@ -101,6 +104,14 @@ def test_biomedclip_profile_builds_the_papers_architecture(tmp_path):
         "timm_model_name": "vit_base_patch16_224", "timm_pool": "", "timm_proj": "linear", "timm_model_pretrained": False}
     assert config["text_cfg"]["hf_proj_type"] == "mlp"
     assert float(model.logit_scale) == pytest.approx(math.log(1 / 0.07))  # CLIP's initial temperature
+    assert MAX_LOGIT_SCALE == math.log(100)  # open_clip_train clamps the scale to [0, ln 100] after each step
+    # the released preprocess: OpenAI CLIP's mean and std (literally), open_clip's bicubic shortest-side resize
+    assert written["preprocess_cfg"] == {"mean": [0.48145466, 0.4578275, 0.40821073],
+                                         "std": [0.26862954, 0.26130258, 0.27577711],
+                                         "interpolation": "bicubic", "resize_mode": "shortest"}
+    pixels = torch.arange(3 * 4 * 4, dtype=torch.uint8).reshape(1, 3, 4, 4) * 5
+    mean, std = (torch.tensor(written["preprocess_cfg"][k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    torch.testing.assert_close(to_model_input(pixels), (pixels / 255 - mean) / std)  # training normalises alike
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "clip")
     ids = tokenize(tokenizer, [" ".join(CAPTIONS * 20)], tokenizer.model_max_length)["input_ids"][0]
     assert tokenizer.model_max_length == 256 and len(ids) == 256 and ids[-1] == tokenizer.sep_token_id  # truncated, closed

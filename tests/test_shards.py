@@ -249,11 +249,12 @@ def test_the_training_transform_is_open_clips_with_uint8_out_and_normalisation_o
     conversion moved to the device."""
     import open_clip
 
-    from biomedclip_factory.shards.transform import to_model_input, train_image_transform
+    from biomedclip_factory.shards.transform import CROP_RATIO, CROP_SCALE, to_model_input, train_image_transform
 
+    assert (CROP_SCALE, CROP_RATIO) == ((0.9, 1.0), (3 / 4, 4 / 3))  # open_clip 2.23's defaults, the paper's run
     image = Image.effect_mandelbrot((300, 220), (-2, -1.2, 1, 1.2), 60).convert("RGB")
     reference = open_clip.image_transform(160, is_train=True, mean=open_clip.OPENAI_DATASET_MEAN,
-                                          std=open_clip.OPENAI_DATASET_STD)
+                                          std=open_clip.OPENAI_DATASET_STD, aug_cfg={"scale": (0.9, 1.0)})
     ours = train_image_transform(160)
     for seed in range(3):
         torch.manual_seed(seed)
