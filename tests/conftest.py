@@ -20,7 +20,8 @@ CAPTIONS = ["Axial CT of the chest shows a nodule in the right upper lobe.",
             "Histology of the liver, haematoxylin and eosin stain, scale bar 50 µm.",
             "Kaplan–Meier survival curves for the two cohorts."] * 3
 SAMPLE_MIRROR = REPO / "sample" / "pmc-mirror"
-PROJECT_FILES = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml", "requirements.txt", "constraints.txt", "deploy")
+PROJECT_FILES = ("src", "stages", "flows", "sample", "params.yaml", "dvc.yaml", "requirements.txt", "constraints.txt",
+                 "deploy", "pyproject.toml")
 
 # The embedded default's training recipe (≈25 s on 2 cores: enough to learn the sample above
 # chance), with one zero-shot dataset to keep evaluation short.
@@ -119,7 +120,7 @@ def run_stage(project: Path, stage: str, check: bool = True) -> subprocess.Compl
 
 # Among the tests on the built project, the longest (servers started, whole flows run): first, so that
 # no worker is left running one of them alone at the end.
-LONGEST_ON_THE_BUILT_PROJECT = ("tests.test_servers", "tests.test_flows")
+LONGEST_ON_THE_BUILT_PROJECT = ("tests.test_servers", "tests.test_flows", "tests.test_task_runner")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

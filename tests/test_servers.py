@@ -79,6 +79,7 @@ def test_the_team_registry_refuses_alias_changes_from_anyone_but_the_pipeline(bu
            "MLFLOW_AUTH_CONFIG_PATH": str(project / "deploy" / "mlflow_basic_auth.ini"),
            "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
     server = _server(["mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+                      "--workers", "1",  # one client at a time here: 3 more would only cost their start
                       "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                       "--artifacts-destination", str(tmp_path / "artifacts")], env, tmp_path)
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from biomedclip_factory.errors import ParamsError
 from biomedclip_factory.io import read_jsonl
@@ -18,13 +19,13 @@ from .conftest import make_project, run_stage
 
 
 @pytest.mark.slow
-def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_path, monkeypatch):
+def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(built_project, tmp_path, monkeypatch):
+    """The same scrape and align as the default threads runner's (the built project's, by `dvc repro`)."""
     monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no Prefect server, whatever runs the tests has
     monkeypatch.setenv("PREFECT_PROFILE", "ephemeral")
     runners = {name: {"scrape": {"runner": name, "workers": 2}, "align": {"runner": name, "workers": 2}}
                for name in ("dask", "processes")}
-    projects = {"threads": make_project(tmp_path / "threads", {}),
-                **{name: make_project(tmp_path / name, overrides) for name, overrides in runners.items()}}
+    projects = {name: make_project(tmp_path / name, overrides) for name, overrides in runners.items()}
     for name, project in projects.items():
         for stage in ("scrape", "align"):
             proc = run_stage(project, stage)
@@ -33,7 +34,8 @@ def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_p
             assert ran_on_dask == (name == "dask"), log[-2000:]
             # without a Prefect server: one temporary server, the flow's, that the workers report to as well
             assert log.count("Starting temporary server") == (name == "dask"), log[-2000:]
-    threads = projects.pop("threads")
+    threads = built_project
+    assert yaml.safe_load((threads / "params.yaml").read_text())["align"]["runner"] == "threads"
     for other in projects.values():
         assert read_jsonl(other / "data/raw/manifest.jsonl") == read_jsonl(threads / "data/raw/manifest.jsonl")
         for f in (p for p in (threads / "data/raw").rglob("*") if p.is_file()):
@@ -45,6 +47,20 @@ def test_scrape_and_align_on_a_dask_cluster_and_on_processes_match_threads(tmp_p
             assert image.read_bytes() == (other / "data/pairs/images" / image.name).read_bytes()
         metrics = json.loads((other / "metrics/align.json").read_text())
         assert metrics["pairs"] == 10 and metrics["figures"] == 98
+
+
+def test_a_temporary_prefect_server_gets_minutes_to_start_in_the_project(monkeypatch, tmp_path):
+    """Every stage and flow runs in the project's root, whose settings give a temporary Prefect server (a Dask
+    stage's without PREFECT_API_URL) 2 minutes to answer: Prefect's 20 s failed a Dask stage on a busy machine."""
+    from prefect.settings import Settings
+
+    from .conftest import REPO
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert Settings().server.ephemeral.startup_timeout_seconds == 20  # Prefect's own, elsewhere
+    monkeypatch.chdir(REPO)
+    assert Settings().server.ephemeral.startup_timeout_seconds == 120
 
 
 def _threads_in_worker(_: int) -> tuple[str | None, int]:
