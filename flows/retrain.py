@@ -52,17 +52,21 @@ def overridden_params(project: Path, profile: str | None, source: str | None) ->
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Prefect on_failure hook: send the failure through the configured notification block."""
+    """Prefect on_failure and on_crashed hook: send the failure or crash through the configured notification
+    block."""
     block_name = (flow_run.parameters or {}).get("notify_block")
     if not block_name:
         return
     from prefect.blocks.core import Block
 
-    Block.load(block_name).notify(body=f"{flow_run.name} failed: {state.message}",
-                                  subject=f"biomedclip retrain failed ({flow_run.name})")
+    ended = state.name.lower()  # failed | crashed
+    Block.load(block_name).notify(body=f"{flow_run.name} {ended}: {state.message}",
+                                  subject=f"biomedclip retrain {ended} ({flow_run.name})")
 
 
-@flow(name="biomedclip-retrain", log_prints=True, on_failure=[notify_failure])
+# A run whose process is stopped (SIGTERM: `docker stop`, an eviction, a preempted node) or dies ends Crashed,
+# not Failed, and Prefect then runs only on_crashed hooks: the alert goes on both.
+@flow(name="biomedclip-retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def retrain(project: str = str(ROOT), profile: str | None = None, source: str | None = None,
             push: bool = False, notify_block: str | None = None, scrape_retries: int = 3) -> dict[str, Any]:
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""

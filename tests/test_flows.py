@@ -1,17 +1,22 @@
 """Prefect flows for real: the DAG once, scheduled retraining (no-change run trains nothing), failure alerts."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import copy_built, forget_flows as _forget_flows
+from .conftest import copy_built, forget_flows as _forget_flows, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -66,26 +71,78 @@ class _Inbox(BaseHTTPRequestHandler):
         pass
 
 
-def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on_path: Path):
+@contextlib.contextmanager
+def _alerts_inbox() -> Iterator[str]:
+    """A webhook receiving the retrain alerts, saved as the Prefect block whose name this yields."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from flows.retrain import retrain
-
+    _Inbox.received.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Inbox)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         CustomWebhookNotificationBlock(name="alerts", url=f"http://127.0.0.1:{server.server_port}/hook",
                                        json_data={"text": "{{subject}}: {{body}}"}).save("retrain-alerts", overwrite=True)
-        params = (project_on_path / "params.yaml").read_bytes()
-        state = retrain(project=str(project_on_path), source="no/such/mirror", notify_block="custom-webhook/retrain-alerts",
-                        scrape_retries=0, return_state=True)
+        yield "custom-webhook/retrain-alerts"
     finally:
         server.shutdown()
+
+
+def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on_path: Path):
+    from flows.retrain import retrain
+
+    with _alerts_inbox() as block:
+        params = (project_on_path / "params.yaml").read_bytes()
+        state = retrain(project=str(project_on_path), source="no/such/mirror", notify_block=block,
+                        scrape_retries=0, return_state=True)
     assert state.is_failed()
     assert _Inbox.received, "no notification arrived"
     message = json.loads(_Inbox.received[-1])["text"]
     assert "biomedclip retrain failed" in message and "scrape" in message, message
     assert (project_on_path / "params.yaml").read_bytes() == params  # the bad source lasted that run only
+
+
+class _Silent(BaseHTTPRequestHandler):
+    """A mirror that accepts and never answers: the scrape stage waits on it."""
+    asked = threading.Event()
+
+    def do_GET(self) -> None:
+        _Silent.asked.set()
+        time.sleep(60)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: Path, tmp_path: Path):
+    """`docker stop`, a Kubernetes eviction or a preempted node sends SIGTERM: Prefect ends the run Crashed,
+    not Failed, and runs only on_crashed hooks. The alert must go all the same."""
+    from prefect.settings import PREFECT_API_URL
+
+    mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    mirror.daemon_threads = True
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    env = {**project_env(project_on_path), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = tmp_path / "flow.log"
+    try:
+        with _alerts_inbox() as block, log.open("w") as out, subprocess.Popen(
+                [sys.executable, "-m", "flows.retrain", "--source", f"http://127.0.0.1:{mirror.server_port}/",
+                 "--notify-block", block], cwd=project_on_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True) as flow_run:
+            try:
+                assert _Silent.asked.wait(timeout=180), log.read_text()[-3000:]  # the scrape stage is under way
+                flow_run.send_signal(signal.SIGTERM)
+                assert flow_run.wait(timeout=120) != 0
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(flow_run.pid, signal.SIGKILL)  # whatever is left of it
+    finally:
+        mirror.shutdown()
+    said = log.read_text()
+    assert "Crashed" in said and "scrape: stopped its command" in said, said[-3000:]
+    assert _Inbox.received, "no notification arrived:\n" + said[-3000:]
+    message = json.loads(_Inbox.received[-1])["text"]
+    assert "biomedclip retrain crashed" in message and "termination signal" in message, message
 
 
 def test_a_runs_profile_and_source_last_only_that_run(tmp_path: Path):
