@@ -42,7 +42,7 @@ def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int) -> 
 
 def main(a: Namespace) -> None:
     p = load_section("register", ROOT / "params.yaml")
-    name, alias = p.get("model_name", str), p.get("alias", str)
+    name, alias = p.get("model_name", str), promote.new_version_alias(p)
     gate_metric, margin = p.get("gate_metric", str), p.get("margin", float)
     for needed in (a.model / "open_clip_config.json", a.eval, a.pretrain):
         if not needed.is_file():

@@ -8,6 +8,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
+from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.params import Section
 from biomedclip_factory.registry import promote
 from biomedclip_factory.registry.lineage import lineage_tags
 
@@ -144,3 +146,9 @@ def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(
     v2 = _version(client, tmp_path, {METRIC: 0.90, gallery: 1200})
     d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=unloadable)
     assert not d.promote and "could not be scored on this gallery" in d.reason and "artifacts gone" in d.reason
+
+
+def test_new_versions_cannot_be_aliased_champion_past_the_gate():
+    assert promote.new_version_alias(Section({"alias": "challenger"}, "register")) == "challenger"
+    with pytest.raises(ParamsError, match="'register.alias' must not be 'champion'"):
+        promote.new_version_alias(Section({"alias": "champion"}, "register"))

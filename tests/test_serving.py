@@ -14,7 +14,9 @@ import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.errors import DataError, ParamsError, TrackingServerError
+from biomedclip_factory.evaluate.models import load_encoder
+from biomedclip_factory.net import free_port
 from biomedclip_factory.params import Section
 from biomedclip_factory.registry.lineage import SERVING_DISTRIBUTIONS, serving_requirements
 from biomedclip_factory.registry.pyfunc import ServeLimits
@@ -166,3 +168,35 @@ def test_a_transparent_figure_is_served_on_white_as_align_trains_on_it(served):
     transparent, flat = (served.predict(pd.DataFrame({"image": [_b64(img)]}))["image_embedding"][0]
                          for img in (Image.fromarray(text, "RGBA"), on_white.convert("RGB")))
     assert transparent == flat
+
+
+def test_a_registered_model_scores_as_the_served_one(served):
+    """The gate scores the champion from the registry (downloaded into a directory that goes once it is
+    loaded: a remote store's copies would pile up on a scheduled host)."""
+    encoder = load_encoder("models:/served/1", REPO)
+    torch.testing.assert_close(encoder.embed_texts(["a chest x-ray"]),
+                               served.unwrap_python_model().encoder.embed_texts(["a chest x-ray"]))
+
+
+def test_a_broken_registered_model_is_a_data_error_and_an_unreachable_registry_is_not(served, tmp_path, monkeypatch):
+    """The gate refuses a candidate when the champion itself is broken (DataError); a registry it cannot reach
+    fails the run instead, to be retried, rather than reading as a broken champion."""
+    client = mlflow.MlflowClient()
+    copy = Path(mlflow.artifacts.download_artifacts(client.get_model_version("served", "1").source,
+                                                    dst_path=str(tmp_path / "copy")))
+    weights = next(copy.rglob("open_clip_model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a failed upload
+    broken = client.create_model_version("served", source=str(copy)).version
+    with pytest.raises(DataError, match=rf"model models:/served/{broken}: cannot load from the registry"):
+        load_encoder(f"models:/served/{broken}", REPO)
+    with pytest.raises(DataError, match="models:/served/99"):
+        load_encoder("models:/served/99", REPO)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    registry = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        with pytest.raises(TrackingServerError, match="did not answer"):
+            load_encoder("models:/served/1", REPO)
+    finally:
+        mlflow.set_tracking_uri(registry)

@@ -13,9 +13,19 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 
-from ..errors import DataError
+from ..errors import DataError, ParamsError
+from ..params import Section
 
 CHAMPION = "champion"
+
+
+def new_version_alias(register: Section) -> str:
+    """``register.alias``, the alias every new version gets: never champion, which only the gate moves."""
+    alias = register.get("alias", str)
+    if alias == CHAMPION:
+        raise ParamsError(f"params: '{register.path}.alias' must not be '{CHAMPION}': every new version gets it, "
+                          "which would promote it past the gate; only the gate moves champion (use e.g. challenger)")
+    return alias
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,9 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     """Compare ``version`` with the current champion of ``name`` on ``metric`` (higher is better).
 
     ``rescore(champion_version)`` scores the champion on the candidate's data when its own score was
-    measured on another gallery; a DataError from it refuses the candidate, with the reason.
-    Errors reading the registry propagate: an outage is not "no champion".
+    measured on another gallery; a DataError from it (a broken champion) refuses the candidate, with the
+    reason. Errors reading the registry, or reaching the champion, propagate: an outage is not "no champion"
+    nor a broken one.
     """
     tags = client.get_model_version(name, version).tags
     candidate = metric_of(eval_metrics(tags), metric)
@@ -83,9 +94,10 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
                                    f"this version on {ours[0]}: not comparable", candidate, champion_version, None)
         try:
             best = rescore(champion_version)
-        except DataError as exc:
-            return Decision(False, f"champion v{champion_version} could not be scored on this gallery: {exc}",
-                            candidate, champion_version, None)
+        except DataError as exc:  # the champion itself is broken (an unreachable one raises on: retried later)
+            return Decision(False, f"champion v{champion_version} could not be scored on this gallery: {exc}; "
+                                   f"until it is repaired, or the '{CHAMPION}' alias moved or deleted, no version "
+                                   "scored on a new gallery is promoted", candidate, champion_version, None)
         if best is None:
             return Decision(False, f"champion v{champion_version} got no '{metric}' on this gallery",
                             candidate, champion_version, None)
@@ -105,8 +117,9 @@ def _same_gallery(ours: tuple, theirs: tuple) -> bool:
 
 
 def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
-    """Record the decision on the version and move the champion alias when it says so."""
-    client.set_model_version_tag(name, version, "promotion", "champion" if decision.promote else "rejected")
-    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    """Move the champion alias when the decision says so, then record the decision on the version: a run
+    killed between the calls leaves a champion without its reason, never a version tagged champion that is not."""
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promotion", "champion" if decision.promote else "rejected")
+    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
