@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 
+from biomedclip_factory.workspace import workspace_held
+
 ROOT = Path(__file__).resolve().parent.parent
 # ``inputs`` first: it runs every time (it digests what params name) and fails fast on a missing
 # start or tokenizer dir, or a named path that is a pipeline output, before hours of scraping.
@@ -132,7 +134,8 @@ def run_scrape(project: Path, force: bool = False) -> list[str]:
 @flow(name="biomedclip-pipeline", log_prints=True)
 def pipeline(project: str = str(ROOT), force: bool = False, scrape_retries: int = 3) -> dict[str, bool]:
     """Reproduce every stage in order; returns which stages actually ran."""
-    return run_all(Path(project), force, scrape_retries, force_scrape=force)
+    with workspace_held(Path(project)):
+        return run_all(Path(project), force, scrape_retries, force_scrape=force)
 
 
 def run_all(project: Path, force: bool, scrape_retries: int, force_scrape: bool) -> dict[str, bool]:

@@ -22,6 +22,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.deployments.runner import EntrypointType
 
+from biomedclip_factory.workspace import params_kept, workspace_held
+
 from .pipeline import ROOT, run_all
 
 DEFAULT_CRON = "0 3 * * *"
@@ -30,25 +32,21 @@ DEFAULT_CRON = "0 3 * * *"
 @contextlib.contextmanager
 def overridden_params(project: Path, profile: str | None, source: str | None) -> Iterator[None]:
     """``params/<profile>.yaml`` and/or another scrape source for this run only (params.yaml's comments
-    kept): params.yaml is put back as it was afterwards, failed or not, so one manual run with other
-    parameters does not become every later scheduled run's."""
+    kept): params.yaml is put back as it was afterwards, failed or not, and by the next run if this one is
+    killed first, so one manual run with other parameters does not become every later scheduled run's."""
     from dvc.utils.serialize import modify_yaml
 
-    params_file = project / "params.yaml"
-    original = params_file.read_bytes()
     if profile:
         profile_file = project / "params" / f"{profile}.yaml"
         if not profile_file.is_file():
             raise FileNotFoundError(f"retrain: no profile {profile_file}")
-    try:
+    with params_kept(project) as params_file:
         if profile:
             params_file.write_text(profile_file.read_text())
         if source:
             with modify_yaml(str(params_file)) as params:
                 params["scrape"]["source"] = source
         yield
-    finally:
-        params_file.write_bytes(original)
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
@@ -71,18 +69,19 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
             push: bool = False, notify_block: str | None = None, scrape_retries: int = 3) -> dict[str, Any]:
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
     path = Path(project)
-    with overridden_params(path, profile, source):
-        ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
-    result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": None}
-    if ran["register"]:
-        registered = json.loads((path / "metrics" / "register.json").read_text())
-        result["promoted"] = bool(registered["promoted"])
-        result["reason"] = registered["promotion_reason"]
-    if push:
-        from dvc.repo import Repo
+    with workspace_held(path):
+        with overridden_params(path, profile, source):
+            ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
+        result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": None}
+        if ran["register"]:
+            registered = json.loads((path / "metrics" / "register.json").read_text())
+            result["promoted"] = bool(registered["promoted"])
+            result["reason"] = registered["promotion_reason"]
+        if push:
+            from dvc.repo import Repo
 
-        with Repo(str(path)) as repo:
-            repo.push()
+            with Repo(str(path)) as repo:
+                repo.push()
     get_run_logger().info("retrain: %s", result)
     return result
 

@@ -145,6 +145,41 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
     assert "biomedclip retrain crashed" in message and "termination signal" in message, message
 
 
+def test_a_second_run_in_the_workspace_fails_at_once_and_changes_nothing(prefect_api, project_on_path: Path):
+    """A manual run during the nightly one would rewrite params.yaml under its stages: it is refused, by name."""
+    from biomedclip_factory.workspace import workspace_held
+    from flows.pipeline import pipeline
+    from flows.retrain import retrain
+
+    params = (project_on_path / "params.yaml").read_bytes()
+    with workspace_held(project_on_path):  # the nightly run
+        states = [retrain(project=str(project_on_path), source="http://elsewhere/", return_state=True),
+                  pipeline(project=str(project_on_path), return_state=True)]
+    for state in states:
+        assert state.is_failed() and "another pipeline or retrain run holds this workspace" in state.message, state
+        assert f"pid {os.getpid()} on " in state.message
+    assert (project_on_path / "params.yaml").read_bytes() == params
+    assert not (project_on_path / "metrics" / "inputs.json").exists()  # no stage ran
+
+
+def test_params_a_killed_run_overrode_are_put_back_by_the_next(project_on_path: Path):
+    """SIGKILL (the OOM killer, a lost node) skips every ``finally``: the next run puts params.yaml back first."""
+    from biomedclip_factory.workspace import workspace_held
+
+    params = (project_on_path / "params.yaml").read_bytes()
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys; from pathlib import Path;"
+                             "from flows.retrain import overridden_params;"
+                             "ctx = overridden_params(Path(sys.argv[1]), None, 'http://elsewhere/'); ctx.__enter__();"
+                             "os.kill(os.getpid(), signal.SIGKILL)", str(project_on_path)],
+                            env=project_env(project_on_path), cwd=project_on_path)
+    assert killed.returncode == -signal.SIGKILL
+    assert b"http://elsewhere/" in (project_on_path / "params.yaml").read_bytes()
+    with workspace_held(project_on_path):
+        assert (project_on_path / "params.yaml").read_bytes() == params  # byte for byte, comments kept
+    with workspace_held(project_on_path):  # and once only
+        assert (project_on_path / "params.yaml").read_bytes() == params
+
+
 def test_a_runs_profile_and_source_last_only_that_run(tmp_path: Path):
     """A manual run with other parameters must not become every later scheduled run's."""
     from flows.retrain import overridden_params
