@@ -119,7 +119,7 @@ def test_eval_split_across_two_ranks_is_exact_and_disjoint(pairs, tmp_path):
     assert sorted(per_rank[0] + per_rank[1]) == sorted(r.pair_id for r in rows)
 
 
-def test_corrupted_image_is_skipped_and_counted(pairs, tmp_path):
+def test_corrupted_image_is_skipped_counted_and_named(pairs, tmp_path, caplog):
     root, rows = pairs
     (root / rows[2].image).write_bytes(b"\xff\xd8 this is not a jpeg")
     write_split(rows, root, tmp_path, "train", shard_size=10, seed=0)
@@ -128,6 +128,8 @@ def test_corrupted_image_is_skipped_and_counted(pairs, tmp_path):
     seen = _ids(eval_batches(tmp_path, "train", lambda img: torch.zeros(3, 8, 8), collate, 4, skips=skips))
     assert skips.skipped == 1
     assert sorted(seen) == sorted(r.pair_id for r in rows if r is not rows[2])
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(said) == 1 and "train-000000.tar: sample " + rows[2].shard_key + ": cannot decode" in said[0], said
 
 
 def test_truncated_shard_loses_only_its_tail(pairs, tmp_path):

@@ -69,7 +69,7 @@ class SkipCounter:
     def __call__(self, exc: Exception) -> bool:
         self.skipped += 1
         if self.skipped <= self.log_first:
-            log.warning("skipped a corrupted sample: %r", exc)
+            log.warning("skipped a corrupted sample: %s", exc)
         return True
 
 
@@ -144,11 +144,23 @@ def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_si
                         skips: SkipCounter, meta_fields: tuple[str, ...], draft_size: int | None = None) -> list:
     """Decoded, transformed, batched; of each sample's ``.json`` (~2 kB: mentions, hashes) only
     ``meta_fields`` travel on, through the worker queues and, in evaluation, for the whole split."""
-    decoders = ([draft_jpeg_decoder(draft_size)] if draft_size else []) + ["pilrgb"]
-    return [wds.decode(*decoders, handler=skips),
+    decoders = ([draft_jpeg_decoder(draft_size)] if draft_size else []) + [wds.autodecode.imagehandler("pilrgb")]
+    return [wds.map(_named_failures(wds.autodecode.Decoder(decoders)), handler=skips),
             wds.to_tuple("jpg", "txt", "json", handler=skips),
             wds.map_tuple(preprocess, lambda t: t, lambda j: {k: j[k] for k in meta_fields}, handler=skips),
             wds.batched(batch_size, collation_fn=collate, partial=partial)]
+
+
+def _named_failures(decode: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """``decode`` whose failure names the shard and the sample (webdataset's own error names neither: a
+    corrupt JPEG is "cannot identify image file <_io.BytesIO …>")."""
+    def decoded(sample: dict) -> dict:
+        try:
+            return decode(sample)
+        except Exception as exc:  # noqa: BLE001 - any decoder's error, handed to the skip handler
+            raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot decode "
+                            f"({type(exc).__name__}: {exc})") from exc
+    return decoded
 
 
 def _worker_id() -> int:
