@@ -62,9 +62,8 @@ def main(a: Namespace) -> None:
             if built_from.is_file():
                 mlflow.log_artifact(str(built_from), "lineage")
         client = mlflow.MlflowClient()
-        decision = promote.decide(client, name, result.version, gate_metric, margin,
-                                  champion_rescorer(a, name, gate_metric, limits.batch_size))
-        promote.apply(client, name, result.version, decision)
+        decision = promote.gate(client, name, result.version, gate_metric, margin,
+                                champion_rescorer(a, name, gate_metric, limits.batch_size))
         mlflow.set_tags({"promoted": str(decision.promote), "promotion_reason": decision.reason})
         seconds = time.perf_counter() - t0
     write_json_atomic(a.metrics,

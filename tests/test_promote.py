@@ -152,3 +152,24 @@ def test_new_versions_cannot_be_aliased_champion_past_the_gate():
     assert promote.new_version_alias(Section({"alias": "challenger"}, "register")) == "challenger"
     with pytest.raises(ParamsError, match="'register.alias' must not be 'champion'"):
         promote.new_version_alias(Section({"alias": "champion"}, "register"))
+
+
+def test_a_champion_moved_by_another_run_while_deciding_is_the_one_to_beat(client, tmp_path):
+    """Two runs promote at once: while this one scores the old champion again (minutes), the other moves
+    champion to a better version. This run must not move the alias back over it."""
+    gallery = "retrieval.test.gallery_size"
+    v1 = _version(client, tmp_path, {METRIC: 0.40, gallery: 1000})
+    promote.gate(client, "m", v1, METRIC, margin=0.0)
+    v2 = _version(client, tmp_path, {METRIC: 0.80, gallery: 1200})  # the other run's, on this gallery
+    ours = _version(client, tmp_path, {METRIC: 0.60, gallery: 1200})
+
+    def rescore(version):
+        if version == v1:  # the other run promotes while ours scores v1
+            client.set_registered_model_alias("m", "champion", v2)
+            return 0.30
+        raise AssertionError(f"v{version} is on this gallery: its tag is its score")
+
+    d = promote.gate(client, "m", ours, METRIC, margin=0.0, rescore=rescore)
+    assert not d.promote and d.champion_version == v2 and d.champion_score == 0.80
+    assert client.get_model_version_by_alias("m", "champion").version == v2
+    assert client.get_model_version("m", ours).tags["promotion"] == "rejected"

@@ -116,6 +116,26 @@ def _same_gallery(ours: tuple, theirs: tuple) -> bool:
     return ours[0] == theirs[0] and (ours[1] is None or theirs[1] is None or ours[1] == theirs[1])
 
 
+def gate(client: MlflowClient, name: str, version: str, metric: str, margin: float,
+         rescore: Callable[[str], float | None] | None = None, tries: int = 3) -> Decision:
+    """``decide`` and ``apply``, the decision made again if another run moved champion meanwhile.
+
+    MLflow has no compare-and-set on an alias, and scoring a champion again takes minutes: two runs (two
+    workspaces, a developer's ``dvc repro`` against the team's registry) could each beat the old champion
+    and the later one move the alias over a better model. The alias is read again just before it moves;
+    if it changed, the new champion is the one to beat. That leaves a window of two requests, not minutes."""
+    for _ in range(tries):
+        decision = decide(client, name, version, metric, margin, rescore)
+        if not decision.promote or client.get_registered_model(name).aliases.get(CHAMPION) == \
+                decision.champion_version:
+            apply(client, name, version, decision)
+            return decision
+        print(f"register: champion moved to v{client.get_registered_model(name).aliases.get(CHAMPION)} while "
+              f"this run decided against v{decision.champion_version}: deciding again", flush=True)
+    raise DataError(f"register: champion of '{name}' kept moving during {tries} decisions: another run is "
+                    "promoting at the same time; run again")
+
+
 def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
     """Move the champion alias when the decision says so, then record the decision on the version: a run
     killed between the calls leaves a champion without its reason, never a version tagged champion that is not."""
