@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
+import socket
 from pathlib import Path
 
 import mlflow
@@ -14,9 +16,8 @@ import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from biomedclip_factory.errors import DataError, ParamsError, TrackingServerError
+from biomedclip_factory.errors import DataError, ParamsError, SourceError, TrackingServerError
 from biomedclip_factory.evaluate.models import load_encoder
-from biomedclip_factory.net import free_port
 from biomedclip_factory.params import Section
 from biomedclip_factory.registry.lineage import SERVING_DISTRIBUTIONS, serving_requirements
 from biomedclip_factory.registry.pyfunc import ServeLimits
@@ -25,7 +26,7 @@ from biomedclip_factory.registry.register import register_model
 from .conftest import REPO, tiny_model_dir
 
 LIMITS = ServeLimits(max_rows=40, max_request_bytes=2_000_000, max_image_bytes=500_000, max_image_pixels=4_000_000,
-                     batch_size=8)
+                     max_request_pixels=6_000_000, batch_size=8)
 
 
 def _b64(img: Image.Image, fmt: str = "PNG") -> str:
@@ -75,6 +76,14 @@ def test_a_pixel_bomb_is_refused_from_its_header_before_decoding(served):
     assert message == "row 1: image of 13000x13000 pixels exceeds the limit of 4000000 pixels"  # said before decoding
     icon = _b64(Image.new("RGB", (64, 64)), "ICO")  # ICO decodes while opening: not a format figures come in
     assert _refused(served, pd.DataFrame({"image": [icon]})) == "row 0: 'image' is not a decodable image"
+    # each image is decoded whole: the request's pixels are bounded too, from the headers
+    plain = _b64(Image.new("RGB", (1500, 1500), (30, 60, 90)))
+    assert _refused(served, pd.DataFrame({"image": [plain] * 3})) == \
+        "the request's images hold 6750000 pixels; the limit is 6000000 (send fewer or smaller images per request)"
+    cut = base64.b64decode(_b64(Image.effect_mandelbrot((300, 200), (-2, -1.2, 1, 1.2), 60).convert("RGB"), "JPEG"))
+    assert _refused(served, pd.DataFrame({"image": [_b64(Image.new("RGB", (40, 40))),
+                                                    base64.b64encode(cut[:len(cut) // 2]).decode()]})) == \
+        "row 1: 'image' is not a decodable image"  # a truncated file: the client's error, not a 500
 
 
 def test_garbage_rows_and_oversized_requests_are_refused_by_name(served):
@@ -178,25 +187,41 @@ def test_a_registered_model_scores_as_the_served_one(served):
                                served.unwrap_python_model().encoder.embed_texts(["a chest x-ray"]))
 
 
-def test_a_broken_registered_model_is_a_data_error_and_an_unreachable_registry_is_not(served, tmp_path, monkeypatch):
-    """The gate refuses a candidate when the champion itself is broken (DataError); a registry it cannot reach
-    fails the run instead, to be retried, rather than reading as a broken champion."""
+def test_a_broken_registered_model_is_a_data_error_and_one_that_cannot_be_fetched_is_not(served, tmp_path,
+                                                                                        monkeypatch):
+    """The gate refuses a candidate when the champion itself is broken (DataError); a registry or artifact
+    store it cannot reach, or a download that fails, fails the run instead, to be retried."""
     client = mlflow.MlflowClient()
     copy = Path(mlflow.artifacts.download_artifacts(client.get_model_version("served", "1").source,
                                                     dst_path=str(tmp_path / "copy")))
+    gone = shutil.copytree(copy, tmp_path / "gone")
     weights = next(copy.rglob("open_clip_model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a failed upload
     broken = client.create_model_version("served", source=str(copy)).version
-    with pytest.raises(DataError, match=rf"model models:/served/{broken}: cannot load from the registry"):
+    with pytest.raises(DataError, match=rf"model models:/served/{broken}: its artifacts do not load"):
         load_encoder(f"models:/served/{broken}", REPO)
-    with pytest.raises(DataError, match="models:/served/99"):
+    with pytest.raises(DataError, match="model models:/served/99: not in the registry"):
         load_encoder("models:/served/99", REPO)
+    lost = client.create_model_version("served", source=str(gone)).version
+    shutil.rmtree(gone)  # the store lost them
+    with pytest.raises(DataError, match=rf"model models:/served/{lost}: its artifacts do not load"):
+        load_encoder(f"models:/served/{lost}", REPO)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     registry = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    try:
-        with pytest.raises(TrackingServerError, match="did not answer"):
-            load_encoder("models:/served/1", REPO)
-    finally:
-        mlflow.set_tracking_uri(registry)
+    with socket.socket() as closed:  # bound, never listening: a connection is refused, whatever else runs
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", down)
+        in_s3 = client.create_model_version("served", source="s3://team-bucket/models/served").version
+        with pytest.raises(SourceError, match=rf"model models:/served/{in_s3}: cannot download it"):
+            load_encoder(f"models:/served/{in_s3}", REPO)  # the artifact store down: not a broken model
+        mlflow.set_tracking_uri(down)
+        try:
+            with pytest.raises(TrackingServerError, match="did not answer"):
+                load_encoder("models:/served/1", REPO)
+        finally:
+            mlflow.set_tracking_uri(registry)

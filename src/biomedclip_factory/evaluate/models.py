@@ -5,7 +5,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import DataError, ParamsError
+from ..errors import AccessError, DataError, ParamsError, TrackingServerError
 from ..model.snapshot import convert_snapshot, is_snapshot
 from .embed import Encoder, default_device
 
@@ -38,44 +38,35 @@ def load_encoder(spec: str, project_root: Path, text_dir: str | None = None) -> 
 def _registry_encoder(spec: str) -> Encoder:
     """The registered model's encoder, downloaded into a directory that goes once it is in memory.
 
-    Only what is wrong with the model itself (no such version or alias, artifacts missing, corrupt or not
-    this pyfunc) is a DataError, on which the promotion gate refuses a candidate. A tracking server or
-    artifact store that does not answer, or refuses us, is its own error: the run fails, to be retried,
-    rather than concluding that a champion it could not reach is unusable."""
+    Three steps, each failing its own way. A version or alias that does not exist, and artifacts that are
+    there but do not load (corrupt weights, not this pyfunc), are the model's own problem: a DataError, on
+    which the promotion gate refuses a candidate. A tracking server or artifact store that does not answer,
+    refuses us, or fails the download is not: the run fails, to be retried, rather than concluding that a
+    champion it could not fetch is unusable (MLflow reports a failed file of a download as one new error
+    without its cause, so only the step tells them apart)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from ..errors import AccessError, SourceError, TrackingServerError
+    from ..errors import SourceError
     from ..tracking import server_errors_named
 
     with tempfile.TemporaryDirectory(prefix="registry-model-") as tmp:
         try:
             with server_errors_named(mlflow.get_tracking_uri()):
-                return mlflow.pyfunc.load_model(spec, dst_path=tmp).unwrap_python_model().encoder
+                local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise DataError(f"model {spec}: not in the registry ({str(exc)[:300]})") from exc
+            raise SourceError(f"model {spec}: cannot download it ({_said(exc)})") from exc
         except (AccessError, TrackingServerError):
             raise
-        except Exception as exc:  # noqa: BLE001 - sorted below: unpickling and weights raise anything
-            problem = f"{type(exc).__name__}: {str(exc)[:500]}"
-            if _artifact_store_unreachable(exc):
-                raise SourceError(f"model {spec}: its artifact store did not answer or refused ({problem})") from exc
-            raise DataError(f"model {spec}: cannot load from the registry ({problem})") from exc
+        except Exception as exc:  # noqa: BLE001 - the artifact store's client raises its own kinds
+            raise SourceError(f"model {spec}: cannot download it ({_said(exc)})") from exc
+        try:
+            return mlflow.pyfunc.load_model(local).unwrap_python_model().encoder
+        except Exception as exc:  # noqa: BLE001 - unpickling and weights raise anything
+            raise DataError(f"model {spec}: its artifacts do not load ({_said(exc)})") from exc
 
 
-def _artifact_store_unreachable(exc: BaseException | None) -> bool:
-    """A connection, timeout or credentials error from the artifact store (S3 and kin through boto3, HTTP),
-    anywhere in the chain; a missing key (404) is the model's own problem."""
-    import requests
-
-    unreachable: tuple[type[BaseException], ...] = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # no S3 client installed: no S3 artifact store either
-        ClientError = None  # noqa: N806
-    else:
-        unreachable += (BotoCoreError,)
-    while exc is not None:
-        if isinstance(exc, unreachable):
-            return True
-        if ClientError is not None and isinstance(exc, ClientError):
-            return exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "NoSuchBucket", "404")
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:500]}"

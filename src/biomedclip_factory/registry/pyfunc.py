@@ -43,6 +43,7 @@ class ServeLimits:
     max_request_bytes: int = 64 * 2**20  # images and texts together, as sent
     max_image_bytes: int = 16 * 2**20  # one decoded base64 image file
     max_image_pixels: int = 40_000_000  # width × height from the header, checked before decoding
+    max_request_pixels: int = 512_000_000  # all of a request's images, from their headers: each is decoded whole
     batch_size: int = 32  # images decoded and embedded at a time
 
     @classmethod
@@ -64,11 +65,9 @@ def bad_input(message: str) -> MlflowException:
     return MlflowException.invalid_parameter_value(message)
 
 
-def decode_image(value: str, row: int, limits: ServeLimits) -> Image.Image:
-    """Row ``row``'s base64 image, checked against ``limits`` from its header, decoded whole as RGB: a JPEG
-    shrunk while decoding (Pillow's draft) would give other pixels, hence other embeddings, than the ones
-    open_clip's preprocess and the evaluate stage compute from the same file. Non-strings never get here:
-    the model's signature makes MLflow refuse them with a 400."""
+def open_image(value: str, row: int, limits: ServeLimits) -> Image.Image:
+    """Row ``row``'s base64 image, its header read and checked against ``limits``; no pixel decoded yet.
+    Non-strings never get here: the model's signature makes MLflow refuse them with a 400."""
     if len(value) * 3 // 4 > limits.max_image_bytes:
         raise bad_input(f"row {row}: image is larger than {limits.max_image_bytes} bytes")
     value = "".join(value.split())  # line breaks of wrapped base64 (GNU base64 wraps at 76 columns, MIME too)
@@ -76,25 +75,32 @@ def decode_image(value: str, row: int, limits: ServeLimits) -> Image.Image:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise bad_input(f"row {row}: 'image' is not valid base64 (file paths are not accepted)") from None
-    too_big = f"row {row}: image exceeds the limit of {limits.max_image_pixels} pixels"
     try:
         with warnings.catch_warnings():  # Pillow's own bomb warning: ours below is the stricter check
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except Image.DecompressionBombError:
-        raise bad_input(too_big) from None
+        raise bad_input(f"row {row}: image exceeds the limit of {limits.max_image_pixels} pixels") from None
     except (OSError, ValueError, SyntaxError):
         raise bad_input(f"row {row}: 'image' is not a decodable image") from None
     width, height = img.size
     if width * height > limits.max_image_pixels:
         raise bad_input(f"row {row}: image of {width}x{height} pixels exceeds the limit of "
                         f"{limits.max_image_pixels} pixels")
+    return img
+
+
+def decode_image(img: Image.Image, row: int, limits: ServeLimits) -> Image.Image:
+    """An opened image decoded whole as RGB: a JPEG shrunk while decoding (Pillow's draft) would give other
+    pixels, hence other embeddings, than the ones open_clip's preprocess and the evaluate stage compute
+    from the same file. A truncated file fails here, as the client's error, not later in the preprocess."""
     try:
+        img.load()
         img = to_rgb(img)  # as align made the training figures RGB
     except (OSError, ValueError, SyntaxError):
         raise bad_input(f"row {row}: 'image' is not a decodable image") from None
     if img.width * img.height > limits.max_image_pixels:  # the header said less than the decoder made
-        raise bad_input(too_big)
+        raise bad_input(f"row {row}: image exceeds the limit of {limits.max_image_pixels} pixels")
     return img
 
 
@@ -130,9 +136,14 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         """Embeddings of ``rows``' images, ``batch_size`` at a time. Each image goes through the model's
         preprocess as soon as it is decoded: one full-size image is in memory at a time, and a batch holds
         only model-sized pixels."""
+        opened = [open_image(images[i], i, self.limits) for i in rows]
+        pixels = sum(img.width * img.height for img in opened)
+        if pixels > self.limits.max_request_pixels:  # each is decoded whole: bound the request's work
+            raise bad_input(f"the request's images hold {pixels} pixels; the limit is "
+                            f"{self.limits.max_request_pixels} (send fewer or smaller images per request)")
         chunks, batch = [], []
-        for i in rows:
-            batch.append(self.encoder.preprocess(decode_image(images[i], i, self.limits)))
+        for i, img in zip(rows, opened):
+            batch.append(self.encoder.preprocess(decode_image(img, i, self.limits)))
             if len(batch) == self.limits.batch_size:
                 chunks.append(self.encoder.embed_pixels(torch.stack(batch)))
                 batch = []
