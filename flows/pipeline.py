@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 
-from biomedclip_factory.workspace import workspace_held
+from biomedclip_factory.workspace import stage_processes, workspace_held
 
 ROOT = Path(__file__).resolve().parent.parent
 # ``inputs`` first: it runs every time (it digests what params name) and fails fast on a missing
@@ -57,21 +57,13 @@ def _this_python_first() -> Iterator[None]:
 def _stop_stage_commands(stage: str, project: Path, grace_s: float = 10.0) -> None:
     """An interrupted DVC leaves its stage's command running. Unstopped, that command would go on
     (holding the GPUs) and swap its outputs in after the last good ones were restored; a signal
-    to this process alone (``kill``, a supervisor) reaches no child. Stop every process DVC started
-    for this project's ``stage`` (``DVC_STAGE`` and ``DVC_ROOT`` in its environment) with all its
-    descendants, workers and launchers included. Never in the way of the restore that follows."""
+    to this process alone (``kill``, a supervisor) reaches no child. Stop every process running this
+    project's ``stage`` with all its descendants, workers and launchers included. Never in the way of
+    the restore that follows."""
     import psutil
 
-    def runs_stage(process: psutil.Process) -> bool:
-        try:
-            env = process.environ()
-        except psutil.Error:  # gone, or another user's
-            return False
-        root = env.get("DVC_ROOT")
-        return env.get("DVC_STAGE") == stage and (root is None or Path(root).resolve() == project.resolve())
-
     try:
-        found = [p for p in psutil.Process().children(recursive=True) if runs_stage(p)]
+        found = stage_processes(project, stage)
         running = {p.pid: p for p in found}
         for process in found:  # a descendant that cleaned its environment is still the stage's
             with contextlib.suppress(psutil.Error):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.deployments.runner import EntrypointType
 
-from biomedclip_factory.workspace import params_kept, workspace_held
+from biomedclip_factory.workspace import params_overridden, workspace_held
 
 from .pipeline import ROOT, run_all
 
@@ -36,16 +37,22 @@ def overridden_params(project: Path, profile: str | None, source: str | None) ->
     killed first, so one manual run with other parameters does not become every later scheduled run's."""
     from dvc.utils.serialize import modify_yaml
 
+    if not profile and not source:
+        yield
+        return
+    params_file = project / "params.yaml"
     if profile:
-        profile_file = project / "params" / f"{profile}.yaml"
-        if not profile_file.is_file():
-            raise FileNotFoundError(f"retrain: no profile {profile_file}")
-    with params_kept(project) as params_file:
-        if profile:
-            params_file.write_text(profile_file.read_text())
+        params_file = project / "params" / f"{profile}.yaml"
+        if not params_file.is_file():
+            raise FileNotFoundError(f"retrain: no profile {params_file}")
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / "params.yaml"
+        draft.write_bytes(params_file.read_bytes())
         if source:
-            with modify_yaml(str(params_file)) as params:
+            with modify_yaml(str(draft)) as params:
                 params["scrape"]["source"] = source
+        override = draft.read_bytes()
+    with params_overridden(project, override):
         yield
 
 

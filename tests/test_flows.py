@@ -118,6 +118,7 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
     not Failed, and runs only on_crashed hooks. The alert must go all the same."""
     from prefect.settings import PREFECT_API_URL
 
+    _Silent.asked.clear()
     mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
     mirror.daemon_threads = True
     threading.Thread(target=mirror.serve_forever, daemon=True).start()
@@ -178,6 +179,31 @@ def test_params_a_killed_run_overrode_are_put_back_by_the_next(project_on_path: 
         assert (project_on_path / "params.yaml").read_bytes() == params  # byte for byte, comments kept
     with workspace_held(project_on_path):  # and once only
         assert (project_on_path / "params.yaml").read_bytes() == params
+
+
+def test_after_a_killed_run_an_edit_to_params_is_kept_and_a_left_stage_command_holds_the_workspace(
+        project_on_path: Path, capsys):
+    """What a killed run leaves: its override, which someone then edits (a `git pull`, by hand): the edit
+    stays; a stage command that outlived it: the next run waits for it rather than run beside it."""
+    from biomedclip_factory.workspace import WorkspaceBusyError, workspace_held
+    from flows.retrain import overridden_params
+
+    edited = b"# edited after the crash\n" + (project_on_path / "params.yaml").read_bytes()
+    context = overridden_params(project_on_path, None, "http://elsewhere/")
+    context.__enter__()  # and never left, as by SIGKILL
+    (project_on_path / "params.yaml").write_bytes(edited)
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            env={**os.environ, "DVC_STAGE": "pretrain", "DVC_ROOT": str(project_on_path)})
+    try:
+        with pytest.raises(WorkspaceBusyError, match=f"stage commands already run in this workspace .pids {left.pid}"):
+            with workspace_held(project_on_path):
+                pass
+    finally:
+        left.kill()
+        left.wait()
+    with workspace_held(project_on_path):
+        assert (project_on_path / "params.yaml").read_bytes() == edited
+    assert "kept as edited" in capsys.readouterr().out
 
 
 def test_a_runs_profile_and_source_last_only_that_run(tmp_path: Path):

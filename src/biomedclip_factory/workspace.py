@@ -3,13 +3,15 @@
 DVC locks a workspace only while it reproduces one stage, for ~3 s of waiting at most, and knows nothing of
 what the flows do around it: a manual run started during the nightly one would rewrite params.yaml (its
 profile or source) under the stages still running, or restore a failed stage's outputs under the other
-run's feet. The lock is an ``flock`` on a file in ``.dvc/tmp``: the system drops it when its holder dies,
-``kill -9`` included, so a dead run never holds the workspace.
+run's feet. The lock is an ``flock`` on the project directory itself: the system drops it when its holder
+dies, ``kill -9`` included, and no cleanup (``rm -rf .dvc/tmp``, ``git clean``) can remove it from under a
+run. A stage command that outlived its killed flow holds no lock, so the next run looks for one too.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import socket
 import time
@@ -18,63 +20,96 @@ from pathlib import Path
 
 from .errors import FactoryError
 
-LOCK = Path(".dvc") / "tmp" / "flow-run.lock"
+HOLDER = Path(".dvc") / "tmp" / "flow-run.holder"  # who holds the lock, for the message of whoever is refused
 PARAMS_BEFORE_RUN = Path(".dvc") / "tmp" / "params.yaml.before-run"  # while a run's override is in place
+OVERRIDE_DIGEST = Path(".dvc") / "tmp" / "params.yaml.override-sha256"  # what the run wrote in its place
 
 
 class WorkspaceBusyError(FactoryError):
-    """Another flow run holds the project's workspace."""
+    """Another flow run, or a stage command one left behind, is working in the project."""
 
 
 @contextlib.contextmanager
 def workspace_held(project: Path) -> Iterator[None]:
-    """Hold ``project`` for one flow run, or fail at once naming the run that holds it; on entry, a params.yaml
+    """Hold ``project`` for one flow run, or fail at once naming what holds it; on entry, a params.yaml
     that a killed run left overridden is put back first."""
-    lock = project / LOCK
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a+") as handle:
+    holder = project / HOLDER
+    fd = os.open(project, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            raise WorkspaceBusyError(f"{project}: another pipeline or retrain run holds this workspace "
-                                     f"({handle.read().strip() or 'holder unknown'}); run again once it ends") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-        handle.flush()
+            said = holder.read_text().strip() if holder.is_file() else "holder unknown"
+            raise WorkspaceBusyError(f"{project}: another pipeline or retrain run holds this workspace ({said}); "
+                                     "run again once it ends") from None
+        running = stage_processes(project)
+        if running:
+            raise WorkspaceBusyError(f"{project}: stage commands already run in this workspace (pids "
+                                     f"{', '.join(str(p.pid) for p in running)}: a `dvc repro`, or left by a run "
+                                     "that was killed): wait for them or stop them, then run again")
+        holder.parent.mkdir(parents=True, exist_ok=True)
+        holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        _put_back_params(project, "a run killed before it could put it back")
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def stage_processes(project: Path, stage: str | None = None) -> list:
+    """This user's processes running a DVC stage command (``stage``, or any) of ``project``: DVC puts
+    ``DVC_STAGE`` and ``DVC_ROOT`` in each command's environment."""
+    import psutil
+
+    def runs(process: psutil.Process) -> bool:
         try:
-            _put_back_params(project, "a run killed before it could put it back")
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            env = process.environ()
+        except psutil.Error:  # gone, or another user's
+            return False
+        return ("DVC_STAGE" in env and (stage is None or env["DVC_STAGE"] == stage)
+                and Path(env.get("DVC_ROOT", "/nonexistent")).resolve() == root)
+
+    root = project.resolve()
+
+    me = os.getpid()
+    return [p for p in psutil.process_iter() if p.pid != me and runs(p)]
 
 
 @contextlib.contextmanager
-def params_kept(project: Path) -> Iterator[Path]:
-    """Yield params.yaml for a run to override; afterwards, and on the next run's entry if this one is
-    killed before that, it is put back byte for byte (comments included)."""
-    params, before = project / "params.yaml", project / PARAMS_BEFORE_RUN
+def params_overridden(project: Path, override: bytes) -> Iterator[None]:
+    """params.yaml replaced by ``override`` for a run; afterwards, and on the next run's entry if this one is
+    killed before that, put back byte for byte (comments included), unless someone edited it meanwhile."""
+    params, before, digest = project / "params.yaml", project / PARAMS_BEFORE_RUN, project / OVERRIDE_DIGEST
     before.parent.mkdir(parents=True, exist_ok=True)
-    tmp = before.with_suffix(".tmp")
-    tmp.write_bytes(params.read_bytes())
-    os.replace(tmp, before)  # whole or absent: a kill mid-write must not leave half a params.yaml to restore
+    _write_whole(digest, hashlib.sha256(override).hexdigest().encode())
+    _write_whole(before, params.read_bytes())  # present only with its digest beside it
+    _write_whole(params, override)
     try:
-        yield params
+        yield
     finally:
         _put_back_params(project)
 
 
 def _put_back_params(project: Path, why: str | None = None) -> None:
-    """params.yaml as it was before a run's override, if one is in place; ``why`` is said when it was."""
-    before = project / PARAMS_BEFORE_RUN
+    """params.yaml as it was before a run's override, if that override is still what it holds; ``why`` is
+    said when it was put back. An edit made since (by hand, a ``git pull``) is kept, and said."""
+    params, before, digest = project / "params.yaml", project / PARAMS_BEFORE_RUN, project / OVERRIDE_DIGEST
     if not before.is_file():
+        digest.unlink(missing_ok=True)
         return
-    params = project / "params.yaml"
-    if params.read_bytes() != before.read_bytes():
+    current = params.read_bytes() if params.is_file() else b""
+    if digest.is_file() and hashlib.sha256(current).hexdigest() == digest.read_text().strip():
         if why:
             print(f"workspace: params.yaml put back as it was before the override of {why}", flush=True)
-        tmp = params.with_suffix(".yaml.tmp")
-        tmp.write_bytes(before.read_bytes())
-        os.replace(tmp, params)
+        _write_whole(params, before.read_bytes())
+    elif current != before.read_bytes():
+        print("workspace: params.yaml was edited while a run's override was in place: kept as edited",
+              flush=True)
     before.unlink()
+    digest.unlink(missing_ok=True)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Whole or not at all: a kill mid-write must not leave half a params.yaml."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
