@@ -153,6 +153,25 @@ def test_two_workers_still_read_each_sample_once(pairs, tmp_path):
     assert sorted(seen) == sorted(r.pair_id for r in rows)
 
 
+def test_training_shuffles_samples_as_open_clip_trainer_does(tmp_path):
+    """open_clip_train's sample buffer (data.py's _SAMPLE_SHUFFLE_SIZE and _INITIAL, the paper's run): 5,000
+    samples, the first batch once 1,000 are in, so it already mixes ~20 shards of 50, not the first two."""
+    from biomedclip_factory.shards.loader import SAMPLE_SHUFFLE_INITIAL, SAMPLE_SHUFFLE_SIZE
+
+    assert (SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL) == (5000, 1000)
+    (tmp_path / "images").mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+    rows = [make_pair(f"PMC{i}.1", "F1", "a caption") for i in range(1200)]
+    for row in rows:
+        (tmp_path / row.image).write_bytes(buf.getvalue())
+    write_split(rows, tmp_path, tmp_path / "shards", "train", shard_size=50, seed=0)
+    shard_of = {pair: tar.name for tar in (tmp_path / "shards" / "train").glob("*.tar") for pair in _shard_ids(tar)}
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    first = next(train_batches(tmp_path / "shards", _zeros, collate, batch_size=32, seed=0, rank=0))[2]
+    assert len({shard_of[m["pair_id"]] for m in first}) >= 8
+
+
 def test_ranks_draw_different_training_streams(pairs, tmp_path):
     root, rows = pairs
     write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)

@@ -181,9 +181,16 @@ def _pinned(batch: Batch) -> Batch:
     return tuple(part.pin_memory() if isinstance(part, torch.Tensor) else part for part in batch)
 
 
+# open_clip_train's sample shuffle (data.py's _SAMPLE_SHUFFLE_SIZE and _INITIAL): samples still encoded,
+# ~5,000 × ~35 kB (a 512-px figure and its JSON) per loader worker, the first batch once 1,000 are in.
+SAMPLE_SHUFFLE_SIZE = 5000
+SAMPLE_SHUFFLE_INITIAL = 1000
+
+
 def train_batches(shard_base: str | Path, preprocess: Callable, collate: CaptionCollator, batch_size: int, seed: int,
-                  rank: int, num_workers: int = 0, prefetch_factor: int = 2, shuffle_buffer: int = 1000,
-                  skips: SkipCounter | None = None, draft_size: int | None = None) -> Iterator[Batch]:
+                  rank: int, num_workers: int = 0, prefetch_factor: int = 2,
+                  shuffle_buffer: int = SAMPLE_SHUFFLE_SIZE, skips: SkipCounter | None = None,
+                  draft_size: int | None = None) -> Iterator[Batch]:
     """An endless stream of training batches for ``rank``, the same for the same seed. With ``draft_size``
     (the model's input side) JPEGs decode in draft mode as small as a crop at that size allows."""
     urls = shard_urls(shard_base, "train")
@@ -197,7 +204,8 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=skips),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(f"{seed}:{rank}")),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, SAMPLE_SHUFFLE_INITIAL),
+                    rng=random.Random(f"{seed}:{rank}")),
         *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, meta_fields=("pair_id",),
                              draft_size=draft_size),
     )
