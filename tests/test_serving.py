@@ -200,8 +200,9 @@ def test_a_broken_registered_model_is_a_data_error_and_one_that_cannot_be_fetche
     broken = client.create_model_version("served", source=str(copy)).version
     with pytest.raises(DataError, match=rf"model models:/served/{broken}: its artifacts do not load"):
         load_encoder(f"models:/served/{broken}", REPO)
-    with pytest.raises(DataError, match="model models:/served/99: not in the registry"):
-        load_encoder("models:/served/99", REPO)
+    for absent in ("models:/served/99", "models:/served@no-such-alias", "models:/no-such-model/1"):
+        with pytest.raises(DataError, match=f"model {absent}: not in the registry"):
+            load_encoder(absent, REPO)
     lost = client.create_model_version("served", source=str(gone)).version
     shutil.rmtree(gone)  # the store lost them
     with pytest.raises(DataError, match=rf"model models:/served/{lost}: its artifacts do not load"):

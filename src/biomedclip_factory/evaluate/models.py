@@ -35,6 +35,11 @@ def load_encoder(spec: str, project_root: Path, text_dir: str | None = None) -> 
         raise DataError(f"model {spec}: cannot load {path}: {exc}") from exc
 
 
+# What the registry answers for a model, version or alias it does not hold (an alias: "not found", as an
+# invalid parameter), or a URI it cannot read: the spec's problem, not the server's.
+NOT_THERE = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def _registry_encoder(spec: str) -> Encoder:
     """The registered model's encoder, downloaded into a directory that goes once it is in memory.
 
@@ -55,7 +60,7 @@ def _registry_encoder(spec: str) -> Encoder:
             with server_errors_named(mlflow.get_tracking_uri()):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp)
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            if exc.error_code in NOT_THERE:
                 raise DataError(f"model {spec}: not in the registry ({str(exc)[:300]})") from exc
             raise SourceError(f"model {spec}: cannot download it ({_said(exc)})") from exc
         except (AccessError, TrackingServerError):
