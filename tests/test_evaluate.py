@@ -98,7 +98,7 @@ def test_models_and_datasets_added_through_params_only(built_project: Path, tmp_
     proc = run_stage(project, "evaluate")
     report = json.loads((project / "metrics/eval.json").read_text())["models"]
     assert set(report) == {"ours", "copy", "champion", "nope"}
-    assert "cannot load from the registry" in report["nope"]["error"]
+    assert "not in the registry" in report["nope"]["error"]
     ours, copy, champion = report["ours"], report["copy"], report["champion"]
     assert champion["retrieval"] == ours["retrieval"]  # the registered champion is the model we trained
     assert ours["zeroshot"]["pneumoniamnist"]["images"] == 200 and ours["zeroshot"]["brain_tumor_mri"]["images"] == 48
