@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import FactoryError
+from .io import write_bytes_atomic
 
 HOLDER = Path(".dvc") / "tmp" / "flow-run.holder"  # who holds the lock, for the message of whoever is refused
 PARAMS_BEFORE_RUN = Path(".dvc") / "tmp" / "params.yaml.before-run"  # while a run's override is in place
@@ -80,9 +81,9 @@ def params_overridden(project: Path, override: bytes) -> Iterator[None]:
     killed before that, put back byte for byte (comments included), unless someone edited it meanwhile."""
     params, before, digest = project / "params.yaml", project / PARAMS_BEFORE_RUN, project / OVERRIDE_DIGEST
     before.parent.mkdir(parents=True, exist_ok=True)
-    _write_whole(digest, hashlib.sha256(override).hexdigest().encode())
-    _write_whole(before, params.read_bytes())  # present only with its digest beside it
-    _write_whole(params, override)
+    write_bytes_atomic(digest, hashlib.sha256(override).hexdigest().encode())
+    write_bytes_atomic(before, params.read_bytes())  # present only with its digest beside it
+    write_bytes_atomic(params, override)
     try:
         yield
     finally:
@@ -100,16 +101,10 @@ def _put_back_params(project: Path, why: str | None = None) -> None:
     if digest.is_file() and hashlib.sha256(current).hexdigest() == digest.read_text().strip():
         if why:
             print(f"workspace: params.yaml put back as it was before the override of {why}", flush=True)
-        _write_whole(params, before.read_bytes())
+        write_bytes_atomic(params, before.read_bytes())
     elif current != before.read_bytes():
         print("workspace: params.yaml was edited while a run's override was in place: kept as edited",
               flush=True)
     before.unlink()
     digest.unlink(missing_ok=True)
 
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """Whole or not at all: a kill mid-write must not leave half a params.yaml."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

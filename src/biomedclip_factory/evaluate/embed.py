@@ -110,21 +110,17 @@ class Encoder:
         return torch.cat(chunks) if chunks else torch.empty(0)
 
     @torch.no_grad()
-    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """A batch already through ``preprocess``."""
-        return self._run(self.model.encode_image, pixels)
-
-    @torch.no_grad()
     def embed_images(self, images: Iterable[Image.Image], batch_size: int = 64) -> torch.Tensor:
-        """Images already in memory; datasets go through ``embed_files``."""
+        """Images in memory, each preprocessed as it comes (a generator holds one full-size image at a time);
+        datasets go through ``embed_files``."""
         out, batch = [], []
         for img in images:
             batch.append(self.preprocess(to_rgb(img)))
             if len(batch) == batch_size:
-                out.append(self.embed_pixels(torch.stack(batch)))
+                out.append(self._run(self.model.encode_image, torch.stack(batch)))
                 batch = []
         if batch:
-            out.append(self.embed_pixels(torch.stack(batch)))
+            out.append(self._run(self.model.encode_image, torch.stack(batch)))
         return torch.cat(out) if out else torch.empty(0)
 
     @torch.no_grad()

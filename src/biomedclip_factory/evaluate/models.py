@@ -5,7 +5,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import AccessError, DataError, ParamsError, TrackingServerError
+from ..errors import AccessError, DataError, ParamsError, SourceError, TrackingServerError
 from ..model.snapshot import convert_snapshot, is_snapshot
 from .embed import Encoder, default_device
 
@@ -52,7 +52,6 @@ def _registry_encoder(spec: str) -> Encoder:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ..errors import SourceError
     from ..tracking import server_errors_named
 
     with tempfile.TemporaryDirectory(prefix="registry-model-") as tmp:

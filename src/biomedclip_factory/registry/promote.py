@@ -126,12 +126,12 @@ def gate(client: MlflowClient, name: str, version: str, metric: str, margin: flo
     if it changed, the new champion is the one to beat. That leaves a window of two requests, not minutes."""
     for _ in range(tries):
         decision = decide(client, name, version, metric, margin, rescore)
-        if not decision.promote or client.get_registered_model(name).aliases.get(CHAMPION) == \
-                decision.champion_version:
+        now = client.get_registered_model(name).aliases.get(CHAMPION) if decision.promote else None
+        if not decision.promote or now == decision.champion_version:
             apply(client, name, version, decision)
             return decision
-        print(f"register: champion moved to v{client.get_registered_model(name).aliases.get(CHAMPION)} while "
-              f"this run decided against v{decision.champion_version}: deciding again", flush=True)
+        print(f"register: champion moved to v{now} while this run decided against v{decision.champion_version}: "
+              "deciding again", flush=True)
     raise DataError(f"register: champion of '{name}' kept moving during {tries} decisions: another run is "
                     "promoting at the same time; run again")
 

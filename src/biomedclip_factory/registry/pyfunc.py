@@ -141,15 +141,8 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         if pixels > self.limits.max_request_pixels:  # each is decoded whole: bound the request's work
             raise bad_input(f"the request's images hold {pixels} pixels; the limit is "
                             f"{self.limits.max_request_pixels} (send fewer or smaller images per request)")
-        chunks, batch = [], []
-        for i, img in zip(rows, opened):
-            batch.append(self.encoder.preprocess(decode_image(img, i, self.limits)))
-            if len(batch) == self.limits.batch_size:
-                chunks.append(self.encoder.embed_pixels(torch.stack(batch)))
-                batch = []
-        if batch:
-            chunks.append(self.encoder.embed_pixels(torch.stack(batch)))
-        return torch.cat(chunks) if chunks else None
+        decoded = (decode_image(img, i, self.limits) for i, img in zip(rows, opened))  # one at a time
+        return self.encoder.embed_images(decoded, self.limits.batch_size) if rows else None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         labels = [str(x) for x in (params or {}).get("candidate_labels") or [] if str(x)]
