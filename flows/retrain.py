@@ -8,7 +8,9 @@ evaluated and registered, and the promotion gate decides whether it becomes ``ch
     python -m flows.retrain                       # one run now
     python -m flows.retrain --serve --cron "0 3 * * *"    # the schedule, run by this process
 Failures notify through a saved Prefect notification block, named ``<block-type>/<name>``
-(``notify_block``), e.g. ``custom-webhook/retrain-alerts`` or ``slack-webhook/ml-team``.
+(``notify_block``), e.g. ``custom-webhook/retrain-alerts`` or ``slack-webhook/ml-team``; so does a run
+that completes but whose model the gate had to refuse because the champion is broken, since every later
+run will refuse its model too until someone repairs the registry.
 """
 from __future__ import annotations
 
@@ -56,17 +58,32 @@ def overridden_params(project: Path, profile: str | None, source: str | None) ->
         yield
 
 
-def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Prefect on_failure and on_crashed hook: send the failure or crash through the configured notification
-    block."""
-    block_name = (flow_run.parameters or {}).get("notify_block")
+def notify(block_name: str | None, subject: str, body: str) -> None:
+    """Send through the saved notification block, when one is configured."""
     if not block_name:
         return
     from prefect.blocks.core import Block
 
+    Block.load(block_name).notify(body=body, subject=subject)
+
+
+def alert_blocked(block_name: str | None, registered: dict[str, Any]) -> None:
+    """Say that the gate refused this run's model because the champion is broken. The run itself completed:
+    an alert that cannot be sent is a warning in its log, not a failed run that skips ``dvc push``."""
+    reason = registered["promotion_reason"]
+    get_run_logger().warning("retrain: model not promoted until the champion is repaired: %s", reason)
+    try:
+        notify(block_name, f"biomedclip retrain needs attention: v{registered['version']} not promoted", reason)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's notification block
+        get_run_logger().warning("retrain: the alert through %s was not sent: %s", block_name, exc)
+
+
+def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect on_failure and on_crashed hook: send the failure or crash through the configured notification
+    block."""
     ended = state.name.lower()  # failed | crashed
-    Block.load(block_name).notify(body=f"{flow_run.name} {ended}: {state.message}",
-                                  subject=f"biomedclip retrain {ended} ({flow_run.name})")
+    notify((flow_run.parameters or {}).get("notify_block"), f"biomedclip retrain {ended} ({flow_run.name})",
+           f"{flow_run.name} {ended}: {state.message}")
 
 
 # A run whose process is stopped (SIGTERM: `docker stop`, an eviction, a preempted node) or dies ends Crashed,
@@ -84,6 +101,8 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
             registered = json.loads((path / "metrics" / "register.json").read_text())
             result["promoted"] = bool(registered["promoted"])
             result["reason"] = registered["promotion_reason"]
+            if registered["blocked"]:
+                alert_blocked(notify_block, registered)
         if push:
             from dvc.repo import Repo
 

@@ -27,6 +27,8 @@ from biomedclip_factory.tracking import stage_run
 
 from .common import ROOT, run_stage, summary
 
+LINEAGE_RUN = "lineage_run_id"  # version tag: the register run whose artifacts hold its dvc.lock and params.yaml
+
 
 def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int) -> Callable[[str], float | None]:
     """Scores a registered version on this run's retrieval split as evaluate scored ours (the same
@@ -62,15 +64,21 @@ def main(a: Namespace) -> None:
             if built_from.is_file():
                 mlflow.log_artifact(str(built_from), "lineage")
         client = mlflow.MlflowClient()
+        # The run holding them: a reused version's own run may have died before it logged them.
+        client.set_model_version_tag(name, result.version, LINEAGE_RUN, mlflow.active_run().info.run_id)
         decision = promote.gate(client, name, result.version, gate_metric, margin,
                                 champion_rescorer(a, name, gate_metric, limits.batch_size))
-        mlflow.set_tags({"promoted": str(decision.promote), "promotion_reason": decision.reason})
+        mlflow.set_tags({"registered_version": result.version, "reused_version": str(result.reused),
+                         "promoted": str(decision.promote), "promotion_reason": decision.reason})
         seconds = time.perf_counter() - t0
     write_json_atomic(a.metrics,
                       {"model_name": result.name, "version": int(result.version), "alias": alias,
-                       "promoted": int(decision.promote), "promotion_reason": decision.reason})
+                       "promoted": int(decision.promote), "promotion_reason": decision.reason,
+                       "blocked": int(decision.blocked)})
     print(f"register: {result.model_uri} → models:/{name}@{alias}")
     print(f"register: {'promoted to champion' if decision.promote else 'not promoted'}: {decision.reason}")
+    if decision.blocked:
+        print("register: WARNING: no new version can be promoted until the champion is repaired", flush=True)
     summary("register", 1, 1, 0, seconds, "models")
 
 

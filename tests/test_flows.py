@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, built_project: Path, tmp_path: Path):
-    """The flow drives DVC stage by stage: after a params change only the affected stages run."""
+    """The flow drives DVC stage by stage: after a params change only the affected stages run. Then a broken
+    champion: the retrain completes, its model is refused, and the team is alerted."""
     project = tmp_path / "project"
     copy_built(built_project, project)
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -44,19 +45,46 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
         from flows.retrain import retrain
 
         ran = pipeline(project=str(project), scrape_retries=0)
+        registered = json.loads((project / "metrics/register.json").read_text())
         again = retrain(project=str(project), scrape_retries=0, push=True)
+        broken = _break_the_champion(registry, tmp_path / "broken")
+        params["register"]["margin"] = 0.5  # register alone runs again, on the same build, after a commit
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "margin"],
+                       cwd=project, check=True)
+        with _alerts_inbox() as block:
+            refused = retrain(project=str(project), scrape_retries=0, notify_block=block)
     finally:
         sys.path.remove(str(project))
         _forget_flows()
     assert ran == {"inputs": True, "scrape": False, "align": False, "shard": False, "tokenizer": False, "pretrain": False,
                    "evaluate": True, "register": True}
-    registered = json.loads((project / "metrics/register.json").read_text())
     assert registered["version"] == 2 and "champion v1" in registered["promotion_reason"]
     assert "re-scored on this gallery" in registered["promotion_reason"] and not registered["promoted"]  # same weights
     assert again["ran"]["scrape"] is True  # the source is always re-listed
     assert again["trained"] is False and again["promoted"] is None
     assert not any(again["ran"][s] for s in ("align", "shard", "tokenizer", "pretrain", "evaluate", "register"))
     assert sum(1 for f in remote.rglob("*") if f.is_file()) > 50  # dvc push sent the data and model
+
+    assert refused["ran"]["register"] and not refused["ran"]["evaluate"] and refused["promoted"] is False
+    registered = json.loads((project / "metrics/register.json").read_text())
+    assert registered["version"] == 2, "the same build was registered again"
+    assert registered["blocked"] == 1 and f"champion v{broken} could not be scored" in registered["promotion_reason"]
+    assert registry.get_model_version_by_alias("biomedclip-factory", "champion").version == int(broken)
+    alert = json.loads(_Inbox.received[-1])["text"]
+    assert "biomedclip retrain needs attention: v2 not promoted" in alert and "repaired" in alert, alert
+
+
+def _break_the_champion(registry, empty: Path) -> str:
+    """A champion whose artifacts do not load, scored on another gallery: the gate must load it to compare."""
+    empty.mkdir()
+    champion = registry.get_model_version_by_alias("biomedclip-factory", "champion")
+    tags = json.loads(champion.tags["eval_metrics"])
+    tags["retrieval.test.gallery_size"] += 7
+    version = str(registry.create_model_version("biomedclip-factory", source=str(empty),
+                                                tags={"eval_metrics": json.dumps(tags)}).version)
+    registry.set_registered_model_alias("biomedclip-factory", "champion", version)
+    return version
 
 
 class _Inbox(BaseHTTPRequestHandler):

@@ -146,6 +146,24 @@ def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(
     v2 = _version(client, tmp_path, {METRIC: 0.90, gallery: 1200})
     d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=unloadable)
     assert not d.promote and "could not be scored on this gallery" in d.reason and "artifacts gone" in d.reason
+    assert d.blocked  # worth an alert: every later version will be refused too
+    v3 = _version(client, tmp_path, {METRIC: 0.50, gallery: 1000})  # refused on its scores: no alert
+    assert not promote.decide(client, "m", v3, METRIC, margin=0.0, rescore=unloadable).blocked
+    d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=lambda version: None)
+    assert not d.promote and d.blocked and "got no" in d.reason  # scores nothing on any new gallery either
+
+
+def test_the_champion_gated_again_stays_champion(client, tmp_path):
+    """A rerun of the register that promoted a version gates that same version: it must not be compared
+    with itself (a tie) and tagged rejected while it is champion."""
+    v1 = _version(client, tmp_path, {METRIC: 0.50})
+    promote.gate(client, "m", v1, METRIC, margin=0.01)
+    for metric in (METRIC, "retrieval.test.text_to_image.R_at_1"):  # the same gate, or one on a metric it lacks
+        d = promote.gate(client, "m", v1, metric, margin=0.01)
+        assert d.promote and "already champion" in d.reason
+        assert client.get_model_version_by_alias("m", "champion").version == v1
+        tags = client.get_model_version("m", v1).tags
+        assert tags["promotion"] == "champion" and "no champion yet" in tags["promotion_reason"]  # why it is
 
 
 def test_new_versions_cannot_be_aliased_champion_past_the_gate():
@@ -173,3 +191,22 @@ def test_a_champion_moved_by_another_run_while_deciding_is_the_one_to_beat(clien
     assert not d.promote and d.champion_version == v2 and d.champion_score == 0.80
     assert client.get_model_version_by_alias("m", "champion").version == v2
     assert client.get_model_version("m", ours).tags["promotion"] == "rejected"
+
+
+def test_a_gate_that_gives_up_says_so_on_the_version(client, tmp_path):
+    from biomedclip_factory.errors import DataError
+
+    gallery = "retrieval.test.gallery_size"
+    rivals = [_version(client, tmp_path, {METRIC: 0.10, gallery: 1000}) for _ in range(4)]
+    promote.gate(client, "m", rivals[0], METRIC, margin=0.0)
+    ours = _version(client, tmp_path, {METRIC: 0.60, gallery: 1200})
+    moves = iter(rivals[1:])
+
+    def rescore(version):  # every time ours has scored the champion, another run has moved it
+        client.set_registered_model_alias("m", "champion", next(moves))
+        return 0.10
+
+    with pytest.raises(DataError, match="kept moving during 3 decisions"):
+        promote.gate(client, "m", ours, METRIC, margin=0.0, rescore=rescore)
+    tags = client.get_model_version("m", ours).tags
+    assert tags["promotion"] == "undecided" and "run register again" in tags["promotion_reason"]

@@ -35,6 +35,7 @@ class Decision:
     candidate_score: float | None
     champion_version: str | None
     champion_score: float | None
+    blocked: bool = False  # refused until a person repairs the registry, not on the scores: worth an alert
 
 
 def eval_metrics(version_tags: dict[str, str]) -> dict:
@@ -80,9 +81,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     """
     tags = client.get_model_version(name, version).tags
     candidate = metric_of(eval_metrics(tags), metric)
+    champion_version = client.get_registered_model(name).aliases.get(CHAMPION)
+    if champion_version == version:  # a rerun of the register that promoted it, whatever the gate metric now
+        return Decision(True, f"version {version} is already champion", candidate, version, candidate)
     if candidate is None:
         return Decision(False, f"evaluation missing or failed: no '{metric}' for version {version}", None, None, None)
-    champion_version = client.get_registered_model(name).aliases.get(CHAMPION)
     if champion_version is None:
         return Decision(True, f"no champion yet; {metric}={candidate:.4f}", candidate, None, None)
     champion_tags = client.get_model_version(name, champion_version).tags
@@ -97,10 +100,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
         except DataError as exc:  # the champion itself is broken (an unreachable one raises on: retried later)
             return Decision(False, f"champion v{champion_version} could not be scored on this gallery: {exc}; "
                                    f"until it is repaired, or the '{CHAMPION}' alias moved or deleted, no version "
-                                   "scored on a new gallery is promoted", candidate, champion_version, None)
+                                   "scored on a new gallery is promoted", candidate, champion_version, None,
+                            blocked=True)
         if best is None:
             return Decision(False, f"champion v{champion_version} got no '{metric}' on this gallery",
-                            candidate, champion_version, None)
+                            candidate, champion_version, None, blocked=True)
         measured = f" (re-scored on this gallery of {ours[0]})"
     if best is None:
         return Decision(True, f"champion v{champion_version} has no '{metric}'", candidate, champion_version, None)
@@ -126,14 +130,21 @@ def gate(client: MlflowClient, name: str, version: str, metric: str, margin: flo
     if it changed, the new champion is the one to beat. That leaves a window of two requests, not minutes."""
     for _ in range(tries):
         decision = decide(client, name, version, metric, margin, rescore)
+        if decision.promote and decision.champion_version == version:
+            if client.get_model_version(name, version).tags.get("promotion") != "champion":
+                apply(client, name, version, decision)  # the run that promoted it died before saying so
+            return decision  # else its tags keep the reason it was promoted for
         now = client.get_registered_model(name).aliases.get(CHAMPION) if decision.promote else None
         if not decision.promote or now == decision.champion_version:
             apply(client, name, version, decision)
             return decision
         print(f"register: champion moved to v{now} while this run decided against v{decision.champion_version}: "
               "deciding again", flush=True)
-    raise DataError(f"register: champion of '{name}' kept moving during {tries} decisions: another run is "
-                    "promoting at the same time; run again")
+    reason = (f"champion of '{name}' kept moving during {tries} decisions: another run is promoting at the same "
+              "time; run register again")
+    client.set_model_version_tag(name, version, "promotion", "undecided")  # not left looking never gated
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    raise DataError(f"register: {reason}")
 
 
 def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
