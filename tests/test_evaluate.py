@@ -350,3 +350,15 @@ def test_a_probe_class_missing_from_training_is_never_predicted_and_bad_params_a
         with pytest.raises(ParamsError, match=match):
             probe_tasks(Section({"linear_probe": {**bad, "sets": {}}}, "evaluate"), tmp_path)
 
+
+
+def test_a_zero_shot_set_without_classes_or_with_a_template_lacking_the_class_is_named(tmp_path):
+    from biomedclip_factory.errors import ParamsError
+    from biomedclip_factory.evaluate.tasks import zeroshot_tasks
+    from biomedclip_factory.params import Section
+
+    good = {"path": "x", "classnames": {"ct": "CT"}, "templates": ["a {} image"]}
+    assert zeroshot_tasks(Section({"zeroshot": {"set": good}}, "evaluate"), tmp_path)[0].templates == ("a {} image",)
+    for bad in ({"classnames": {}}, {"templates": []}, {"templates": ["a {} image", "a CT image"]}):
+        with pytest.raises(ParamsError, match="'evaluate.zeroshot.set' needs classnames and templates"):
+            zeroshot_tasks(Section({"zeroshot": {"set": {**good, **bad}}}, "evaluate"), tmp_path)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.embed import Encoder
-from biomedclip_factory.evaluate.vqa import VqaTask, evaluate_vqa
+from biomedclip_factory.evaluate.vqa import VqaTask, evaluate_vqa, normalised_answer
 
 from .conftest import REPO, tiny_model_dir
 
@@ -67,9 +67,14 @@ def test_bad_records_are_named_and_the_rest_runs(encoder, tmp_path):
     rows = json.loads(task.train.read_text())
     rows += [{"qid": "gone", "image_name": "nowhere.png", "question": "q?", "answer": "yes", "answer_type": "CLOSED"},
              {"qid": "odd", "image_name": "train-0-0.png", "question": "q?", "answer": "purple", "answer_type": "OPEN"},
-             {"qid": "half", "image_name": "img0.png"}]
+             {"qid": "half", "image_name": "img0.png"},
+             {"qid": "torn", "image_name": "torn.png", "question": "q?", "answer": "yes", "answer_type": "CLOSED"}]
+    (task.images / "torn.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest")
     task.train.write_text(json.dumps(rows))
-    problems = evaluate_vqa(encoder, task, batch_size=8)["problems"]
+    result = evaluate_vqa(encoder, task, batch_size=8)
+    problems = result["problems"]
+    assert result["train_questions"] == len(rows) - 4  # the set runs on without the four
+    assert any("image unreadable, its questions skipped: " in p and "torn.png" in p for p in problems), problems
     assert any("qid gone: image nowhere.png not found" in p for p in problems)
     assert any("qid odd: answer 'purple' is not in the answer list" in p for p in problems)
     assert any("qid half: malformed record" in p for p in problems)
@@ -85,4 +90,15 @@ def test_the_shipped_vqa_rad_sample_runs(encoder):
     result = evaluate_vqa(encoder, task, batch_size=16)
     assert result["test_questions"] == 51 and result["images"] == 24
     assert 0 <= result["closed"] <= 1 and 0 < result["baseline"]["closed"] < 1
-    assert all("not in the answer list" in p for p in result["problems"])  # VQA-RAD's own unanswerable ones
+    # VQA-RAD's own unanswerable ones, all in the test set: every training answer is in the list once
+    # normalised as the list was ("The liver", "Chest X-ray", "Not sure." dropped 15 of 235).
+    assert len(result["problems"]) == 6 and all("testset.json" in p and "not in the answer list" in p
+                                                 for p in result["problems"]), result["problems"]
+    assert result["train_questions"] == 235
+
+
+def test_answers_are_normalised_as_vqa_rads_answer_list_was_built():
+    assert [normalised_answer(a) for a in ("The liver", "Chest X-ray", "x-ray", "Not sure.", "C-T ratio",
+                                           "A bullous lesion", "Two", "2.5 cm", "1,000", "left, right")] == \
+        ["liver", "chest xray", "xray", "not sure", "c t ratio", "bullous lesion", "2", "2.5 cm", "1000",
+         "left right"]

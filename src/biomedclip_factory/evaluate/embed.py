@@ -1,6 +1,7 @@
 """Load a model dir for inference and embed images and texts in batches (L2-normalised).
 
-On a GPU the towers run there under bf16 autocast (the precision they were trained in) and datasets
+On a GPU the towers run there under bf16 autocast (the paper profiles' training precision; open_clip_train
+also evaluates under its training autocast), whatever model is scored, and datasets
 are decoded by DataLoader workers, streamed: a zero-shot set is never held decoded in memory. The
 embeddings come back as fp32 on the host either way.
 """

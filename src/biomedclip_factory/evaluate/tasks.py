@@ -84,10 +84,15 @@ def zeroshot_tasks(p: Section, root: Path) -> list[ZeroShotTask]:
     tasks = []
     for name in suite.raw():
         t = suite.section(name)
+        classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
+        templates = tuple(str(x) for x in t.get("templates", list))
+        if not classnames or not templates or any("{}" not in x for x in templates):
+            # an empty list has no class embedding to compare with; a template without {} gives every class
+            # the same prompt, and so the same embedding
+            raise ParamsError(f"params: '{t.path}' needs classnames and templates, each template with {{}} for "
+                              f"the class name; got {len(classnames)} classnames, templates {list(templates)!r}")
         tasks.append(ZeroShotTask(
-            name=name, path=root / Path(t.get("path", str)),
-            classnames={str(k): str(v) for k, v in t.get("classnames", dict).items()},
-            templates=tuple(str(x) for x in t.get("templates", list)),
+            name=name, path=root / Path(t.get("path", str)), classnames=classnames, templates=templates,
             metric=t.choice("metric", METRICS, "accuracy"), npz_split=t.get("npz_split", str, "test")))
     return tasks
 

@@ -8,14 +8,16 @@ VQA-RAD), so it measures how much answer-relevant information the embeddings car
 across models, rather than reproducing that figure.
 
 Records follow the VQA-RAD/MEVF layout: ``qid``, ``image_name``, ``question``, ``answer``,
-``answer_type`` (CLOSED/OPEN, case and stray spaces ignored). A record with a missing field or
-image is skipped and reported by qid; a training answer outside the list is skipped and reported; a
-test answer outside the list stays in the score (it cannot be answered, as in the literature) and is
-reported too.
+``answer_type`` (CLOSED/OPEN, case and stray spaces ignored). Answers, of the records and of the list
+alike, are normalised as MEVF built VQA-RAD's answer list (``normalised_answer``). A record with a
+missing field or image, or whose image cannot be decoded, is skipped and reported; so is a training
+answer outside the list; a test answer outside the list stays in the score (it cannot be answered,
+as in the literature) and is reported too.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +30,35 @@ from .tasks import VqaTask
 
 FIELDS = ("qid", "image_name", "question", "answer", "answer_type")
 
+# The VQA evaluation's answer normalisation, as MEVF's preprocess_answer applies it to VQA-RAD (its
+# answer_all_list.json holds "liver" for "The liver", "chest xray" for "Chest X-ray", "not sure" for "Not sure.").
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = {"a", "an", "the"}
+PERIOD = re.compile(r"\.(?!\d)")  # what MEVF's period_strip removes in effect: a period not before a digit
+DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+
+
+def normalised_answer(answer: str) -> str:
+    """An answer as MEVF wrote VQA-RAD's answer list: punctuation dropped (next to a space, or anywhere in an
+    answer with a thousands comma) or made a space, periods not before a digit dropped, lower case, number
+    words as digits, no articles, no commas, "x ray" as "xray". (The VQA code's contraction table is left out:
+    no VQA-RAD answer has one.)"""
+    text = answer
+    for mark in PUNCTUATION:
+        gone = f"{mark} " in answer or f" {mark}" in answer or DIGIT_COMMA_DIGIT.search(answer) is not None
+        text = text.replace(mark, "" if gone else " ")
+    words = [NUMBER_WORDS.get(w, w) for w in PERIOD.sub("", text).lower().split()]
+    return " ".join(w for w in words if w not in ARTICLES).replace(",", "").replace("x ray", "xray")
+
 
 @dataclass(frozen=True)
 class QA:
     qid: str
     image: str
     question: str
-    answer: str  # lower-cased, stripped
+    answer: str  # normalised_answer
     closed: bool
 
 
@@ -55,7 +79,7 @@ def read_records(path: Path, images: Path) -> tuple[list[QA], list[str]]:
         if not (images / str(row["image_name"])).is_file():
             problems.append(f"{path.name} qid {qid}: image {row['image_name']} not found in {shown(images)}")
             continue
-        records.append(QA(qid, str(row["image_name"]), str(row["question"]), str(row["answer"]).strip().lower(),
+        records.append(QA(qid, str(row["image_name"]), str(row["question"]), normalised_answer(str(row["answer"])),
                           str(row["answer_type"]).strip().upper() == "CLOSED"))
     return records, problems
 
@@ -95,16 +119,16 @@ def train_head(image: torch.Tensor, question: torch.Tensor, labels: torch.Tensor
     return head.eval()
 
 
-def _embed(encoder: Encoder, records: list[QA], images: Path, cache: dict[str, torch.Tensor], batch_size: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    missing = sorted({r.image for r in records} - cache.keys())
-    if missing:  # the test split's images are mostly the train split's
-        embedded = encoder.embed_files([images / name for name in missing], batch_size)
-        if embedded.problems:
-            raise DataError(f"VQA images unreadable: {'; '.join(embedded.problems[:3])}")
-        cache.update(zip(missing, embedded.vectors))
-    image = torch.stack([cache[r.image] for r in records])
-    return image, encoder.embed_texts([r.question for r in records])
+def _embed_images(encoder: Encoder, records: list[QA], images: Path, batch_size: int
+                  ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Each image once (the test split's are mostly the train split's), by name; what could not be decoded."""
+    names = sorted({r.image for r in records})
+    embedded = encoder.embed_files([images / name for name in names], batch_size)
+    return dict(zip([names[i] for i in embedded.kept], embedded.vectors)), embedded.problems
+
+
+def _embed(encoder: Encoder, records: list[QA], cache: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([cache[r.image] for r in records]), encoder.embed_texts([r.question for r in records])
 
 
 def accuracy(predicted: list[str], records: list[QA]) -> dict[str, float]:
@@ -118,7 +142,7 @@ def accuracy(predicted: list[str], records: list[QA]) -> dict[str, float]:
 
 def evaluate_vqa(encoder: Encoder, task: VqaTask, batch_size: int) -> dict:
     try:
-        answers = [str(a).strip().lower() for a in json.loads(task.answers.read_text())]
+        answers = [normalised_answer(str(a)) for a in json.loads(task.answers.read_text())]
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"vqa '{task.name}': cannot read the answer list {task.answers}: {exc}") from exc
     index = {a: i for i, a in enumerate(dict.fromkeys(answers))}
@@ -129,11 +153,14 @@ def evaluate_vqa(encoder: Encoder, task: VqaTask, batch_size: int) -> dict:
     problems += test_problems + [f"{task.test.name} qid {r.qid}: answer {r.answer!r} is not in the answer list "
                                  "(scored as wrong)" for r in test if r.answer not in index]
     train = [r for r in train if r.answer in index]
+    cache, unreadable = _embed_images(encoder, train + test, task.images, batch_size)
+    problems += [f"image unreadable, its questions skipped: {p}" for p in unreadable]
+    train, test = [r for r in train if r.image in cache], [r for r in test if r.image in cache]
     if not train or not test:
-        raise DataError(f"vqa '{task.name}': no usable train or test records ({len(problems)} problems)")
-    cache: dict[str, torch.Tensor] = {}
-    train_image, train_question = _embed(encoder, train, task.images, cache, batch_size)
-    test_image, test_question = _embed(encoder, test, task.images, cache, batch_size)
+        raise DataError(f"vqa '{task.name}': no usable train or test records ({len(problems)} problems: "
+                        f"{'; '.join(problems[:3])})")
+    train_image, train_question = _embed(encoder, train, cache)
+    test_image, test_question = _embed(encoder, test, cache)
     head = train_head(train_image, train_question, torch.tensor([index[r.answer] for r in train]), len(index), task)
     with torch.no_grad():
         logits = head(test_image, test_question)
