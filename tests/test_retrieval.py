@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biomedclip_factory.evaluate.retrieval import ranks_in_blocks, ranks_of_truth, recall_at_k, retrieval_metrics
+from biomedclip_factory.evaluate.retrieval import (caption_groups, ranks_in_blocks, ranks_of_truth, recall_at_k,
+                                                   retrieval_metrics)
 from biomedclip_factory.evaluate.zeroshot import classification_metrics
 
 
@@ -40,6 +41,27 @@ def test_block_ranks_equal_the_whole_matrix_ties_included():
         assert torch.equal(ranks_in_blocks(texts, images, block), ranks_of_truth(texts @ images.T))
     tied = torch.ones(9, 4)
     assert retrieval_metrics(tied, tied, ks=(1, 9), block=4)["image_to_text"] == {"R@1": 0.0, "R@9": 1.0}
+
+
+def test_pairs_of_one_caption_are_each_others_right_answers():
+    """Boilerplate captions ("PRISMA flow diagram.") embed identically: a model that finds them is right,
+    though with pessimistic ties each such image would rank its own caption below the copies."""
+    torch.manual_seed(0)
+    images, texts = torch.randn(10, 8), torch.randn(10, 8)
+    texts[[2, 5, 8]] = images[2]  # three pairs of one caption; the three images alike to it
+    images[[5, 8]] = images[2] + 0.01 * torch.randn(2, 8)
+    texts[[0, 1, 3, 4, 6, 7, 9]] = images[[0, 1, 3, 4, 6, 7, 9]]  # a perfect model otherwise
+    images, texts = torch.nn.functional.normalize(images, dim=1), torch.nn.functional.normalize(texts, dim=1)
+    captions = [f"caption {i}" for i in range(10)]
+    captions[5] = captions[8] = captions[2]
+    alone = retrieval_metrics(images, texts, ks=(1,), block=3)
+    assert alone["image_to_text"]["R@1"] < 1.0  # copies of the caption tie with the truth
+    together = retrieval_metrics(images, texts, ks=(1,), block=3, captions=captions)
+    assert together["image_to_text"] == together["text_to_image"] == {"R@1": 1.0}
+    groups = caption_groups(captions)
+    assert groups.tolist() == [0, 1, 2, 3, 4, 2, 5, 6, 2, 7]
+    for block in (1, 3, 10):
+        assert torch.equal(ranks_in_blocks(images, texts, block, groups), ranks_of_truth(images @ texts.T, groups))
 
 
 def test_classification_metrics_balanced_and_chance():

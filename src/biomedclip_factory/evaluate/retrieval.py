@@ -1,33 +1,47 @@
 """Image↔text retrieval recall@K over a gallery of paired embeddings (pair i ↔ pair i)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
-def ranks_of_truth(similarity: torch.Tensor) -> torch.Tensor:
+def ranks_of_truth(similarity: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """0-based rank of the true candidate for each query row; ties count against the query.
 
-    Pessimistic ties keep a degenerate model (all scores equal) at chance instead of perfect.
+    Pessimistic ties keep a degenerate model (all scores equal) at chance instead of perfect. A candidate
+    of the query's own group (``groups``: the same caption) is as right as the truth and never counts.
     """
+    groups = torch.arange(similarity.shape[0]) if groups is None else groups
     truth = similarity.diagonal().unsqueeze(1)
-    return (similarity >= truth).sum(dim=1) - 1
+    return ((similarity >= truth) & (groups[None, :] != groups[:, None])).sum(dim=1)
 
 
-def ranks_in_blocks(queries: torch.Tensor, gallery: torch.Tensor, block: int = 4096) -> torch.Tensor:
-    """``ranks_of_truth(queries @ gallery.T)`` without the n×n matrix, ``block`` rows by ``block``
+def ranks_in_blocks(queries: torch.Tensor, gallery: torch.Tensor, block: int = 4096,
+                    groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``ranks_of_truth(queries @ gallery.T, groups)`` without the n×n matrix, ``block`` rows by ``block``
     columns at a time: the paper profile's 1% test split is 150k pairs, a 90 GB similarity matrix."""
     n = queries.shape[0]
+    groups = torch.arange(n) if groups is None else groups
     ranks = torch.empty(n, dtype=torch.long)
     for start in range(0, n, block):
-        rows = queries[start:start + block]
+        rows, own_groups = queries[start:start + block], groups[start:start + block, None]
         own = rows @ gallery[start:start + block].T  # holds each row's truth on its diagonal
         truth = own.diagonal().unsqueeze(1)
         above = torch.zeros(rows.shape[0], dtype=torch.long)
         for column in range(0, n, block):
             scores = own if column == start else rows @ gallery[column:column + block].T
-            above += (scores >= truth).sum(dim=1)
-        ranks[start:start + block] = above - 1
+            above += ((scores >= truth) & (groups[None, column:column + block] != own_groups)).sum(dim=1)
+        ranks[start:start + block] = above
     return ranks
+
+
+def caption_groups(captions: Sequence[str]) -> torch.Tensor:
+    """One id per distinct caption: pairs whose captions are the same text (boilerplate such as "PRISMA flow
+    diagram.") are each other's right answers, and identical texts embed identically, so without this
+    every such image would rank its own caption below its copies."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(c, len(ids)) for c in captions], dtype=torch.long)
 
 
 def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
@@ -39,15 +53,17 @@ def _recalls(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
 
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                      block: int = 4096) -> dict:
-    """Both directions with the gallery size and the chance level of each recall."""
+                      block: int = 4096, captions: Sequence[str] | None = None) -> dict:
+    """Both directions with the gallery size and the chance level of each recall; with ``captions``, a pair
+    of the same caption as the truth is a right answer too (``caption_groups``)."""
     n = image_emb.shape[0]
     if n == 0:
         return {"gallery_size": 0}
     images, texts = image_emb.float(), text_emb.float()
+    groups = caption_groups(captions) if captions is not None else None
     return {
         "gallery_size": n,
-        "image_to_text": _recalls(ranks_in_blocks(images, texts, block), ks),
-        "text_to_image": _recalls(ranks_in_blocks(texts, images, block), ks),
+        "image_to_text": _recalls(ranks_in_blocks(images, texts, block, groups), ks),
+        "text_to_image": _recalls(ranks_in_blocks(texts, images, block, groups), ks),
         "chance": {f"R@{k}": min(1.0, k / n) for k in ks},
     }

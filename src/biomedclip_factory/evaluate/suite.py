@@ -45,7 +45,8 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
     if not images:
         return {"gallery_size": 0, "unreadable": unreadable}, [], torch.empty(0)
     image_emb, text_emb = torch.cat(images), torch.cat(texts)
-    return {**retrieval_metrics(image_emb, text_emb), "unreadable": unreadable}, meta, image_emb[:EXAMPLES] @ text_emb.T
+    metrics = retrieval_metrics(image_emb, text_emb, captions=[m["caption"] for m in meta])
+    return {**metrics, "unreadable": unreadable}, meta, image_emb[:EXAMPLES] @ text_emb.T
 
 
 def evaluate_model(encoder: Encoder, suite: Suite, shards: Path, keep: dict | None = None) -> dict:
