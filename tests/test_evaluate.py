@@ -359,6 +359,7 @@ def test_a_zero_shot_set_without_classes_or_with_a_template_lacking_the_class_is
 
     good = {"path": "x", "classnames": {"ct": "CT"}, "templates": ["a {} image"]}
     assert zeroshot_tasks(Section({"zeroshot": {"set": good}}, "evaluate"), tmp_path)[0].templates == ("a {} image",)
-    for bad in ({"classnames": {}}, {"templates": []}, {"templates": ["a {} image", "a CT image"]}):
+    for bad in ({"classnames": {}}, {"templates": []}, {"templates": ["a {} image", "a CT image"]},
+                {"templates": ["{} and {}"]}, {"templates": ["a {{}} image"]}):
         with pytest.raises(ParamsError, match="'evaluate.zeroshot.set' needs classnames and templates"):
             zeroshot_tasks(Section({"zeroshot": {"set": {**good, **bad}}}, "evaluate"), tmp_path)

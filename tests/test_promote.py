@@ -133,6 +133,18 @@ def test_a_gallery_of_the_same_size_but_other_content_is_another_gallery(client,
     assert not promote.decide(client, "m", v3, METRIC, margin=0.0, rescore=rescore).promote and asked == [v1]
 
 
+def test_a_champion_ranked_by_an_earlier_rule_is_scored_again(client, tmp_path):
+    """Same gallery, but the champion's recall was counted before pairs of one caption were each other's
+    answers (no protocol in its metrics): its number is stricter than ours, so it is measured again."""
+    gallery, protocol = "retrieval.test.gallery_size", "retrieval.test.protocol"
+    v1 = _version(client, tmp_path, {METRIC: 0.50, gallery: 1000}, test_split="aaa")
+    promote.gate(client, "m", v1, METRIC, margin=0.0)
+    v2 = _version(client, tmp_path, {METRIC: 0.52, gallery: 1000, protocol: 2}, test_split="aaa")
+    asked = []
+    d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=lambda v: asked.append(v) or 0.55)
+    assert asked == [v1] and not d.promote and d.champion_score == 0.55
+
+
 def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(client, tmp_path):
     from biomedclip_factory.errors import DataError
 

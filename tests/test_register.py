@@ -46,7 +46,8 @@ def _register_again_and_again(registry: mlflow.MlflowClient, model_dir, tmp_path
     assert (again.version, again.reused, again.run_id) == (first.version, True, first.run_id)
     assert registry.get_model_version_by_alias("m", "challenger").version == int(first.version)
     assert len(registry.search_model_versions("name = 'm'")) == 1
-    assert registry.get_model_version("m", first.version).tags[BUILD_TAG]
+    tags_now = registry.get_model_version("m", first.version).tags
+    assert tags_now[BUILD_TAG] and (tags_now["git_commit"], tags_now["dvc_lock_sha256"]) == ("def", "2" * 64)
 
     # Another build is another version: other eval metrics, other serving limits, other weights.
     evaluated = register({**tags, "eval_metrics": '{"retrieval.test.image_to_text.R_at_1": 0.6}'})

@@ -17,6 +17,9 @@ def test_perfect_reversed_and_tied_rankings():
     assert recall_at_k(reversed_, (1, 3)) == {"R@1": 0.0, "R@3": 0.25}
     tied = torch.ones(4, 4)  # a model that scores everything equally is at the bottom, not perfect
     assert recall_at_k(tied, (1, 4)) == {"R@1": 0.0, "R@4": 1.0}
+    broken = torch.full((4, 4), float("nan"))  # a model that scores nothing is at the bottom too
+    assert recall_at_k(broken, (1, 4)) == {"R@1": 0.0, "R@4": 1.0}
+    assert ranks_in_blocks(broken, torch.eye(4), 3).tolist() == [3, 3, 3, 3]
 
 
 def test_retrieval_reports_both_directions_gallery_and_chance():
@@ -24,7 +27,7 @@ def test_retrieval_reports_both_directions_gallery_and_chance():
     txt = torch.tensor([[3.0, 1, 0], [0, 1, 2], [1, 0, 2]])
     # similarity = [[3, 0, 1], [1, 1, 0], [0, 2, 2]]
     m = retrieval_metrics(img, txt, ks=(1, 2))
-    assert m["gallery_size"] == 3 and m["chance"] == {"R@1": 1 / 3, "R@2": 2 / 3}
+    assert m["gallery_size"] == 3 and m["chance"] == {"R@1": 1 / 3, "R@2": 2 / 3} and m["protocol"] == 2
     # rows: i0 truth 3 first; i1 truth 1 tied with a 1 → rank 1; i2 truth 2 tied with a 2 → rank 1
     assert m["image_to_text"] == {"R@1": pytest.approx(1 / 3), "R@2": 1.0}
     # columns: t0 [3,1,0] first; t1 [0,1,2] second; t2 [1,0,2] first

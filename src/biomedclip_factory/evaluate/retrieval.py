@@ -1,7 +1,7 @@
 """Image↔text retrieval recall@K over a gallery of paired embeddings (pair i ↔ pair i)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -14,7 +14,7 @@ def ranks_of_truth(similarity: torch.Tensor, groups: torch.Tensor | None = None)
     """
     groups = torch.arange(similarity.shape[0]) if groups is None else groups
     truth = similarity.diagonal().unsqueeze(1)
-    return ((similarity >= truth) & (groups[None, :] != groups[:, None])).sum(dim=1)
+    return (~(similarity < truth) & (groups[None, :] != groups[:, None])).sum(dim=1)  # a NaN counts against
 
 
 def ranks_in_blocks(queries: torch.Tensor, gallery: torch.Tensor, block: int = 4096,
@@ -31,16 +31,17 @@ def ranks_in_blocks(queries: torch.Tensor, gallery: torch.Tensor, block: int = 4
         above = torch.zeros(rows.shape[0], dtype=torch.long)
         for column in range(0, n, block):
             scores = own if column == start else rows @ gallery[column:column + block].T
-            above += ((scores >= truth) & (groups[None, column:column + block] != own_groups)).sum(dim=1)
+            above += (~(scores < truth) & (groups[None, column:column + block] != own_groups)).sum(dim=1)
         ranks[start:start + block] = above
     return ranks
 
 
-def caption_groups(captions: Sequence[str]) -> torch.Tensor:
-    """One id per distinct caption: pairs whose captions are the same text (boilerplate such as "PRISMA flow
-    diagram.") are each other's right answers, and identical texts embed identically, so without this
-    every such image would rank its own caption below its copies."""
-    ids: dict[str, int] = {}
+def caption_groups(captions: Sequence[Hashable]) -> torch.Tensor:
+    """One id per distinct caption (as the text tower reads it: its token ids): pairs of the same caption
+    (boilerplate such as "PRISMA flow diagram.", or panels whose shared figure caption fills the context)
+    are each other's right answers, and identical texts embed identically, so without this every such
+    image would rank its own caption below its copies."""
+    ids: dict[Hashable, int] = {}
     return torch.tensor([ids.setdefault(c, len(ids)) for c in captions], dtype=torch.long)
 
 
@@ -52,10 +53,15 @@ def _recalls(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
     return {f"R@{k}": float((ranks < k).float().mean()) for k in ks}
 
 
+# The ranking rule's version, kept with every score: a champion scored under another rule is scored again
+# (2: a pair of the truth's own caption is a right answer too).
+PROTOCOL = 2
+
+
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
-                      block: int = 4096, captions: Sequence[str] | None = None) -> dict:
-    """Both directions with the gallery size and the chance level of each recall; with ``captions``, a pair
-    of the same caption as the truth is a right answer too (``caption_groups``)."""
+                      block: int = 4096, captions: Sequence[Hashable] | None = None) -> dict:
+    """Both directions with the gallery size, the chance level of each recall and the ranking rule
+    (``PROTOCOL``); with ``captions``, a pair of the same caption as the truth is a right answer too."""
     n = image_emb.shape[0]
     if n == 0:
         return {"gallery_size": 0}
@@ -66,4 +72,5 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: tuple
         "image_to_text": _recalls(ranks_in_blocks(images, texts, block, groups), ks),
         "text_to_image": _recalls(ranks_in_blocks(texts, images, block, groups), ks),
         "chance": {f"R@{k}": min(1.0, k / n) for k in ks},
+        "protocol": PROTOCOL,
     }

@@ -29,13 +29,15 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
     """Metrics, the samples' metadata and the similarity of the first ``EXAMPLES`` images to every text
     (all the retrieval plot shows; the whole matrix would not fit at PMC scale)."""
     collate = CaptionCollator(encoder.tokenizer, encoder.context_length)
-    images, texts, meta = [], [], []
+    images, texts, meta, read_as = [], [], [], []
+    pad = encoder.tokenizer.pad_token_id
     for batch_images, tokens, batch_meta in eval_batches(shards, split, encoder.preprocess, collate, batch_size,
                                                          num_workers=encoder.workers):
         i, t = encoder.embed_batch(batch_images, tokens)
         images.append(i)
         texts.append(t)
         meta += batch_meta
+        read_as += [tuple(row[row != pad].tolist()) for row in tokens]  # each caption as the text tower reads it
     # Decoding workers skip an unreadable sample where the parent cannot count it: the split's own
     # size (sizes.json) says how many the gallery lost.
     unreadable = split_size(shards, split) - len(meta)
@@ -45,7 +47,7 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
     if not images:
         return {"gallery_size": 0, "unreadable": unreadable}, [], torch.empty(0)
     image_emb, text_emb = torch.cat(images), torch.cat(texts)
-    metrics = retrieval_metrics(image_emb, text_emb, captions=[m["caption"] for m in meta])
+    metrics = retrieval_metrics(image_emb, text_emb, captions=read_as)
     return {**metrics, "unreadable": unreadable}, meta, image_emb[:EXAMPLES] @ text_emb.T
 
 

@@ -79,6 +79,14 @@ def models_from_params(p: Section, ours: str) -> dict[str, tuple[str, str | None
     return {OURS: (ours, None), **others}
 
 
+def _names_the_class(template: str) -> bool:
+    """Whether ``template.format(class name)`` works and depends on the name, as the prompts are built."""
+    try:
+        return template.format("α") != template.format("β")
+    except (IndexError, KeyError, ValueError):
+        return False
+
+
 def zeroshot_tasks(p: Section, root: Path) -> list[ZeroShotTask]:
     suite = p.section("zeroshot")
     tasks = []
@@ -86,10 +94,10 @@ def zeroshot_tasks(p: Section, root: Path) -> list[ZeroShotTask]:
         t = suite.section(name)
         classnames = {str(k): str(v) for k, v in t.get("classnames", dict).items()}
         templates = tuple(str(x) for x in t.get("templates", list))
-        if not classnames or not templates or any("{}" not in x for x in templates):
+        if not classnames or not templates or not all(map(_names_the_class, templates)):
             # an empty list has no class embedding to compare with; a template without {} gives every class
             # the same prompt, and so the same embedding
-            raise ParamsError(f"params: '{t.path}' needs classnames and templates, each template with {{}} for "
+            raise ParamsError(f"params: '{t.path}' needs classnames and templates, each template with one {{}} for "
                               f"the class name; got {len(classnames)} classnames, templates {list(templates)!r}")
         tasks.append(ZeroShotTask(
             name=name, path=root / Path(t.get("path", str)), classnames=classnames, templates=templates,

@@ -3,7 +3,8 @@
 Registering is idempotent: a register killed after MLflow created its version, or run again on the
 same build (``dvc repro -f -s register``, a commit that changes only the gate's params), gets that
 version back rather than a twin of the same weights, which would double the registry's storage and
-make the gate compare a model with its copy.
+make the gate compare a model with its copy. Its evaluation is part of a version: the same weights
+scored by a changed evaluation suite are a new version, carrying their new scores.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def build_digest(model_dir: Path, code_path: Path, tags: dict[str, str], pip_req
 def registered_build(client: mlflow.MlflowClient, name: str, build: str) -> str | None:
     """The newest version of ``name`` registered from ``build`` (None when there is none). The filter names
     the hex digest only: a model name may hold a quote, which no filter string can."""
-    found = [int(v.version) for v in client.search_model_versions(f"tags.{BUILD_TAG} = '{build}'") if v.name == name]
+    found = [int(v.version) for v in client.search_model_versions(f"tags.{BUILD_TAG} = '{build}'")
+             if v.name == name and v.status == "READY"]
     return str(max(found)) if found else None
 
 
@@ -73,6 +75,9 @@ def register_model(model_dir: Path, name: str, alias: str, example_image: Path, 
         run_id = client.get_model_version(name, version).run_id
         print(f"register: this build is already version {version} of '{name}' (tag {BUILD_TAG}={build[:12]}…): "
               "reusing it", flush=True)
+        for key in NOT_THE_BUILD:  # as of this run, beside the lineage_run_id that names it
+            if key in tags:
+                client.set_model_version_tag(name, version, key, tags[key])
     else:
         example = pd.DataFrame({"image": [encode_image_file(example_image)], "text": ["a figure of a cell"]})
         info = mlflow.pyfunc.log_model(
