@@ -105,11 +105,12 @@ def test_a_champion_scored_on_another_gallery_is_scored_again_on_this_one(client
 
     v2 = _version(client, tmp_path, {METRIC: 0.50, gallery: 1200})  # worse than the old tag, better here
     d = promote.decide(client, "m", v2, METRIC, margin=0.0, rescore=rescore)
-    assert asked == [v1] and d.promote and d.champion_score == 0.40 and "re-scored" in d.reason
+    assert asked == [v1] and d.promote and d.champion_score == 0.40
+    assert "re-scored on this gallery of 1,200 pairs" in d.reason, d.reason
     promote.apply(client, "m", v2, d)
     v3 = _version(client, tmp_path, {METRIC: 0.55, gallery: 1000})
     d = promote.decide(client, "m", v3, METRIC, margin=0.0)  # no rescorer: refused, not guessed
-    assert not d.promote and "not comparable" in d.reason
+    assert not d.promote and "another gallery (1,200 pairs), this version on 1,000 pairs: not comparable" in d.reason
     asked.clear()
     v4 = _version(client, tmp_path, {METRIC: 0.65, gallery: 1200})  # same gallery: the tag is the score
     assert promote.decide(client, "m", v4, METRIC, margin=0.0, rescore=rescore).promote and asked == []

@@ -96,8 +96,9 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     ours, theirs = gallery(tags, metric), gallery(champion_tags, metric)
     if best is not None and ours is not None and not _same_gallery(ours, theirs):
         if rescore is None:
-            return Decision(False, f"champion v{champion_version} was scored on another gallery ({theirs[0]} pairs), "
-                                   f"this version on {ours[0]}: not comparable", candidate, champion_version, None)
+            return Decision(False, f"champion v{champion_version} was scored on another gallery ({_pairs(theirs[0])}), "
+                                   f"this version on {_pairs(ours[0])}: not comparable", candidate, champion_version,
+                            None)
         try:
             best = rescore(champion_version)
         except DataError as exc:  # the champion itself is broken (an unreachable one raises on: retried later)
@@ -108,7 +109,7 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
         if best is None:
             return Decision(False, f"champion v{champion_version} got no '{metric}' on this gallery",
                             candidate, champion_version, None, blocked=True)
-        measured = f" (re-scored on this gallery of {ours[0]})"
+        measured = f" (re-scored on this gallery of {_pairs(ours[0])})"
     if best is None:
         return Decision(True, f"champion v{champion_version} has no '{metric}'", candidate, champion_version, None)
     if candidate > best + margin:
@@ -116,6 +117,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
                               f"+ margin {margin}", candidate, champion_version, best)
     return Decision(False, f"{metric} {candidate:.4f} ≤ champion v{champion_version} {best:.4f}{measured} "
                            f"+ margin {margin}", candidate, champion_version, best)
+
+
+def _pairs(size: float | None) -> str:
+    """A gallery size as people write it (the tags hold floats: "1,000 pairs", not "1000.0")."""
+    return f"{int(size):,} pairs" if isinstance(size, (int, float)) else "an unrecorded number of pairs"
 
 
 def _same_gallery(ours: tuple, theirs: tuple) -> bool:
