@@ -45,9 +45,9 @@ def normalised_answer(answer: str) -> str:
     answer with a thousands comma) or made a space, periods not before a digit dropped, lower case, number
     words as digits, no articles, no commas, "x ray" as "xray". (The VQA code's contraction table is left out:
     no VQA-RAD answer has one.)"""
-    text = answer
+    text, thousands = answer, DIGIT_COMMA_DIGIT.search(answer) is not None
     for mark in PUNCTUATION:
-        gone = f"{mark} " in answer or f" {mark}" in answer or DIGIT_COMMA_DIGIT.search(answer) is not None
+        gone = thousands or f"{mark} " in answer or f" {mark}" in answer
         text = text.replace(mark, "" if gone else " ")
     words = [NUMBER_WORDS.get(w, w) for w in PERIOD.sub("", text).lower().split()]
     return " ".join(w for w in words if w not in ARTICLES).replace(",", "").replace("x ray", "xray")

@@ -151,8 +151,7 @@ def gate(client: MlflowClient, name: str, version: str, metric: str, margin: flo
               "deciding again", flush=True)
     reason = (f"champion of '{name}' kept moving during {tries} decisions: another run is promoting at the same "
               "time; run register again")
-    client.set_model_version_tag(name, version, "promotion", "undecided")  # not left looking never gated
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    _record(client, name, version, "undecided", reason)  # not left looking never gated
     raise DataError(f"register: {reason}")
 
 
@@ -161,5 +160,10 @@ def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> 
     killed between the calls leaves a champion without its reason, never a version tagged champion that is not."""
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion", "champion" if decision.promote else "rejected")
-    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    _record(client, name, version, "champion" if decision.promote else "rejected", decision.reason)
+
+
+def _record(client: MlflowClient, name: str, version: str, outcome: str, reason: str) -> None:
+    """The gate's outcome and reason as the version's ``promotion`` and ``promotion_reason`` tags."""
+    client.set_model_version_tag(name, version, "promotion", outcome)
+    client.set_model_version_tag(name, version, "promotion_reason", reason)

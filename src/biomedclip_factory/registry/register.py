@@ -44,7 +44,8 @@ class Registered:
 def build_digest(model_dir: Path, code_path: Path, tags: dict[str, str], pip_requirements: list[str],
                  limits: ServeLimits) -> str:
     """sha256 of everything a version is made of: the weights and config, the packaged code, the serving
-    environment and limits, and the lineage tags (code commit, data hashes, training run, eval metrics)."""
+    environment and limits, and the lineage tags but ``NOT_THE_BUILD`` (data hashes, training run, eval
+    metrics)."""
     cache = DigestCache()
     parts = {"model": tree_digest(model_dir, cache, "register: model")["sha256"],
              "code": tree_digest(code_path, cache, "register: code")["sha256"],
