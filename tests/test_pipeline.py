@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from PIL import Image
 
-from .conftest import UP_TO_DATE, copy_built, dvc_status, project_env, run_stage, stage_command
+from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, project_env, run_stage, stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,22 @@ def test_run_state_absent_as_after_dvc_pull_changes_nothing(built_project: Path,
     shutil.rmtree(project / "data" / "align_journal")
     shutil.rmtree(project / "models" / "checkpoints")
     assert dvc_status(project) == UP_TO_DATE
+
+
+def test_dvc_repro_registers_in_a_registry_that_lacks_the_model(built_project: Path, tmp_path: Path):
+    """The registry is outside what DVC hashes: a fresh clone's empty one (after `dvc pull`) must get the
+    model from `dvc repro`, though dvc.lock says every stage is done; nothing else reruns."""
+    project = copy_built(built_project, tmp_path / "project")
+    (project / "mlflow.db").unlink()
+    shutil.rmtree(project / "mlartifacts")
+    log = dvc(project, "repro").stdout
+    assert "Running stage 'register'" in log, log[-3000:]
+    reran = [s for s in ("scrape", "align", "shard", "tokenizer", "pretrain", "evaluate") if f"Running stage '{s}'" in log]
+    assert not reran, log[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("biomedclip-factory", "champion")
+    assert champion.version == "1"
+    assert json.loads((project / "metrics/register.json").read_text())["version"] == 1
 
 
 LOAD_MODEL_DIR = """
