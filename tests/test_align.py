@@ -132,8 +132,11 @@ def test_normalise_converts_modes_and_rejects_garbage_and_bombs():
     Image.new("P", (300, 100)).save(buf, format="PNG")
     img = normalise_image(buf.getvalue(), 64, 90, "a.png")
     assert (img.width, img.height) == (64, 21)
-    with pytest.raises(ArticleError, match="b.jpg: undecodable image"):
+    with pytest.raises(ArticleError, match="b.jpg: undecodable image") as first:
         normalise_image(b"not an image", 64, 90, "b.jpg")
+    with pytest.raises(ArticleError) as again:  # rejects.jsonl is a DVC output: no buffer address in it
+        normalise_image(b"not an image", 64, 90, "b.jpg")
+    assert str(first.value) == str(again.value) == "b.jpg: undecodable image: not an image format Pillow reads"
     bomb = io.BytesIO()
     Image.new("1", (20000, 20000)).save(bomb, format="PNG")
     with pytest.raises(ArticleError, match="c.png: image too large"):

@@ -2,6 +2,8 @@
 model is trained, scored and served on the same pixels."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from PIL import Image
 
@@ -24,3 +26,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def unreadable_because(exc: BaseException) -> str:
+    """Why Pillow could not read an image, in words that are the same on every run and in every clone.
+
+    Pillow names what it read from: a buffer by its memory address (``<_io.BytesIO object at 0x7f…>``,
+    new on every run) or a file by its absolute path. Either, written into a record DVC hashes
+    (``rejects.jsonl``, ``eval.json``), changes the output with nothing changed and reruns what follows.
+    """
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image format Pillow reads"
+    if isinstance(exc, OSError) and exc.strerror:  # errno errors: the reason without the path
+        return exc.strerror
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..errors import ArticleError
-from ..rgb import to_rgb
+from ..rgb import to_rgb, unreadable_because
 
 # Decompression-bomb limit, far above any real figure; Pillow warns above it and fails at twice it.
 Image.MAX_IMAGE_PIXELS = 180_000_000
@@ -73,7 +73,7 @@ def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> Nor
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ArticleError(f"{where}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ArticleError(f"{where}: undecodable image: {exc}") from exc
+        raise ArticleError(f"{where}: undecodable image: {unreadable_because(exc)}") from exc
     img = to_rgb(img)
     if max(img.size) > max_side:
         img = _shrink(img, max_side)

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from ..model.build import create_model
 from ..io import relative_to_cwd
 from ..model.text import tokenize
-from ..rgb import to_rgb
+from ..rgb import to_rgb, unreadable_because
 
 ImageSource = Path | np.ndarray  # an image file, or an HxW(x3) uint8 array (MedMNIST-style .npz)
 
@@ -64,7 +64,7 @@ class _Decoded(torch.utils.data.Dataset):
         try:
             return i, self.preprocess(open_rgb(self.sources[i])), ""
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            return i, None, f"{shown(self.sources[i])}: {exc}"
+            return i, None, f"{shown(self.sources[i])}: {unreadable_because(exc)}"
 
 
 def _collate(rows: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[str]]:
