@@ -20,6 +20,10 @@ PROJECT_PACKAGES = {"biomedclip_factory": REPO / "src", "stages": REPO}
 # registered model (``code_paths``), so an edit anywhere in it must make a new version.
 PACKAGED = {"register": ["src/biomedclip_factory"]}
 
+# Modules a stage runs that no import names: scoring a ``models:/`` entry (evaluate, and register's gate)
+# unpickles the registered ``ClipPyfunc``, whose ``load_context`` is this project's registry code.
+UNPICKLED = {"evaluate": ["biomedclip_factory.registry.pyfunc"], "register": ["biomedclip_factory.registry.pyfunc"]}
+
 # Keys of a stage's own params section that change how fast or how visibly it runs, never what it
 # produces: listing them would rerun the stage (hours of pretraining) for nothing.
 OPERATIONAL = {
@@ -84,7 +88,9 @@ def project_files(entry: str) -> set[Path]:
 def uncovered(stage: str, spec: dict) -> list[str]:
     """Files ``stage`` runs or packages that none of its deps (a file, or a folder above it) covers."""
     deps = [REPO / d for d in spec["deps"]]
-    needed = {p.relative_to(REPO).as_posix() for p in project_files(f"stages.{stage}")} | set(PACKAGED.get(stage, []))
+    entries = [f"stages.{stage}", *UNPICKLED.get(stage, [])]
+    needed = {p.relative_to(REPO).as_posix() for entry in entries for p in project_files(entry)} \
+        | set(PACKAGED.get(stage, []))
     return sorted(f for f in needed if not any((REPO / f) == d or d in (REPO / f).parents for d in deps))
 
 
