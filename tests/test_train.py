@@ -9,6 +9,8 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -734,6 +736,23 @@ def test_fingerprint_covers_the_train_shards(tmp_path):
     assert fingerprint(dataclasses.replace(cfg, compile=True, log_every=1, prefetch_factor=8)) == base
     assert fingerprint(dataclasses.replace(cfg, zero_stage=3 - cfg.zero_stage)) != base  # the checkpoint layout
     assert fingerprint(dataclasses.replace(cfg, lr=cfg.lr / 2)) != base
+
+
+def test_fingerprint_covers_the_training_code_wherever_the_checkout_is(tmp_path):
+    """A run killed, its loss fixed and rerun must start over; the same code in a moved checkout resumes."""
+    from .conftest import REPO
+
+    def digest(checkout: str, edit: bytes = b"") -> str:
+        shutil.copytree(REPO / "src", tmp_path / checkout / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        loop = tmp_path / checkout / "src/biomedclip_factory/train/loop.py"
+        loop.write_bytes(loop.read_bytes() + edit)
+        code = "import stages.pretrain; from biomedclip_factory.train.resume import training_code_digest as d; print(d())"
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": f"{tmp_path / checkout / 'src'}{os.pathsep}{REPO}"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.split()[-1]
+
+    assert digest("a") == digest("b") != digest("c", b"\n# a fixed loss\n")
 
 
 def test_a_moved_checkout_keeps_its_checkpoints_and_new_start_weights_restart(tmp_path, monkeypatch):

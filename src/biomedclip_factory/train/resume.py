@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,29 @@ RESUMABLE_ACROSS = ("log_every", "prefetch_factor", "grad_checkpointing", "compi
 
 def run_fingerprint(spec: ModelSpec, cfg: TrainConfig, init: tuple[Path | None, Path | None], vocabulary: Path,
                     shard_dir: Path, world_size: int) -> str:
-    """What a run's checkpoints belong to: model, recipe, ranks, starting point, vocabulary and train shards."""
+    """What a run's checkpoints belong to: model, recipe, ranks, starting point, vocabulary, train shards
+    and the code that trains."""
     recipe = {k: v for k, v in cfg.__dict__.items() if k not in RESUMABLE_ACROSS}
     # a starting dir by its content: other weights copied in restart the run; a moved one resumes it
     starts = [tree_digest(i, DigestCache(), "start")["sha256"] if i is not None else "None" for i in init]
     blob = json.dumps([spec.__dict__, recipe, world_size, vocabulary.read_text(), starts,
-                       split_digests(shard_dir).get("train", "")], sort_keys=True, default=str)
+                       split_digests(shard_dir).get("train", ""), training_code_digest()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def training_code_digest() -> str:
+    """The source of every module of this package the process has loaded (the stage imports all it uses
+    at its top). A run killed, its loop or loss fixed and the stage rerun must not resume: its first
+    steps came from the old code, and DVC records the result under the new code's hash, as if it had
+    trained it all. So a resume needs the code the checkpoints were written by, as align's journal does."""
+    package = __name__.split(".")[0]
+    root = Path(str(sys.modules[package].__file__)).parent
+    files = sorted(Path(str(module.__file__)).relative_to(root).as_posix() for name, module in list(sys.modules.items())
+                   if name.split(".")[0] == package and getattr(module, "__file__", None))
+    digest = hashlib.sha256()
+    for file in files:  # by path inside the package: a moved checkout resumes
+        digest.update(file.encode() + b"\0" + (root / file).read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
