@@ -674,6 +674,7 @@ def test_a_lost_rank_then_rerun_resumes_zero_3_accumulated_bf16_dropout_training
     launch(args, ranks=2)
     rerun = _log(tmp_path / "lost" / "log.jsonl")[len(crashed):]
     assert rerun[-1]["done"] and rerun[-1]["resumed_from"] == 3
+    assert [p.name for p in (tmp_path / "lost" / "ckpt").iterdir() if p.is_dir()] == ["step6"]  # pruned by rank 0
     resumed = _losses(rerun)
     assert sorted(resumed) == [4, 5, 6]
     expected = _losses(_log(tmp_path / "straight" / "log.jsonl"))
@@ -698,6 +699,7 @@ def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(t
         (tmp_path / "ckpt").mkdir(exist_ok=True)
         (tmp_path / "ckpt" / "fingerprint").write_text(fingerprint)
         (tmp_path / "ckpt" / "latest").write_text(f"step{step}")
+        (tmp_path / "ckpt" / f"step{step}").mkdir(exist_ok=True)
         state.loss_log.write_text("".join(f'{{"step": {s}, "loss": {9 - s}}}\n' for s in (2, 4, 6)))
 
     checkpointed("recipe+data", 4)
@@ -711,6 +713,12 @@ def test_checkpoints_resume_only_an_unfinished_run_of_the_same_recipe_and_data(t
         assert checkpoint_step(tmp_path / "ckpt") == 0
         assert (tmp_path / "ckpt" / "fingerprint").read_text() == fingerprint
         assert read_jsonl(state.loss_log) == []
+    for latest in ("", "step", "step4x", "step6"):  # truncated, or naming a checkpoint that is not there
+        checkpointed("recipe+data", 4)
+        (tmp_path / "ckpt" / "latest").write_text(latest)
+        assert state.prepare("recipe+data", steps=8) == 0, latest
+        assert "names no checkpoint" in capsys.readouterr().out
+        assert not (tmp_path / "ckpt" / "step4").exists() and checkpoint_step(tmp_path / "ckpt") == 0
 
 
 def test_fingerprint_covers_the_train_shards(tmp_path):
@@ -787,6 +795,9 @@ def test_a_resume_on_another_thread_count_says_it_will_not_be_bit_identical(mode
             with distributed():
                 pretrain(create_model(work, load_weights=True), work, shards, checkpoints,
                          config(steps=steps, checkpoint_every=2), lambda step, values: None)
+            # only the newest checkpoint is kept, across resumes too: a paper-scale run writes ~109 of ~3 GB
+            assert [p.name for p in checkpoints.iterdir() if p.is_dir()] == [f"step{steps}"]
+            assert checkpoint_step(checkpoints) == steps
             said = [line for line in capsys.readouterr().out.splitlines() if "torch threads" in line]
             assert said == ([] if count == threads else [
                 f"pretrain: resuming from step 4 on {threads + 1} torch threads, the checkpoint was written on "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import time
 import types
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
+from ..io import write_bytes_atomic
 from ..model.build import save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, bucket_cuts, train_batches
 from ..shards.transform import to_model_input, train_image_transform
@@ -337,7 +339,31 @@ _TAG = "step"  # DeepSpeed checkpoint tags: step<N>; its ``latest`` file names t
 def checkpoint_step(checkpoint_dir: Path) -> int:
     """The step the newest checkpoint in ``checkpoint_dir`` holds (0: none), i.e. where a run resumes."""
     latest = checkpoint_dir / "latest"
-    return int(latest.read_text().strip().removeprefix(_TAG)) if latest.is_file() else 0
+    if not latest.is_file():
+        return 0
+    tag = latest.read_text().strip()
+    if not (tag.startswith(_TAG) and tag[len(_TAG):].isdigit() and (checkpoint_dir / tag).is_dir()):
+        print(f"pretrain: {latest} names no checkpoint in {checkpoint_dir} ({tag!r}): not resuming", flush=True)
+        return 0
+    return int(tag[len(_TAG):])
+
+
+def save_checkpoint(engine: Any, checkpoint_dir: Path, step: int, client_state: dict[str, Any]) -> None:
+    """DeepSpeed's checkpoint of ``step``, then ``latest`` pointed at it, then the older ones deleted.
+
+    DeepSpeed's rank 0 rewrites ``latest`` in place once its own files are written, while other ranks may
+    still be writing theirs: a kill then leaves it naming an incomplete checkpoint, or truncated, naming
+    none, and every rerun fails. Here it moves, atomically, after every rank has saved (DeepSpeed's closing
+    barrier), and only then do older checkpoints go: the paper profile writes ~109 of ~3 GB each, which
+    kept would fill the disk long before the run ends (open_clip_train's ``--delete-previous-checkpoint``).
+    """
+    tag = f"{_TAG}{step}"
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+    if torch.distributed.get_rank() == 0:
+        write_bytes_atomic(checkpoint_dir / "latest", tag.encode())
+        for old in checkpoint_dir.glob(f"{_TAG}*"):
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old)
 
 
 def say_if_threads_differ(written_on: int | None, step: int) -> None:
@@ -362,7 +388,7 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
     torch.manual_seed(cfg.seed)
     engine, scheduler = build_engine(model, cfg, world)
     start, loss_value = 0, float("nan")
-    if (checkpoint_dir / "latest").is_file():
+    if checkpoint_step(checkpoint_dir):
         _, client_state = engine.load_checkpoint(str(checkpoint_dir))
         start, loss_value = int(client_state["step"]), float(client_state.get("loss", "nan"))
         say_if_threads_differ(client_state.get("torch_threads"), start)
@@ -395,9 +421,8 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
                            "tokens_per_s": tokens / elapsed})
         loss_value = result.loss  # one wait for the GPU per segment, not per step
         if cfg.checkpoint_every:
-            engine.save_checkpoint(str(checkpoint_dir), tag=f"{_TAG}{end}",
-                                   client_state={"step": end, "loss": loss_value,
-                                                 "torch_threads": torch.get_num_threads()})
+            save_checkpoint(engine, checkpoint_dir, end,
+                            {"step": end, "loss": loss_value, "torch_threads": torch.get_num_threads()})
     seconds = time.perf_counter() - t0
     save_consolidated(engine, model_dir)
     return TrainSummary(steps=cfg.steps, resumed_from=start, samples=samples, tokens=tokens, seconds=seconds,
