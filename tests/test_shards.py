@@ -172,6 +172,24 @@ def test_training_shuffles_samples_as_open_clip_trainer_does(tmp_path):
     assert len({shard_of[m["pair_id"]] for m in first}) >= 8
 
 
+def test_training_workers_shuffle_apart_and_the_same_on_a_rerun(pairs, tmp_path):
+    """One shard, so both workers read the same samples in the same order: only their own shuffle draws
+    tell their batches apart (a buffer RNG made before the workers fork reaches each as the same copy)."""
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=len(rows), seed=0)
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+
+    def first_batches() -> list[list[str]]:  # WebLoader takes batches from the workers in turn: 0, 1, 0, 1
+        stream = train_batches(tmp_path, _zeros, collate, batch_size=len(rows), seed=0, rank=0, num_workers=2,
+                               shuffle_buffer=len(rows))
+        return [[m["pair_id"] for m in next(stream)[2]] for _ in range(4)]
+
+    batches = first_batches()
+    assert set(batches[0]) | set(batches[1]) <= {r.pair_id for r in rows}
+    assert batches[0] != batches[1] and batches[0] != batches[2]
+    assert first_batches() == batches
+
+
 def test_ranks_draw_different_training_streams(pairs, tmp_path):
     root, rows = pairs
     write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)

@@ -198,14 +198,20 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
         raise DataError(f"the train split in {shard_base} has no samples")
     skips = skips or SkipCounter()
 
-    def worker_seed() -> int:  # deterministic per (seed, rank, worker): same stream on a rerun
-        return int.from_bytes(hashlib.sha256(f"{seed}:{rank}:{_worker_id()}".encode()).digest()[:4], "big")
+    def worker_seed(purpose: str = "shards") -> int:  # deterministic per (seed, rank, worker): same stream on a rerun
+        key = f"{seed}:{rank}:{_worker_id()}" + ("" if purpose == "shards" else f":{purpose}")
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+
+    def shuffle(samples: Iterator[dict]) -> Iterator[dict]:
+        """open_clip_train's sample buffer, its draws seeded in the worker that runs it: an RNG made here
+        would reach every worker as the same copy, and they would all draw alike."""
+        return wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, SAMPLE_SHUFFLE_INITIAL),
+                           rng=random.Random(worker_seed("shuffle")))(samples)
 
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=skips),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, SAMPLE_SHUFFLE_INITIAL),
-                    rng=random.Random(f"{seed}:{rank}")),
+        shuffle,
         *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, meta_fields=("pair_id",),
                              draft_size=draft_size),
     )
