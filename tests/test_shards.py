@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from biomedclip_factory.errors import DataError
 from biomedclip_factory.shards.loader import (CaptionCollator, SkipCounter, eval_batches, length_buckets, shard_urls,
                                               train_batches)
 from biomedclip_factory.shards.writer import write_split
@@ -188,6 +189,26 @@ def test_training_workers_shuffle_apart_and_the_same_on_a_rerun(pairs, tmp_path)
     assert set(batches[0]) | set(batches[1]) <= {r.pair_id for r in rows}
     assert batches[0] != batches[1] and batches[0] != batches[2]
     assert first_batches() == batches
+
+
+@pytest.mark.timeout(120)  # it used to spin forever
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_gives_up_when_no_shard_can_be_read(pairs, tmp_path, workers):
+    """Resampling retries a failed shard forever: with every shard garbage it would hold the GPUs, yielding
+    nothing; it must fail, saying so. A shard sizes.json lists but the disk lacks (a partial `dvc pull`)
+    fails at once: training on the rest would be silent."""
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=3, seed=0)
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    shards = sorted((tmp_path / "train").glob("*.tar"))
+    for shard in shards:
+        shard.write_bytes(b"\0garbage" * 100)
+    with pytest.raises(DataError, match=f"training read nothing from its {len(shards)} shards"):
+        next(train_batches(tmp_path, _zeros, collate, batch_size=2, seed=0, rank=0, num_workers=workers))
+    shards[1].unlink()
+    with pytest.raises(DataError, match=f"1 of the {len(shards)} train shards that sizes.json lists are missing, "
+                                        f"e.g. .*{shards[1].name}"):
+        train_batches(tmp_path, _zeros, collate, batch_size=2, seed=0, rank=0)
 
 
 def test_ranks_draw_different_training_streams(pairs, tmp_path):

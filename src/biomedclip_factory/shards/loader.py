@@ -73,6 +73,27 @@ class SkipCounter:
         return True
 
 
+class GiveUpOnDeadStream:
+    """The skip handler of an endless stream: skips and counts as ``skips`` does, but once ``limit`` failures
+    come in a row with no sample read between them, raises. When no shard can be read (a partial
+    ``dvc pull``, a shard server that is down) resampling would retry forever, yielding nothing, with
+    the run's GPUs and its pipeline's lock held."""
+
+    def __init__(self, skips: SkipCounter, limit: int, shards: int) -> None:
+        self.skips, self.limit, self.shards, self.in_a_row = skips, limit, shards, 0
+
+    def __call__(self, exc: Exception) -> bool:
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise DataError(f"training read nothing from its {self.shards} shards: the last {self.limit} samples or "
+                            f"shards drawn all failed, the last with: {exc}") from exc
+        return self.skips(exc)
+
+    def read(self, sample: Any) -> Any:
+        self.in_a_row = 0
+        return sample
+
+
 class CaptionCollator:
     """Stack images; tokenise captions with padding to the batch's longest (≤ context length).
 
@@ -141,13 +162,16 @@ def _least_padding_cuts(widths: np.ndarray, buckets: int) -> list[tuple[int, int
 
 
 def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_size: int, partial: bool,
-                        skips: SkipCounter, meta_fields: tuple[str, ...], draft_size: int | None = None) -> list:
-    """Decoded, transformed, batched; of each sample's ``.json`` (~2 kB: mentions, hashes) only
-    ``meta_fields`` travel on, through the worker queues and, in evaluation, for the whole split."""
+                        skips: Callable[[Exception], bool], meta_fields: tuple[str, ...], draft_size: int | None = None,
+                        read: Callable[[Any], Any] = lambda sample: sample) -> list:
+    """Decoded, transformed, batched (``read`` sees each sample that made it); of each sample's ``.json``
+    (~2 kB: mentions, hashes) only ``meta_fields`` travel on, through the worker queues and, in
+    evaluation, for the whole split."""
     decoders = ([draft_jpeg_decoder(draft_size)] if draft_size else []) + [wds.autodecode.imagehandler("pilrgb")]
     return [wds.map(_named_failures(wds.autodecode.Decoder(decoders)), handler=skips),
             wds.to_tuple("jpg", "txt", "json", handler=skips),
             wds.map_tuple(preprocess, lambda t: t, lambda j: {k: j[k] for k in meta_fields}, handler=skips),
+            wds.map(read),
             wds.batched(batch_size, collation_fn=collate, partial=partial)]
 
 
@@ -185,6 +209,9 @@ def _pinned(batch: Batch) -> Batch:
 # ~5,000 × ~35 kB (a 512-px figure and its JSON) per loader worker, the first batch once 1,000 are in.
 SAMPLE_SHUFFLE_SIZE = 5000
 SAMPLE_SHUFFLE_INITIAL = 1000
+# Failures in a row, no sample read between them, after which training gives up on its shards: a shard of
+# ~1,000 corrupt samples, or ~1,000 draws of missing shards (with 5% of shards readable, 1 in 10^22).
+DEAD_STREAM_FAILURES = 1000
 
 
 def train_batches(shard_base: str | Path, preprocess: Callable, collate: CaptionCollator, batch_size: int, seed: int,
@@ -196,7 +223,11 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
     urls = shard_urls(shard_base, "train")
     if not urls:
         raise DataError(f"the train split in {shard_base} has no samples")
-    skips = skips or SkipCounter()
+    missing = [url for url in urls if "://" not in url and not url.startswith("pipe:") and not Path(url).is_file()]
+    if missing:  # resampling would train on the rest, silently: a partial `dvc pull`
+        raise DataError(f"{len(missing)} of the {len(urls)} train shards that sizes.json lists are missing, "
+                        f"e.g. {missing[0]} (dvc pull data/shards, or run the shard stage)")
+    guard = GiveUpOnDeadStream(skips or SkipCounter(), DEAD_STREAM_FAILURES, len(urls))
 
     def worker_seed(purpose: str = "shards") -> int:  # deterministic per (seed, rank, worker): same stream on a rerun
         key = f"{seed}:{rank}:{_worker_id()}" + ("" if purpose == "shards" else f":{purpose}")
@@ -210,10 +241,10 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
 
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
-        wds.tarfile_to_samples(handler=skips),
+        wds.tarfile_to_samples(handler=guard),
         shuffle,
-        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=skips, meta_fields=("pair_id",),
-                             draft_size=draft_size),
+        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=guard, meta_fields=("pair_id",),
+                             draft_size=draft_size, read=guard.read),
     )
     return _loader(pipeline, num_workers, prefetch_factor, pin=torch.cuda.is_available())
 
