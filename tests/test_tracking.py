@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import http.server
+import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -64,3 +66,44 @@ def test_a_tracking_server_that_is_down_hangs_or_fails_is_named_in_one_line(tmp_
     error = [line for line in proc.stderr.splitlines() if line.startswith("scrape: error:")]
     assert len(error) == 1 and error[0].startswith(f"scrape: error: the MLflow server at {shown} {said}"), error
     assert not (project / "data" / "raw").exists()  # it stopped before any work
+
+
+STAGE_THAT_HANGS = """
+import sys, time
+from pathlib import Path
+from biomedclip_factory.tracking import stage_run
+with stage_run("hangs", Path(sys.argv[1]), {"a": 1}) as run:
+    print(run.info.run_id, flush=True)
+    time.sleep(120)
+"""
+
+
+def _hanging_stage(project: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", STAGE_THAT_HANGS, str(project)], stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def test_a_killed_stage_s_run_ends_killed_not_running(tmp_path: Path):
+    """SIGTERM (a cancelled flow, `docker stop`, preemption) ends the run KILLED; SIGKILL leaves it RUNNING
+    until the next stage on this machine sees its process is gone. A live stage's run is left alone."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    stopped, stopped_id = _hanging_stage(tmp_path)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(60) == 128 + signal.SIGTERM
+    assert client.get_run(stopped_id).info.status == "KILLED"
+
+    killed, killed_id = _hanging_stage(tmp_path)
+    live, live_id = _hanging_stage(tmp_path)
+    try:
+        killed.kill()
+        killed.wait(60)
+        assert client.get_run(killed_id).info.status == "RUNNING"  # nothing ran to say otherwise
+        later, later_id = _hanging_stage(tmp_path)
+        later.kill()
+        assert client.get_run(killed_id).info.status == "KILLED"
+        assert client.get_run(live_id).info.status == "RUNNING"
+    finally:
+        live.kill()
+        live.wait(60)

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import AccessError, TrackingServerError
+from .run_status import close_dead_runs, owner_tags, sigterm_unwinds
 
 EXPERIMENT = "biomedclip-factory"
 REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's names for HTTP 401 and 403
@@ -37,16 +38,29 @@ def configure(project_root: Path) -> str:
 
 @contextlib.contextmanager
 def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterator[Any]:
-    """An MLflow run for one stage execution, with its params section flattened."""
+    """An MLflow run for one stage execution, with its params section flattened. It ends KILLED when the
+    stage is stopped (Ctrl-C, SIGTERM), FAILED when it fails; runs this machine's killed stages left
+    RUNNING are closed first (``run_status``)."""
     import mlflow
 
     uri = tracking_uri(project_root)
     with server_errors_named(uri):
         announce_if_silent(uri, stage)
         experiment_id = configure(project_root)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags={"stage": stage}) as run:
-            mlflow.log_params(_flatten(params, stage))
-            yield run
+        for run_id in close_dead_runs(mlflow.MlflowClient(), experiment_id):
+            print(f"{stage}: MLflow run {run_id} was left running by a process that is gone: marked KILLED", flush=True)
+        with sigterm_unwinds():
+            run, status = mlflow.start_run(experiment_id=experiment_id, run_name=stage,
+                                           tags={"stage": stage, **owner_tags()}), "FAILED"
+            try:
+                mlflow.log_params(_flatten(params, stage))
+                yield run
+                status = "FINISHED"
+            except (KeyboardInterrupt, SystemExit):
+                status = "KILLED"
+                raise
+            finally:
+                mlflow.end_run(status)
 
 
 @contextlib.contextmanager
