@@ -191,6 +191,53 @@ def test_a_second_run_in_the_workspace_fails_at_once_and_changes_nothing(prefect
     assert not (project_on_path / "metrics" / "inputs.json").exists()  # no stage ran
 
 
+NFS_HOLDER = """
+import errno, fcntl, sys, time
+from pathlib import Path
+def no_flock(fd, operation):  # NFS: flock is a POSIX lock there, which needs a file open for writing
+    raise OSError(errno.EBADF, "Bad file descriptor")
+fcntl.flock = no_flock
+from biomedclip_factory.workspace import workspace_held
+with workspace_held(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_workspace_lock_holds_where_directories_cannot_be_flocked(tmp_path: Path, monkeypatch):
+    """NFS answers flock on a read-only directory with EBADF, Lustre without its flock option with ENOSYS:
+    the lock falls back to a POSIX lock on a file (one per process: the holder is another process), and a
+    filesystem with no locks at all is said, not run unlocked."""
+    import errno
+    import fcntl
+
+    from biomedclip_factory.errors import FactoryError
+    from biomedclip_factory.workspace import WorkspaceBusyError, workspace_held
+
+    def refused(code: int):
+        def lock(fd, operation):
+            raise OSError(code, os.strerror(code))
+        return lock
+
+    holder = subprocess.Popen([sys.executable, "-c", NFS_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(fcntl, "flock", refused(errno.EBADF))
+        with pytest.raises(WorkspaceBusyError, match=f"another pipeline or retrain run holds this workspace .pid {holder.pid} on "):
+            with workspace_held(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with workspace_held(tmp_path):  # the holder is gone, and with it its lock
+        pass
+    monkeypatch.setattr(fcntl, "flock", refused(errno.ENOSYS))
+    monkeypatch.setattr(fcntl, "lockf", refused(errno.ENOLCK))
+    with pytest.raises(FactoryError, match="its filesystem grants no file locks .No locks available., so two flow runs"):
+        with workspace_held(tmp_path):
+            pass
+
+
 def test_params_a_killed_run_overrode_are_put_back_by_the_next(project_on_path: Path):
     """SIGKILL (the OOM killer, a lost node) skips every ``finally``: the next run puts params.yaml back first."""
     from biomedclip_factory.workspace import workspace_held

@@ -6,10 +6,13 @@ profile or source) under the stages still running, or restore a failed stage's o
 run's feet. The lock is an ``flock`` on the project directory itself: the system drops it when its holder
 dies, ``kill -9`` included, and no cleanup (``rm -rf .dvc/tmp``, ``git clean``) can remove it from under a
 run. A stage command that outlived its killed flow holds no lock, so the next run looks for one too.
+On NFS, which emulates ``flock`` as a POSIX lock that needs a file open for writing, the lock is a POSIX
+lock on ``.dvc/tmp/flow-run.lock`` instead.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -24,6 +27,10 @@ from .io import write_bytes_atomic
 HOLDER = Path(".dvc") / "tmp" / "flow-run.holder"  # who holds the lock, for the message of whoever is refused
 PARAMS_BEFORE_RUN = Path(".dvc") / "tmp" / "params.yaml.before-run"  # while a run's override is in place
 OVERRIDE_DIGEST = Path(".dvc") / "tmp" / "params.yaml.override-sha256"  # what the run wrote in its place
+LOCK_FILE = Path(".dvc") / "tmp" / "flow-run.lock"  # where the directory cannot be flock'ed (NFS)
+# What flock on a directory opened read-only answers where the filesystem cannot grant it: NFS (EBADF),
+# Lustre mounted without flock (ENOSYS), some FUSE filesystems (EOPNOTSUPP, EINVAL, ENOLCK).
+NO_FLOCK = (errno.EBADF, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOLCK)
 
 
 class WorkspaceBusyError(FactoryError):
@@ -35,14 +42,13 @@ def workspace_held(project: Path) -> Iterator[None]:
     """Hold ``project`` for one flow run, or fail at once naming what holds it; on entry, a params.yaml
     that a killed run left overridden is put back first."""
     holder = project / HOLDER
-    fd = os.open(project, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            said = holder.read_text().strip() if holder.is_file() else "holder unknown"
-            raise WorkspaceBusyError(f"{project}: another pipeline or retrain run holds this workspace ({said}); "
-                                     "run again once it ends") from None
+        fd = _locked(project)
+    except BlockingIOError:
+        said = holder.read_text().strip() if holder.is_file() else "holder unknown"
+        raise WorkspaceBusyError(f"{project}: another pipeline or retrain run holds this workspace ({said}); "
+                                 "run again once it ends") from None
+    try:
         running = stage_processes(project)
         if running:
             raise WorkspaceBusyError(f"{project}: stage commands already run in this workspace (pids "
@@ -54,6 +60,30 @@ def workspace_held(project: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # and with it the lock
+
+
+def _locked(project: Path) -> int:
+    """An fd holding ``project``'s lock (closing it releases it); BlockingIOError while another holds it."""
+    fd = os.open(project, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError) or exc.errno not in NO_FLOCK:
+            raise
+    (project / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(project / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):  # POSIX's two words for "held"
+            raise BlockingIOError(exc.errno, exc.strerror) from None
+        raise FactoryError(f"{project}: its filesystem grants no file locks ({exc.strerror}), so two flow runs "
+                           "could work in it at once: mount it with locking (NFS: without 'nolock', lockd "
+                           "running; Lustre: -o flock) or keep the project on a local disk") from None
 
 
 def stage_processes(project: Path, stage: str | None = None) -> list:
