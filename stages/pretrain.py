@@ -8,12 +8,11 @@ from __future__ import annotations
 from argparse import Namespace
 from contextlib import nullcontext
 
-import mlflow
 import torch
 
 from biomedclip_factory.io import write_csv_atomic, write_json_atomic
 from biomedclip_factory.params import load_section
-from biomedclip_factory.tracking import stage_run
+from biomedclip_factory.tracking import BackgroundMetrics, stage_run
 from biomedclip_factory.train.process_group import distributed
 from biomedclip_factory.train.run import PretrainRun
 
@@ -25,17 +24,22 @@ def main(a: Namespace) -> None:
     run = PretrainRun.from_params(p, m, ROOT, a.tokenizer, a.shards, a.checkpoints, a.model)
     rank, model = torch.distributed.get_rank(), run.start()
 
-    def log(step: int, values: dict[str, float]) -> None:
-        mlflow.log_metrics(values, step=step)
-        print(f"pretrain: step {step}/{run.cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
-
     with stage_run("pretrain", ROOT, run.tracked_params(p)) if rank == 0 else nullcontext() as tracked:
-        result = run.train(model, log)  # one MLflow run, owned by rank 0
+        # one MLflow run, owned by rank 0; an outage of its server neither stalls nor ends days of training
+        metrics_out = BackgroundMetrics("pretrain", tracked.info.run_id) if rank == 0 else None
+
+        def log(step: int, values: dict[str, float]) -> None:
+            metrics_out.log(values, step)
+            print(f"pretrain: step {step}/{run.cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()),
+                  flush=True)
+
+        result = run.train(model, log)
         if rank == 0:
             metrics = {**result.metrics(), "train_samples": run.train_samples}
             write_json_atomic(a.metrics, {**metrics, "mlflow_run_id": tracked.info.run_id})
             write_csv_atomic(a.plot, run.loss_rows())
-            mlflow.log_metrics({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s})
+            metrics_out.log({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s}, result.steps)
+            metrics_out.close()
     if rank == 0:
         summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")
 

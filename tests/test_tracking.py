@@ -107,3 +107,30 @@ def test_a_killed_stage_s_run_ends_killed_not_running(tmp_path: Path):
     finally:
         live.kill()
         live.wait(60)
+
+
+def test_metrics_through_a_server_outage_are_said_and_counted_never_raised(tmp_path: Path, monkeypatch, capsys):
+    """Pretraining's per-step metrics: a tracking server that goes away must not end days of training (the
+    loss log keeps every step); a working store gets every row, in order."""
+    import mlflow
+
+    from biomedclip_factory.net import free_port
+    from biomedclip_factory.tracking import BackgroundMetrics
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = BackgroundMetrics("pretrain", "0" * 32, tracking_uri=f"http://127.0.0.1:{free_port()}")
+    for step in range(1, 6):
+        down.log({"loss": 5.0 - step}, step)
+    assert down.close(wait_s=60) == 5
+    said = capsys.readouterr().err
+    assert said.count("MLflow did not take the metrics") == 1 and "of step 1 (" in said
+    assert "pretrain: 5 metric rows did not reach MLflow run 000" in said
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    up = BackgroundMetrics("pretrain", run_id, tracking_uri=store)
+    for step in range(1, 6):
+        up.log({"loss": 5.0 - step, "lr": 0.1}, step)
+    assert up.close() == 0
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(s, 5.0 - s) for s in range(1, 6)]

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -60,7 +63,64 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
                 status = "KILLED"
                 raise
             finally:
-                mlflow.end_run(status)
+                try:
+                    mlflow.end_run(status)
+                except Exception as exc:  # noqa: BLE001 - the stage's outputs stand; its run's end is bookkeeping
+                    print(f"{stage}: could not mark MLflow run {run.info.run_id} {status} ({str(exc)[:300]}); a "
+                          "it stays RUNNING until a later stage on this machine closes it", file=sys.stderr, flush=True)
+
+
+class BackgroundMetrics:
+    """A long stage's metrics, posted to its MLflow run from a thread, so that the tracking server's outage
+    neither stalls the stage (MLflow retries a call for minutes) nor ends it: days of training are not
+    lost to a server restart. What the server does not take is said once per outage and counted; the
+    stage keeps its own full record (pretraining's loss log), so nothing is lost but MLflow's copy."""
+
+    def __init__(self, stage: str, run_id: str, capacity: int = 100_000, tracking_uri: str | None = None) -> None:
+        import mlflow
+
+        self.stage, self.run_id, self.client = stage, run_id, mlflow.MlflowClient(tracking_uri)
+        self.queue: queue.Queue = queue.Queue(capacity)
+        self.unlogged, self.failing = 0, False
+        self.thread = threading.Thread(target=self._post, name=f"{stage}-metrics", daemon=True)
+        self.thread.start()
+
+    def log(self, values: dict[str, float], step: int = 0) -> None:
+        try:
+            self.queue.put_nowait((values, step, int(time.time() * 1000)))
+        except queue.Full:
+            self.unlogged += 1
+
+    def _post(self) -> None:
+        from mlflow.entities import Metric
+
+        while (item := self.queue.get()) is not None:
+            values, step, when = item
+            try:
+                self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), when, step) for k, v in values.items()])
+            except Exception as exc:  # noqa: BLE001 - whatever the server or its client raised
+                self.unlogged += 1
+                if not self.failing:
+                    print(f"{self.stage}: MLflow did not take the metrics of step {step} ({str(exc)[:300]}); the "
+                          "stage goes on, and its own log keeps them", file=sys.stderr, flush=True)
+                self.failing = True
+            else:
+                if self.failing:
+                    print(f"{self.stage}: MLflow takes metrics again, from step {step}", file=sys.stderr, flush=True)
+                self.failing = False
+
+    def close(self, wait_s: float = 120.0) -> int:
+        """Post what is queued, waiting at most ``wait_s`` for a server that does not answer; returns how
+        many metric rows MLflow did not get."""
+        deadline = time.monotonic() + wait_s
+        with contextlib.suppress(queue.Full):
+            self.queue.put(None, timeout=wait_s)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        missed = self.unlogged + (self.queue.qsize() if self.thread.is_alive() else 0)  # still queued, if stuck
+        if missed:
+            print(f"{self.stage}: {missed} metric rows did not reach MLflow run {self.run_id}", file=sys.stderr,
+                  flush=True)
+        return missed
 
 
 @contextlib.contextmanager
