@@ -123,11 +123,14 @@ def test_persistent_404_and_malformed_metadata_are_recorded(server, tmp_path):
     shutil.copytree(SAMPLE_MIRROR, mirror)
     (mirror / "PMC3166277.1" / "PMC3166277.1.json").write_text("{not json")
     (mirror / "PMC2924383.1" / "pone.0012255.g003.jpg").unlink()
+    odd = mirror / "PMC3532326.1" / "PMC3532326.1.json"  # a field of another type: one article's problem
+    odd.write_text(json.dumps({**json.loads(odd.read_text()), "license_code": ["CC BY"]}))
     with MirrorServer(mirror) as srv:
         rows = {r["prefix"]: r for r in scrape(_cloud(srv.url), tmp_path / "raw", COMMERCIAL, progress=False).lines()}
     assert "malformed metadata JSON" in rows["PMC3166277.1"]["error"]
     assert "HTTP 404" in rows["PMC2924383.1"]["error"]
-    assert sum(r["status"] == "ok" for r in rows.values()) == len(ARTICLES) - 2
+    assert "metadata 'license_code' is list ['CC BY'], not str" in rows["PMC3532326.1"]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == len(ARTICLES) - 3
 
 
 def test_licence_policy_and_retraction(tmp_path):

@@ -70,6 +70,11 @@ def parse_metadata(blob: bytes, where: str) -> ArticleMeta:
         raise ArticleError(f"{where}: metadata lacks a valid {exc}") from exc
     if not re.fullmatch(r"PMC\d+", pmcid):
         raise ArticleError(f"{where}: bad pmcid {pmcid!r}")
+    for key, kind in (("license_code", str), ("doi", str), ("is_pmc_openaccess", bool), ("is_historical_ocr", bool),
+                      ("is_retracted", bool), ("media_urls", list)):
+        if data.get(key) is not None and not isinstance(data[key], kind):  # "false" would read as true
+            raise ArticleError(f"{where}: metadata '{key}' is {type(data[key]).__name__} {data[key]!r:.80}, "
+                               f"not {kind.__name__}")
     pmid = data.get("pmid")
     return ArticleMeta(
         pmcid=pmcid,
