@@ -35,7 +35,12 @@ def main(a: Namespace) -> None:
                    "articles_failed": result.count("failed"),
                    "articles_skipped": len(result.rows) - result.count("ok") - result.count("failed"),
                    "articles_fetched": result.fetched_articles, "versions_removed": len(result.removed),
+                   "articles_kept_after_failure": len(result.kept_after_failure),
                    "bytes_fetched": result.fetched_bytes, "articles_per_s": result.fetched_articles / max(seconds, 1e-9)}
+        if result.kept_after_failure:
+            prefix, why = next(iter(result.kept_after_failure.items()))
+            print(f"scrape: {len(result.kept_after_failure)} articles could not be fetched again; their last good "
+                  f"fetch stays (e.g. {prefix}: {why})", flush=True)
         write_json_atomic(a.metrics, {**metrics, "watermark": watermark})
         mlflow.log_metrics(metrics)
     summary("scrape", len(result.rows), result.count("ok"), result.count("failed"), seconds, "articles")

@@ -99,6 +99,23 @@ def test_persistent_faults_fail_only_their_article_with_the_reason(server, tmp_p
     assert not (tmp_path / "PMC2958805.1" / "PMC2958805.1.xml").exists()  # never a half file under its name
 
 
+def test_a_bad_night_keeps_the_last_good_fetch_of_what_it_could_not_fetch_again(server, tmp_path):
+    """Each night reads every version's metadata again: a server that fails one of them must not drop an
+    article already fetched whole (align would train on less), but one whose files are gone is failed."""
+    first = scrape(_cloud(server.url), tmp_path, COMMERCIAL, progress=False)
+    before = {r.prefix: r for r in first.rows}
+    for prefix in ("PMC2924383.1", "PMC3532326.1"):
+        server.faults.statuses[f"{prefix}/{prefix}.json"] = [503] * 10  # past every retry
+    (tmp_path / "PMC3532326.1" / "1756-0500-5-615-1.jpg").unlink()
+    bucket = HttpBucket(server.url, timeout=5, retries=1, backoff=0.01)
+    night = scrape(CloudSource(bucket), tmp_path, COMMERCIAL, progress=False, previous=first.rows)
+    rows = {r.prefix: r for r in night.rows}
+    assert rows["PMC2924383.1"] == before["PMC2924383.1"]  # the same line: align reuses its work
+    assert list(night.kept_after_failure) == ["PMC2924383.1"] and "503" in night.kept_after_failure["PMC2924383.1"]
+    assert rows["PMC3532326.1"].status == "failed" and "503" in rows["PMC3532326.1"].error
+    assert night.count("ok") == len(ARTICLES) - 1
+
+
 def test_the_rate_limit_holds_across_workers(server, tmp_path):
     bucket = HttpBucket(server.url, timeout=5, retries=1, backoff=0.01, rate_limit=40)
     result = scrape(CloudSource(bucket), tmp_path, COMMERCIAL, workers=8, progress=False)

@@ -30,6 +30,7 @@ class ScrapeResult:
     fetched_bytes: int
     fetched_articles: int = 0  # looked at this run (the rest reused from the previous manifest)
     removed: list[str] = field(default_factory=list)  # version folders deleted (superseded, retracted, dropped)
+    kept_after_failure: dict[str, str] = field(default_factory=dict)  # prefix → why it could not be fetched again
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.rows if r.status == status)
@@ -141,6 +142,19 @@ def _reusable(previous: dict[str, ManifestRow], item: Any, out_dir: Path) -> Man
     return row if row.status != OK or (out_dir / row.prefix).is_dir() else None
 
 
+def _last_good_fetch(previous: dict[str, ManifestRow], failed: ManifestRow, out_dir: Path) -> ManifestRow | None:
+    """The last run's row of a version this run could not fetch again (a timeout, a server's bad night), if
+    its files are all still there. A PMC version never changes (a correction is a new version), so they are
+    still that version: dropping it would shrink the corpus, and retrain on less, for a network error.
+    The row is kept as it was, so align reuses its work on it."""
+    row = previous.get(failed.prefix)
+    if row is None or row.status != OK:
+        return None
+    folder = out_dir / row.prefix
+    intact = all((folder / f["name"]).is_file() and (folder / f["name"]).stat().st_size == f["bytes"] for f in row.files)
+    return row if intact else None
+
+
 def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_articles: int | None = None,
            workers: int = 8, progress: bool = True, mapper: Mapper | None = None,
            previous: list[ManifestRow] | None = None, window: DateWindow = (None, None)) -> ScrapeResult:
@@ -164,15 +178,19 @@ def scrape(source: ArticleSource, out_dir: Path, policy: SelectionPolicy, max_ar
             rows.append(reused)
         else:
             todo.append(item)
-    total = 0
+    total, kept_after_failure = 0, {}
     for row, fetched in progress_map(mapper or thread_map(workers), partial(_fetch_one, source, out_dir, policy),
                                      todo, "scrape", "article", progress):
-        rows.append(row)
+        last_good = _last_good_fetch(before, row, out_dir) if row.status == FAILED else None
+        if last_good is not None:
+            kept_after_failure[row.prefix] = row.error or ""
+        rows.append(last_good or row)
         total += fetched
     rows.sort(key=lambda r: r.prefix)
     # A failed version keeps what it had (the next run retries it); skipped and superseded ones go.
     removed = prune(out_dir, {r.prefix for r in rows if r.kept})
-    return ScrapeResult(rows=rows, fetched_bytes=total, fetched_articles=len(todo), removed=removed)
+    return ScrapeResult(rows=rows, fetched_bytes=total, fetched_articles=len(todo), removed=removed,
+                        kept_after_failure=kept_after_failure)
 
 
 STATE = "state.json"
