@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType
 
 from biomedclip_factory.workspace import params_overridden, workspace_held
@@ -116,14 +117,18 @@ def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
     """Register ``retrain`` on a cron schedule and execute its runs here, one at a time, until stopped.
 
     This process is the worker: a deployment registered without one (``to_deployment().apply()``
-    with no work pool) is scheduled but never executed. ``global_limit=1`` keeps a long run and the
-    next night's from sharing one DVC workspace.
+    with no work pool) is scheduled but never executed. A deployment limit of 1 keeps a long run and
+    the next night's from sharing one DVC workspace, and CANCEL_NEW cancels a night that comes while
+    one still runs (Prefect's default queues it: a week-long training would be followed by seven
+    retrains back to back, each listing the source again, where the next one alone finds all that is new).
     """
+
     # The flow as its module's name gives it: run as ``python -m flows.retrain`` this module is
     # ``__main__``, an entrypoint that no other process (a work-pool worker, a restart) can import.
     from flows.retrain import retrain as importable
 
-    importable.serve(name=name, cron=cron, parameters=parameters, global_limit=1, limit=1,
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    importable.serve(name=name, cron=cron, parameters=parameters, global_limit=one_at_a_time, limit=1,
                      entrypoint_type=EntrypointType.MODULE_PATH)
 
 

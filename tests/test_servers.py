@@ -141,7 +141,10 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": api, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = _server(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path)
+    # A run waiting for the slot turns Late (and, under CANCEL_NEW, Cancelled) after 1 s here, not 15
+    server_env = {**env, "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
+                  "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1"}
+    server = _server(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env, tmp_path)
     worker = None
     try:
         _wait(f"{api}/health", server)
@@ -156,13 +159,18 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
         assert deployment["name"] == "nightly" and deployment["schedules"][0]["schedule"]["cron"] == "0 4 * * *"
         assert deployment["schedules"][0]["active"] and not deployment["paused"]  # the server will create its runs
         assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
         run = _prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
         deadline = time.monotonic() + 300
-        state = run["state"]["type"]
+        state, second = run["state"]["type"], None
         while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
             time.sleep(2)
             state = _prefect("GET", f"{api}/flow_runs/{run['id']}")["state"]["type"]
+            if state == "RUNNING" and second is None:  # the next night, while this one still runs
+                second = _prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
+        assert second is not None, "the first run never ran"
+        second_state = _prefect("GET", f"{api}/flow_runs/{second['id']}")["state"]
         deadline = time.monotonic() + 60  # the runner ships logs in batches, some after the state turns final
         logs = _run_logs(api, run["id"])
         while not any("'trained'" in entry["message"] for entry in logs) and time.monotonic() < deadline:
@@ -174,6 +182,7 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
                 proc.terminate()
                 proc.wait(timeout=30)
     assert state == "COMPLETED", [entry["message"] for entry in logs][-10:]
+    assert second_state["type"] == "CANCELLED" and "concurrency limit" in second_state["message"], second_state
     assert any("'trained': False" in entry["message"] for entry in logs)
     assert (project / "models/clip/open_clip_model.safetensors").read_bytes() == weights
 
