@@ -32,7 +32,8 @@ LINEAGE_RUN = "lineage_run_id"  # version tag: the register run whose artifacts 
 
 def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int) -> Callable[[str], float | None]:
     """Scores a registered version on this run's retrieval split as evaluate scored ours (the same
-    device and precision, decoding workers), for a gate on the same gallery."""
+    device, precision and batches: ``evaluate.batch_size``; decoding workers change nothing), for a
+    gate on the same gallery."""
     def rescore(version: str) -> float | None:
         split = metric.split(".")[1]
         print(f"register: scoring champion v{version} on this run's '{split}' split", flush=True)
@@ -46,6 +47,7 @@ def main(a: Namespace) -> None:
     p = load_section("register", ROOT / "params.yaml")
     name, alias = p.get("model_name", str), promote.new_version_alias(p)
     gate_metric, margin = p.get("gate_metric", str), p.get("margin", float)
+    evaluated_in_batches_of = load_section("evaluate", ROOT / "params.yaml").positive("batch_size")
     for needed in (a.model / "open_clip_config.json", a.eval, a.pretrain):
         if not needed.is_file():
             raise DataError(f"register: {needed} is missing (run the earlier stages)")
@@ -67,7 +69,7 @@ def main(a: Namespace) -> None:
         # The run holding them: a reused version's own run may have died before it logged them.
         client.set_model_version_tag(name, result.version, LINEAGE_RUN, mlflow.active_run().info.run_id)
         decision = promote.gate(client, name, result.version, gate_metric, margin,
-                                champion_rescorer(a, name, gate_metric, limits.batch_size))
+                                champion_rescorer(a, name, gate_metric, evaluated_in_batches_of))
         mlflow.set_tags({"registered_version": result.version, "reused_version": str(result.reused),
                          "promoted": str(decision.promote), "promotion_reason": decision.reason})
         seconds = time.perf_counter() - t0
