@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType
 
@@ -91,7 +91,8 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
 # not Failed, and Prefect then runs only on_crashed hooks: the alert goes on both.
 @flow(name="biomedclip-retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def retrain(project: str = str(ROOT), profile: str | None = None, source: str | None = None,
-            push: bool = False, notify_block: str | None = None, scrape_retries: int = 3) -> dict[str, Any]:
+            push: bool = False, notify_block: str | None = None, scrape_retries: int = 3,
+            push_retries: int = 3) -> dict[str, Any]:
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
     path = Path(project)
     with workspace_held(path):
@@ -104,13 +105,23 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
             result["reason"] = registered["promotion_reason"]
             if registered["blocked"]:
                 alert_blocked(notify_block, registered)
+        get_run_logger().info("retrain: %s", result)
         if push:
-            from dvc.repo import Repo
-
-            with Repo(str(path)) as repo:
-                repo.push()
-    get_run_logger().info("retrain: %s", result)
+            try:
+                push_outputs.with_options(retries=push_retries)(path)
+            except Exception as exc:  # the alert must say what did happen: the model may be champion already
+                raise RuntimeError(f"retrain: {result}, but `dvc push` failed ({str(exc)[:500]}): the remote lacks "
+                                   "this run's data and model until a later run pushes them") from exc
     return result
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=[10, 60, 300])
+def push_outputs(project: Path) -> None:
+    """``dvc push`` talks to the network: transient failures retry with growing delays."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        repo.push()
 
 
 def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:

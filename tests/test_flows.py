@@ -52,8 +52,12 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "margin"],
                        cwd=project, check=True)
+        (tmp_path / "not-a-folder").write_text("")  # and its push fails: the remote cannot be made
+        subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-f", "-d", "local",
+                        str(tmp_path / "not-a-folder" / "remote")], cwd=project, check=True)
         with _alerts_inbox() as block:
-            refused = retrain(project=str(project), scrape_retries=0, notify_block=block)
+            refused = retrain(project=str(project), scrape_retries=0, notify_block=block, push=True, push_retries=0,
+                              return_state=True)
     finally:
         sys.path.remove(str(project))
         _forget_flows()
@@ -62,17 +66,20 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
     assert registered["version"] == 2 and "champion v1" in registered["promotion_reason"]
     assert "re-scored on this gallery" in registered["promotion_reason"] and not registered["promoted"]  # same weights
     assert again["ran"]["scrape"] is True  # the source is always re-listed
-    assert again["trained"] is False and again["promoted"] is None
-    assert not any(again["ran"][s] for s in ("align", "shard", "tokenizer", "pretrain", "evaluate", "register"))
+    assert again["trained"] is False and again["promoted"] is False  # the registry reconciled: v2 again
+    assert not any(again["ran"][s] for s in ("align", "shard", "tokenizer", "pretrain", "evaluate"))
     assert sum(1 for f in remote.rglob("*") if f.is_file()) > 50  # dvc push sent the data and model
 
-    assert refused["ran"]["register"] and not refused["ran"]["evaluate"] and refused["promoted"] is False
+    # A push that fails fails the run, and its alert says what the run did before it.
+    assert refused.is_failed() and "`dvc push` failed" in refused.message, refused.message
+    assert "'evaluate': False, 'register': True" in refused.message and "'promoted': False" in refused.message
     registered = json.loads((project / "metrics/register.json").read_text())
     assert registered["version"] == 2, "the same build was registered again"
     assert registered["blocked"] == 1 and f"champion v{broken} could not be scored" in registered["promotion_reason"]
     assert registry.get_model_version_by_alias("biomedclip-factory", "champion").version == int(broken)
-    alert = json.loads(_Inbox.received[-1])["text"]
-    assert "biomedclip retrain needs attention: v2 not promoted" in alert and "repaired" in alert, alert
+    attention, failed = (json.loads(message)["text"] for message in _Inbox.received[-2:])
+    assert "biomedclip retrain needs attention: v2 not promoted" in attention and "repaired" in attention, attention
+    assert "biomedclip retrain failed" in failed and "`dvc push` failed" in failed, failed
 
 
 def _break_the_champion(registry, empty: Path) -> str:
