@@ -3,7 +3,8 @@
 Scrape is always re-run (it lists the source and fetches only what is new or changed since the last
 run: files already present with the right md5 are skipped). DVC then rebuilds only the stages whose
 inputs changed, so a day with nothing new trains nothing; when something changed, the new model is
-evaluated and registered, and the promotion gate decides whether it becomes ``champion``.
+evaluated and registered. Register runs every time (the registry is outside what DVC hashes: a build
+registered before is a lookup), and the promotion gate decides whether the build is ``champion``.
 
     python -m flows.retrain                       # one run now
     python -m flows.retrain --serve --cron "0 3 * * *"    # the schedule, run by this process
@@ -98,13 +99,11 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
     with workspace_held(path):
         with overridden_params(path, profile, source):
             ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
-        result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": None}
-        if ran["register"]:
-            registered = json.loads((path / "metrics" / "register.json").read_text())
-            result["promoted"] = bool(registered["promoted"])
-            result["reason"] = registered["promotion_reason"]
-            if registered["blocked"]:
-                alert_blocked(notify_block, registered)
+        registered = json.loads((path / "metrics" / "register.json").read_text())  # register runs every time
+        result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": bool(registered["promoted"]),
+                                  "reason": registered["promotion_reason"]}
+        if registered["blocked"]:  # each night until someone repairs the champion
+            alert_blocked(notify_block, registered)
         get_run_logger().info("retrain: %s", result)
         if push:
             try:

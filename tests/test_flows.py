@@ -48,7 +48,7 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
         registered = json.loads((project / "metrics/register.json").read_text())
         again = retrain(project=str(project), scrape_retries=0, push=True)
         broken = _break_the_champion(registry, tmp_path / "broken")
-        params["register"]["margin"] = 0.5  # register alone runs again, on the same build, after a commit
+        params["register"]["margin"] = 0.5  # a commit that changes only the gate: the same build, reused
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "margin"],
                        cwd=project, check=True)

@@ -179,6 +179,23 @@ def test_the_champion_gated_again_stays_champion(client, tmp_path):
         assert tags["promotion"] == "champion" and "no champion yet" in tags["promotion_reason"]  # why it is
 
 
+def test_a_rolled_back_champion_is_not_promoted_again_by_the_next_run(client, tmp_path):
+    """Register runs on every `dvc repro`: a person who moves champion back from v2 to v1 (a problem the
+    metric does not see) must not have it undone by the next night's gate of the same build. Deleting the
+    alias lets the gate choose again."""
+    v1, v2 = _version(client, tmp_path, {METRIC: 0.50}), _version(client, tmp_path, {METRIC: 0.60})
+    promote.gate(client, "m", v1, METRIC, margin=0.01)
+    assert promote.gate(client, "m", v2, METRIC, margin=0.01).promote
+    client.set_registered_model_alias("m", "champion", v1)  # the rollback
+    for _ in range(2):  # that night, and the next
+        d = promote.gate(client, "m", v2, METRIC, margin=0.01)
+        assert not d.promote and "was champion and v1 has replaced it" in d.reason
+        assert client.get_model_version_by_alias("m", "champion").version == v1
+        assert client.get_model_version("m", v2).tags["promotion"] == "deposed"
+    client.delete_registered_model_alias("m", "champion")
+    assert promote.gate(client, "m", v2, METRIC, margin=0.01).promote
+
+
 def test_new_versions_cannot_be_aliased_champion_past_the_gate():
     assert promote.new_version_alias(Section({"alias": "challenger"}, "register")) == "challenger"
     with pytest.raises(ParamsError, match="'register.alias' must not be 'champion'"):

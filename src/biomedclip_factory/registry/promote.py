@@ -17,6 +17,7 @@ from ..errors import DataError, ParamsError
 from ..params import Section
 
 CHAMPION = "champion"
+DEPOSED = "deposed"  # the ``promotion`` tag of a version that was champion and was replaced
 
 
 def new_version_alias(register: Section) -> str:
@@ -36,6 +37,7 @@ class Decision:
     champion_version: str | None
     champion_score: float | None
     blocked: bool = False  # refused until a person repairs the registry, not on the scores: worth an alert
+    deposed: bool = False  # it was champion once, and is no longer: not promoted again by the gate
 
 
 def eval_metrics(version_tags: dict[str, str]) -> dict:
@@ -87,6 +89,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     champion_version = client.get_registered_model(name).aliases.get(CHAMPION)
     if champion_version == version:  # a rerun of the register that promoted it, whatever the gate metric now
         return Decision(True, f"version {version} is already champion", candidate, version, candidate)
+    if champion_version is not None and tags.get("promotion") in (CHAMPION, DEPOSED):
+        # register runs on every repro: re-gating a version a person rolled back would undo the rollback
+        return Decision(False, f"version {version} was champion and v{champion_version} has replaced it (a rollback, "
+                               "or a later promotion): the gate never brings a version back; move the "
+                               f"'{CHAMPION}' alias to it by hand to", candidate, champion_version, None, deposed=True)
     if candidate is None:
         return Decision(False, f"evaluation missing or failed: no '{metric}' for version {version}", None, None, None)
     if champion_version is None:
@@ -140,7 +147,7 @@ def gate(client: MlflowClient, name: str, version: str, metric: str, margin: flo
     for _ in range(tries):
         decision = decide(client, name, version, metric, margin, rescore)
         if decision.promote and decision.champion_version == version:
-            if client.get_model_version(name, version).tags.get("promotion") != "champion":
+            if client.get_model_version(name, version).tags.get("promotion") != CHAMPION:
                 apply(client, name, version, decision)  # the run that promoted it died before saying so
             return decision  # else its tags keep the reason it was promoted for
         now = client.get_registered_model(name).aliases.get(CHAMPION) if decision.promote else None
@@ -160,7 +167,8 @@ def apply(client: MlflowClient, name: str, version: str, decision: Decision) -> 
     killed between the calls leaves a champion without its reason, never a version tagged champion that is not."""
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    _record(client, name, version, "champion" if decision.promote else "rejected", decision.reason)
+    _record(client, name, version, CHAMPION if decision.promote else DEPOSED if decision.deposed else "rejected",
+            decision.reason)
 
 
 def _record(client: MlflowClient, name: str, version: str, outcome: str, reason: str) -> None:
