@@ -33,13 +33,17 @@ def main(a: Namespace) -> None:
             print(f"pretrain: step {step}/{run.cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()),
                   flush=True)
 
-        result = run.train(model, log)
-        if rank == 0:
-            metrics = {**result.metrics(), "train_samples": run.train_samples}
-            write_json_atomic(a.metrics, {**metrics, "mlflow_run_id": tracked.info.run_id})
-            write_csv_atomic(a.plot, run.loss_rows())
-            metrics_out.log({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s}, result.steps)
-            metrics_out.close()
+        try:
+            result = run.train(model, log)
+            if rank == 0:
+                metrics = {**result.metrics(), "train_samples": run.train_samples}
+                write_json_atomic(a.metrics, {**metrics, "mlflow_run_id": tracked.info.run_id})
+                write_csv_atomic(a.plot, run.loss_rows())
+                metrics_out.log({"final_loss": result.final_loss, "samples_per_s_total": result.samples_per_s},
+                                result.steps)
+        finally:  # what is queued reaches the run before it ends, however training ended
+            if metrics_out is not None:
+                metrics_out.close()
     if rank == 0:
         summary("pretrain", result.samples, result.steps, 0, result.seconds, "samples")
 

@@ -134,3 +134,28 @@ def test_metrics_through_a_server_outage_are_said_and_counted_never_raised(tmp_p
         up.log({"loss": 5.0 - step, "lr": 0.1}, step)
     assert up.close() == 0
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(s, 5.0 - s) for s in range(1, 6)]
+
+
+SIGTERM_IN_A_FORKED_CHILD = """
+import multiprocessing, os, signal, time
+from biomedclip_factory.run_status import Terminated, sigterm_unwinds
+with sigterm_unwinds():
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    os.kill(child.pid, signal.SIGTERM)
+    child.join(30)
+    print(child.exitcode)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except Terminated as exc:
+        print("unwound", exc.code)
+print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+"""
+
+
+def test_sigterm_unwinds_the_stage_and_still_kills_a_worker_it_forked():
+    """A DataLoader worker forked inside the stage inherits the handler: it must die of SIGTERM as before,
+    not unwind a copy of the stage's MLflow run."""
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_A_FORKED_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == [str(-signal.SIGTERM), "unwound", str(128 + signal.SIGTERM), "True"], proc.stderr[-2000:]
