@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from biomedclip_factory.errors import SourceError
+from biomedclip_factory.errors import ArticleError, SourceError
 from biomedclip_factory.pmc.bucket import HttpBucket, LocalBucket, open_bucket
-from biomedclip_factory.pmc.metadata import SelectionPolicy
+from biomedclip_factory.pmc.metadata import SelectionPolicy, parse_metadata
 from biomedclip_factory.pmc.scrape import CloudSource, scrape
 
 from .conftest import SAMPLE_MIRROR, run_stage
@@ -148,6 +148,16 @@ def test_persistent_404_and_malformed_metadata_are_recorded(server, tmp_path):
     assert "HTTP 404" in rows["PMC2924383.1"]["error"]
     assert "metadata 'license_code' is list ['CC BY'], not str" in rows["PMC3532326.1"]["error"]
     assert sum(r["status"] == "ok" for r in rows.values()) == len(ARTICLES) - 3
+
+
+@pytest.mark.parametrize("field, value", [("license_code", ["CC BY"]), ("is_retracted", "false"),
+                                          ("media_urls", "s3://pmc-oa-opendata/x.jpg"), ("media_urls", [{"u": 1}]),
+                                          ("xml_url", 7)])
+def test_metadata_of_the_wrong_shape_is_that_article_s_error(field, value):
+    """Every field a scrape reads is checked before use: a TypeError from one article's JSON would end the run."""
+    meta = json.loads(next(SAMPLE_MIRROR.glob("PMC*/PMC*.json")).read_bytes())
+    with pytest.raises(ArticleError, match="^a.json: "):
+        parse_metadata(json.dumps({**meta, field: value}).encode(), "a.json")
 
 
 def test_licence_policy_and_retraction(tmp_path):

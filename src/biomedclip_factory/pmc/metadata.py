@@ -49,7 +49,7 @@ def file_row(name: str, data: bytes) -> dict[str, Any]:
 
 
 def parse_s3_url(url: str, where: str) -> RemoteFile:
-    m = _S3_URL.match(url or "")
+    m = _S3_URL.match(url) if isinstance(url, str) else None
     if not m:
         raise ArticleError(f"{where}: not an s3://bucket/key?md5= URL: {url!r}")
     return RemoteFile(m["key"], m["md5"].lower() if m["md5"] else None)
