@@ -7,7 +7,9 @@ run's feet. The lock is an ``flock`` on the project directory itself: the system
 dies, ``kill -9`` included, and no cleanup (``rm -rf .dvc/tmp``, ``git clean``) can remove it from under a
 run. A stage command that outlived its killed flow holds no lock, so the next run looks for one too.
 On NFS, which emulates ``flock`` as a POSIX lock that needs a file open for writing, the lock is a POSIX
-lock on ``.dvc/tmp/flow-run.lock`` instead.
+lock on ``.dvc/tmp/flow-run.lock`` instead, which is weaker: deleting that file (``rm -rf .dvc/tmp``)
+under a run lets another lock a new one, and POSIX locks belong to a process, so a second hold from the
+same process is not refused (flow runs are separate processes).
 """
 from __future__ import annotations
 

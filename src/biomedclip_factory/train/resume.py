@@ -71,7 +71,7 @@ class RunState:
         same_run, step = stamp.is_file() and stamp.read_text() == fingerprint, checkpoint_step(self.checkpoints)
         if not (same_run and 0 < step < steps):  # nothing to resume (garbage too) clears
             if step:  # say why hours of checkpoints go
-                why = "finished" if same_run else "of another recipe, data, vocabulary or number of ranks"
+                why = "finished" if same_run else "of another recipe, data, vocabulary, number of ranks, start or code"
                 print(f"pretrain: the checkpoints in {self.checkpoints} are of a run {why}: starting over", flush=True)
             shutil.rmtree(self.checkpoints, ignore_errors=True)
             write_bytes_atomic(stamp, fingerprint.encode())
