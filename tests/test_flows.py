@@ -198,6 +198,19 @@ def test_a_second_run_in_the_workspace_fails_at_once_and_changes_nothing(prefect
     assert not (project_on_path / "metrics" / "inputs.json").exists()  # no stage ran
 
 
+def _refused_while(process: subprocess.Popen, project: Path, said: str) -> None:
+    """The workspace is refused, saying ``said``, while ``process`` runs; then ``process`` is stopped."""
+    from biomedclip_factory.workspace import WorkspaceBusyError, workspace_held
+
+    try:
+        with pytest.raises(WorkspaceBusyError, match=said):
+            with workspace_held(project):
+                pass
+    finally:
+        process.kill()
+        process.wait()
+
+
 NFS_HOLDER = """
 import errno, fcntl, sys, time
 from pathlib import Path
@@ -219,7 +232,7 @@ def test_the_workspace_lock_holds_where_directories_cannot_be_flocked(tmp_path: 
     import fcntl
 
     from biomedclip_factory.errors import FactoryError
-    from biomedclip_factory.workspace import WorkspaceBusyError, workspace_held
+    from biomedclip_factory.workspace import workspace_held
 
     def refused(code: int):
         def lock(fd, operation):
@@ -227,15 +240,9 @@ def test_the_workspace_lock_holds_where_directories_cannot_be_flocked(tmp_path: 
         return lock
 
     holder = subprocess.Popen([sys.executable, "-c", NFS_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr(fcntl, "flock", refused(errno.EBADF))
-        with pytest.raises(WorkspaceBusyError, match=f"another pipeline or retrain run holds this workspace .pid {holder.pid} on "):
-            with workspace_held(tmp_path):
-                pass
-    finally:
-        holder.kill()
-        holder.wait()
+    assert holder.stdout.readline().strip() == "held"
+    monkeypatch.setattr(fcntl, "flock", refused(errno.EBADF))
+    _refused_while(holder, tmp_path, f"another pipeline or retrain run holds this workspace .pid {holder.pid} on ")
     with workspace_held(tmp_path):  # the holder is gone, and with it its lock
         pass
     monkeypatch.setattr(fcntl, "flock", refused(errno.ENOSYS))
@@ -267,7 +274,7 @@ def test_after_a_killed_run_an_edit_to_params_is_kept_and_a_left_stage_command_h
         project_on_path: Path, capsys):
     """What a killed run leaves: its override, which someone then edits (a `git pull`, by hand): the edit
     stays; a stage command that outlived it: the next run waits for it rather than run beside it."""
-    from biomedclip_factory.workspace import WorkspaceBusyError, workspace_held
+    from biomedclip_factory.workspace import workspace_held
     from flows.retrain import overridden_params
 
     edited = b"# edited after the crash\n" + (project_on_path / "params.yaml").read_bytes()
@@ -276,13 +283,7 @@ def test_after_a_killed_run_an_edit_to_params_is_kept_and_a_left_stage_command_h
     (project_on_path / "params.yaml").write_bytes(edited)
     left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                             env={**os.environ, "DVC_STAGE": "pretrain", "DVC_ROOT": str(project_on_path)})
-    try:
-        with pytest.raises(WorkspaceBusyError, match=f"stage commands already run in this workspace .pids {left.pid}"):
-            with workspace_held(project_on_path):
-                pass
-    finally:
-        left.kill()
-        left.wait()
+    _refused_while(left, project_on_path, f"stage commands already run in this workspace .pids {left.pid}")
     with workspace_held(project_on_path):
         assert (project_on_path / "params.yaml").read_bytes() == edited
     assert "kept as edited" in capsys.readouterr().out
