@@ -71,8 +71,8 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
                 try:
                     mlflow.end_run(status)
                 except Exception as exc:  # noqa: BLE001 - the stage's outputs stand; its run's end is bookkeeping
-                    print(f"{stage}: could not mark MLflow run {run.info.run_id} {status} ({str(exc)[:300]}); a "
-                          "it stays RUNNING until a later stage on this machine closes it", file=sys.stderr, flush=True)
+                    print(f"{stage}: could not mark MLflow run {run.info.run_id} {status} ({str(exc)[:300]}): it "
+                          "stays RUNNING until a later stage on this machine closes it", file=sys.stderr, flush=True)
 
 
 class BackgroundMetrics:
