@@ -137,8 +137,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config for ``cfg`` on ``world_size`` ranks.
 
     bf16/fp16 run as torch autocast over fp32 weights (open_clip_train's ``amp_bf16``; the paper says only
-    "bf16"), not as DeepSpeed's low-precision weights: there the logit-scale clamp and the saved model touch a bf16 copy that
-    the next step overwrites from a hidden fp32 master. Gradients are reduced in fp32 (no module is
+    "bf16"), not as DeepSpeed's low-precision weights: there the logit-scale clamp and the saved model
+    touch a bf16 copy that the next step overwrites from a hidden fp32 master. Gradients are reduced in fp32 (no module is
     declared safe for low-precision communication), as DDP reduces them. The learning-rate
     schedule is open_clip's (``train.schedule``), handed to ``deepspeed.initialize`` as an object.
     """
