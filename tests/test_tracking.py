@@ -139,9 +139,15 @@ def test_metrics_through_a_server_outage_are_said_and_counted_never_raised(tmp_p
 SIGTERM_IN_A_FORKED_CHILD = """
 import multiprocessing, os, signal, time
 from biomedclip_factory.run_status import Terminated, sigterm_unwinds
+def nap(ready):
+    ready.set()
+    time.sleep(60)
 with sigterm_unwinds():
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Event()
+    child = fork.Process(target=nap, args=(ready,))
     child.start()
+    ready.wait(30)  # a signal in the instant after fork is lost: Python clears pending signals in the child
     os.kill(child.pid, signal.SIGTERM)
     child.join(30)
     print(child.exitcode)
