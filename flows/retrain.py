@@ -132,7 +132,6 @@ def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
     one still runs (Prefect's default queues it: a week-long training would be followed by seven
     retrains back to back, each listing the source again, where the next one alone finds all that is new).
     """
-
     # The flow as its module's name gives it: run as ``python -m flows.retrain`` this module is
     # ``__main__``, an entrypoint that no other process (a work-pool worker, a restart) can import.
     from flows.retrain import retrain as importable
