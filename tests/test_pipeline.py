@@ -82,17 +82,33 @@ print(float((image @ text.T)[0, 0]))
 """
 
 
-def test_model_dir_loads_in_open_clip_from_anywhere(built_project: Path, tmp_path: Path):
+def test_model_dir_is_the_same_in_every_clone_and_loads_in_plain_open_clip(built_project: Path, tmp_path: Path):
+    """The dir names its text tower relative to the project, so another clone (or a `dvc pull` elsewhere)
+    holds the same bytes under the same DVC hash, and plain open_clip loads it from that clone's root;
+    ``relocate`` with an absolute path makes a copy load from any working directory."""
+    from biomedclip_factory.model.build import relocate
+
+    config = json.loads((built_project / "models/clip/open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    assert config["hf_model_name"] == config["hf_tokenizer_name"] == "models/clip"
     image = next((built_project / "data/pairs/images").glob("*.jpg"))
-    proc = subprocess.run([sys.executable, "-c", LOAD_MODEL_DIR, str(built_project / "models/clip"), str(image)],
-                          cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Model initialized randomly" not in proc.stderr
+    clone = tmp_path / "clone"
+    shutil.copytree(built_project / "models", clone / "models")  # and no other clone's dir to fall back on
+    from_root = subprocess.run([sys.executable, "-c", LOAD_MODEL_DIR, "models/clip", str(image)], cwd=clone,
+                               capture_output=True, text=True)
+    assert from_root.returncode == 0, from_root.stderr[-3000:]
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(clone / "models/clip", copy)
+    relocate(copy.resolve())
+    from_anywhere = subprocess.run([sys.executable, "-c", LOAD_MODEL_DIR, str(copy.resolve()), str(image)],
+                                   cwd=tmp_path, capture_output=True, text=True)
+    assert from_anywhere.returncode == 0, from_anywhere.stderr[-3000:]
     from biomedclip_factory.evaluate.embed import Encoder
 
     ours = Encoder.load(built_project / "models/clip")  # the trained weights, as the factory reads them
     expected = float(ours.embed_images([Image.open(image)]) @ ours.embed_texts(["genome variant analysis workflow"]).T)
-    assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(expected, abs=1e-5)
+    for proc in (from_root, from_anywhere):
+        assert "Model initialized randomly" not in proc.stderr
+        assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(expected, abs=1e-5)
 
 
 PULL_FROM_REGISTRY = """

@@ -4,8 +4,9 @@ BiomedCLIP's layout: a timm ViT image tower and an HF BERT text tower pooled wit
 ``cls_last_hidden_state_pooler`` and an MLP projection. The model dir holds
 ``open_clip_config.json``, the weights, and the text tower's HF config and tokenizer, so
 ``open_clip.create_model_and_transforms("local-dir:<dir>")`` and ``open_clip.get_tokenizer`` load it
-offline. open_clip builds the HF tower from ``text_cfg.hf_model_name``, so that field holds the
-dir's absolute path; ``relocate`` rewrites it for plain open_clip after the dir is copied elsewhere.
+offline. open_clip builds the HF tower from ``text_cfg.hf_model_name``, a path, so that field names the
+dir as its writer named it (``text_tower_location``); ``relocate`` rewrites it for plain open_clip after
+the dir is copied elsewhere.
 """
 from __future__ import annotations
 
@@ -66,6 +67,15 @@ def _text_config(spec: ModelSpec, vocab_size: int) -> BertConfig:
     )
 
 
+def text_tower_location(model_dir: Path) -> dict[str, str]:
+    """The config's names of the HF text tower: ``model_dir`` as the caller named it, never resolved. The
+    pretrain stage names ``models/clip`` relative to the project, so every clone writes the same bytes (one
+    DVC hash, one registry build for the same weights) and plain open_clip loads the dir from the project
+    root. An absolute path would differ per clone, and after a ``dvc pull`` elsewhere name a dir that is
+    not there, or another clone's."""
+    return {"hf_model_name": str(model_dir), "hf_tokenizer_name": str(model_dir)}
+
+
 def open_clip_config(spec: ModelSpec, model_dir: Path) -> dict[str, Any]:
     image_size = timm_image_size(spec.timm_model_name)
     return {
@@ -73,9 +83,8 @@ def open_clip_config(spec: ModelSpec, model_dir: Path) -> dict[str, Any]:
             "embed_dim": spec.embed_dim,
             "vision_cfg": {"timm_model_name": spec.timm_model_name, "timm_model_pretrained": False,
                            "timm_pool": "", "timm_proj": "linear", "image_size": image_size},
-            "text_cfg": {"hf_model_name": str(model_dir.resolve()), "hf_tokenizer_name": str(model_dir.resolve()),
-                         "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
-                         "context_length": spec.context_length},
+            "text_cfg": {**text_tower_location(model_dir), "hf_proj_type": "mlp",
+                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": spec.context_length},
         },
         "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
                            "interpolation": "bicubic", "resize_mode": "shortest"},
@@ -135,8 +144,7 @@ def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path,
     tokenizer.model_max_length = config["model_cfg"]["text_cfg"]["context_length"]
     tokenizer.save_pretrained(model_dir)
     text_config.save_pretrained(model_dir)
-    here = str(model_dir.resolve())
-    config["model_cfg"]["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+    config["model_cfg"]["text_cfg"].update(text_tower_location(model_dir))
     if timm_model_name not in (None, config["model_cfg"]["vision_cfg"].get("timm_model_name")):
         config["model_cfg"]["vision_cfg"].update(timm_model_name=timm_model_name,
                                                  image_size=timm_image_size(timm_model_name))
@@ -203,14 +211,11 @@ def save_weights(model: torch.nn.Module, model_dir: Path) -> None:
 
 
 def relocate(model_dir: Path) -> None:
-    """Point the config's HF text tower paths at ``model_dir`` after a copy or a move.
-
-    Only needed for loading the dir with plain ``open_clip`` (our loaders don't need it).
-    """
+    """Name ``model_dir``, as given, for the text tower: after a copy or a move, or with an absolute path
+    to load the dir with plain open_clip from any working directory (our loaders need neither)."""
     path = model_dir / CONFIG_NAME
     config = json.loads(path.read_text())
-    text_cfg = config["model_cfg"]["text_cfg"]
-    here = str(model_dir.resolve())
-    if text_cfg.get("hf_model_name") != here or text_cfg.get("hf_tokenizer_name") != here:
-        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = here
+    text_cfg, location = config["model_cfg"]["text_cfg"], text_tower_location(model_dir)
+    if any(text_cfg.get(k) != v for k, v in location.items()):
+        text_cfg.update(location)
         write_json_atomic(path, config)

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import ParamsError
 from ..io import write_json_atomic
-from .build import CONFIG_NAME, WEIGHTS_NAME, create_model, save_weights
+from .build import CONFIG_NAME, WEIGHTS_NAME, create_model, save_weights, text_tower_location
 
 SNAPSHOT_WEIGHTS = "open_clip_pytorch_model.bin"
 
@@ -42,8 +42,7 @@ def convert_snapshot(snapshot: Path, text_dir: Path | None, out: Path, key: str)
     tokenizer.model_max_length = text_cfg.get("context_length", tokenizer.model_max_length)
     tokenizer.save_pretrained(out)
     AutoConfig.from_pretrained(text_dir).save_pretrained(out)
-    here = str(out.resolve())
-    text_cfg.update(hf_model_name=here, hf_tokenizer_name=here)
+    text_cfg.update(text_tower_location(out))
     write_json_atomic(out / CONFIG_NAME, config)
     state = torch.load(snapshot / SNAPSHOT_WEIGHTS, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer older BERTs saved
