@@ -29,6 +29,18 @@ def test_auroc_and_balanced_accuracy_hand_computed():
     assert m["confusion"] == [[1, 1], [1, 1]] and m["chance"]["auroc"] == 0.5
 
 
+def test_auroc_ranks_confident_scores_a_float32_softmax_would_tie():
+    """Margins of 18 to 40 all round to probability 1.0 in float32; their order is still the model's."""
+    margins = torch.tensor([30.0, 25.0, 20.0, 40.0, -3.0, 18.0, 22.0])
+    y = torch.tensor([1, 1, 0, 1, 0, 0, 1])
+    assert classification_metrics(torch.stack([-margins / 2, margins / 2], dim=1), y, 2)["auroc"] == 1.0
+    # three classes at zero-shot's scale: class 0's members (log-odds 50, 40) above the member of class 1 that
+    # looks like class 0 (30); a float32 softmax puts all three at 1.0 and would give class 0 0.875
+    logits = torch.tensor([[90.0, 40, 0], [80, 40, 0], [60, 30, 0], [0, 50, 0], [0, 0, 50], [0, 10, 60]])
+    assert classification_metrics(logits, torch.tensor([0, 0, 1, 1, 2, 2]), 3)["auroc"] == 1.0
+    assert (logits.softmax(dim=1)[:3, 0] == 1.0).all()
+
+
 class _FakeEncoder:
     """Embeds a prompt as a fixed vector per word count: enough to check the averaging arithmetic."""
 

@@ -75,16 +75,17 @@ def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         for seed in seeds if fraction < 1 else seeds[:1]:
             index = subset(train_y, fraction, seed) if fraction < 1 else np.arange(len(train_y))
             probe, unconverged = fit_probe(train_x[index], train_y[index], seed, metric)
-            margins = torch.from_numpy(probe.decision_function(test_x)).float()
+            margins = torch.from_numpy(probe.decision_function(test_x)).double()
             if margins.ndim == 1:  # binary: one margin → two columns for the shared metrics
                 margins = torch.stack([-margins / 2, margins / 2], dim=1)
-            logits = torch.full((len(test_x), n_classes), -1e9)  # a class the train split lacks is never chosen
+            logits = torch.full((len(test_x), n_classes), -1e9, dtype=torch.float64)  # a class train lacks: never chosen
             logits[:, torch.from_numpy(probe.classes_).long()] = margins
             metrics = classification_metrics(logits, torch.from_numpy(test_y), n_classes)
             runs.append({"score": metrics[metric], "train_images": len(index), "C": float(np.ravel(probe.C_)[0]),
                          "unconverged": unconverged})
         scores = [r["score"] for r in runs]
-        out[f"{fraction:g}"] = {"score": float(np.mean(scores)), "std": float(np.std(scores)), "runs": len(runs),
+        out[f"{fraction:g}"] = {"score": float(np.mean(scores)),
+                                "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0, "runs": len(runs),
                                 "train_images": runs[0]["train_images"], "C": [r["C"] for r in runs],
                                 "unconverged_fits": sum(r["unconverged"] for r in runs)}
     return out
