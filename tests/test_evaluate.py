@@ -61,6 +61,14 @@ def test_npz_and_imagefolder_datasets(tmp_path):
     np.savez(tmp_path / "d.npz", test_images=np.zeros((5, 28, 28), np.uint8), test_labels=np.array([[0], [1], [2], [1], [0]]))
     images, labels = load_dataset(ZeroShotTask("d", tmp_path / "d.npz", {"1": "b", "0": "a"}, ("{}",)))
     assert labels == [1, 0, 0, 1] and images[0].shape == (28, 28)  # label 2 is not in the suite: left out
+    for name, arrays, problem in (("multi", np.zeros((5, 3), int), "multi-label"),  # ChestMNIST's 14 findings
+                                  ("short", np.zeros(4, int), "5 images but 4 labels"),
+                                  ("float", np.zeros(5), "of type float64")):
+        np.savez(tmp_path / f"{name}.npz", test_images=np.zeros((5, 28, 28), np.uint8), test_labels=arrays)
+        with pytest.raises(DataError, match=f"zero-shot '{name}': .*{name}.npz split 'test': .*{problem}"):
+            load_dataset(ZeroShotTask(name, tmp_path / f"{name}.npz", {"0": "a", "1": "b"}, ("{}",)))
+    with pytest.raises(DataError, match="class keys \\['a', 'b'\\] must be the integer labels"):
+        load_dataset(ZeroShotTask("d", tmp_path / "d.npz", {"a": "a", "b": "b"}, ("{}",)))
     (tmp_path / "f" / "yes").mkdir(parents=True)
     (tmp_path / "f" / "no").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "f" / "yes" / "1.png")

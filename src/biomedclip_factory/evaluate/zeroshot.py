@@ -34,13 +34,27 @@ def _imagefolder(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:
 
 
 def _npz(task: ZeroShotTask) -> tuple[list[ImageSource], list[int]]:
+    """A single-label MedMNIST-style split; labels the suite does not name are left out, and said."""
+    where = f"zero-shot '{task.name}': {task.path} split '{task.npz_split}'"
     try:
         data = np.load(task.path)
-        arrays, raw_labels = data[f"{task.npz_split}_images"], data[f"{task.npz_split}_labels"].reshape(-1)
+        arrays, raw_labels = data[f"{task.npz_split}_images"], data[f"{task.npz_split}_labels"]
     except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"zero-shot '{task.name}': cannot read {task.path} split '{task.npz_split}': {exc}") from exc
-    order = {int(k): i for i, k in enumerate(task.classnames)}
+        raise DataError(f"{where}: cannot read it: {exc}") from exc
+    if raw_labels.ndim > 2 or (raw_labels.ndim == 2 and raw_labels.shape[1] != 1):
+        raise DataError(f"{where}: labels of shape {raw_labels.shape} are multi-label; a set here has one per image")
+    raw_labels = raw_labels.reshape(-1)
+    if len(raw_labels) != len(arrays) or not np.issubdtype(raw_labels.dtype, np.integer):
+        raise DataError(f"{where}: {len(arrays)} images but {len(raw_labels)} labels of type {raw_labels.dtype}; "
+                        "one integer label per image is needed")
+    try:
+        order = {int(k): i for i, k in enumerate(task.classnames)}
+    except ValueError:
+        raise DataError(f"{where}: the class keys {list(task.classnames)} must be the integer labels the file "
+                        "holds") from None
     kept = [i for i, label in enumerate(raw_labels) if int(label) in order]
+    if len(kept) < len(raw_labels):
+        print(f"{where}: {len(raw_labels) - len(kept)} images of labels the suite does not name left out", flush=True)
     return [arrays[i] for i in kept], [order[int(raw_labels[i])] for i in kept]
 
 
