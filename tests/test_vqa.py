@@ -10,7 +10,7 @@ from PIL import Image
 
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.embed import Encoder
-from biomedclip_factory.evaluate.vqa import VqaTask, evaluate_vqa, normalised_answer
+from biomedclip_factory.evaluate.vqa import QA, VqaTask, baseline, evaluate_vqa, normalised_answer
 
 from .conftest import REPO, tiny_model_dir
 
@@ -59,7 +59,19 @@ def test_the_head_learns_a_separable_toy_vqa(encoder, tmp_path):
 def test_the_head_stays_at_chance_on_shuffled_answers(encoder, tmp_path):
     result = evaluate_vqa(encoder, _toy(tmp_path, shuffle=True), batch_size=8)
     assert result["overall"] < 0.6  # chance: 1/2 closed, 1/4 open; 32 questions on unseen images
-    assert result["baseline"]["open"] == 0.25
+
+
+def test_the_baseline_answers_every_question_with_the_commonest_training_answer_of_its_kind():
+    def qa(answer: str, closed: bool) -> QA:
+        return QA("q", "i.png", "?", answer, closed)
+
+    train = [qa("yes", True), qa("yes", True), qa("no", True), qa("axial", False), qa("axial", False), qa("liver", False)]
+    test = [qa("no", True), qa("no", True), qa("yes", True), qa("axial", False), qa("lung", False), qa("axial", False),
+            qa("liver", False)]
+    assert baseline(train, test) == {"closed": 1 / 3, "open": 0.5, "overall": pytest.approx(3 / 7)}
+    many = train + [qa(f"answer{i}", False) for i in range(10)] + [qa("axial", False)] * 5
+    assert baseline(many, test)["open"] == 0.5  # "axial" 2 of 4 times; a uniform guess among 12 answers: 1/12
+    assert baseline([qa("yes", True)], test)["open"] != baseline([qa("yes", True)], test)["open"]  # NaN: nothing to copy
 
 
 def test_bad_records_are_named_and_the_rest_runs(encoder, tmp_path):
