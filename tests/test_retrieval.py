@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biomedclip_factory.evaluate.retrieval import (caption_groups, ranks_in_blocks, ranks_of_truth, recall_at_k,
-                                                   retrieval_metrics)
+from biomedclip_factory.evaluate.retrieval import (PROTOCOL, caption_groups, ranks_in_blocks, ranks_of_truth,
+                                                   recall_at_k, retrieval_metrics)
 from biomedclip_factory.evaluate.zeroshot import classification_metrics
 
 
@@ -27,7 +27,7 @@ def test_retrieval_reports_both_directions_gallery_and_chance():
     txt = torch.tensor([[3.0, 1, 0], [0, 1, 2], [1, 0, 2]])
     # similarity = [[3, 0, 1], [1, 1, 0], [0, 2, 2]]
     m = retrieval_metrics(img, txt, ks=(1, 2))
-    assert m["gallery_size"] == 3 and m["chance"] == {"R@1": 1 / 3, "R@2": 2 / 3} and m["protocol"] == 2
+    assert m["gallery_size"] == 3 and m["chance"] == {"R@1": 1 / 3, "R@2": 2 / 3} and m["protocol"] == PROTOCOL
     # rows: i0 truth 3 first; i1 truth 1 tied with a 1 → rank 1; i2 truth 2 tied with a 2 → rank 1
     assert m["image_to_text"] == {"R@1": pytest.approx(1 / 3), "R@2": 1.0}
     # columns: t0 [3,1,0] first; t1 [0,1,2] second; t2 [1,0,2] first
@@ -65,6 +65,20 @@ def test_pairs_of_one_caption_are_each_others_right_answers():
     assert groups.tolist() == [0, 1, 2, 3, 4, 2, 5, 6, 2, 7]
     for block in (1, 3, 10):
         assert torch.equal(ranks_in_blocks(images, texts, block, groups), ranks_of_truth(images @ texts.T, groups))
+
+
+def test_a_caption_finds_its_figure_through_any_image_it_captions():
+    """Text→image with one caption on three images: ranking another of its images first is a hit, though
+    an unrelated image sits between that one and the pair's own."""
+    images = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    caption = torch.tensor([0.9, 0.0, 0.3, 0.5])  # image 0 best, then 3 (unrelated), then 2 (its own pair)
+    texts = torch.stack([caption, torch.tensor([0.0, 1, 0, 0]), caption, torch.tensor([0.0, 0, 0, 1])])
+    groups = caption_groups(["shared", "b", "shared", "d"])
+    expected = [0, 0, 0, 0]  # text 2's right answers are images 0 and 2: image 0 ranks first
+    assert ranks_of_truth(texts @ images.T, groups).tolist() == expected
+    for block in (1, 2, 4):
+        assert ranks_in_blocks(texts, images, block, groups).tolist() == expected
+    assert ranks_of_truth(texts @ images.T).tolist() == [0, 0, 2, 0]  # without the caption, text 2 misses
 
 
 def test_classification_metrics_balanced_and_chance():
