@@ -176,16 +176,22 @@ def test_an_unreadable_gallery_sample_is_counted_not_silently_dropped(built_proj
     tar_path = next((shards / "test").glob("*.tar"))
     with tarfile.open(tar_path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(tar_path, "w") as tar:
-        broken = False
-        for member, data in members:
-            if member.name.endswith(".jpg") and not broken:
-                data, broken = b"\xff\xd8not a jpeg" + bytes(len(data)), True
-                member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
+
+    def break_images(count: int) -> None:
+        with tarfile.open(tar_path, "w") as tar:
+            for member, data in members:
+                if member.name.endswith(".jpg") and count:
+                    data, count = b"\xff\xd8not a jpeg" + bytes(len(data)), count - 1
+                    member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+
+    break_images(1)
     encoder = replace(Encoder.load(built_project / "models/clip"), workers=1)
     result, meta, _ = split_retrieval(encoder, shards, "test", 8)
     assert result["gallery_size"] == len(meta) == 1 and result["unreadable"] == 1
+    break_images(2)  # nothing left to rank: an error, never a gallery of 0 that reads as a score
+    with pytest.raises(DataError, match="split 'test' in .*: none of its 2 samples could be read"):
+        split_retrieval(encoder, shards, "test", 8)
 
 
 def test_a_broken_model_dir_is_a_clear_error(tmp_path):
@@ -303,6 +309,17 @@ def test_a_probe_on_a_young_models_embeddings_fits_to_the_optimum(monkeypatch):
     report = markdown_report({"ours": {"linear_probe": {"young": {"metric": "accuracy", "chance": {"accuracy": 0.5},
                                                                    "fractions": fractions}}}})
     assert f"({fractions['1']['unconverged_fits']} fits unconverged)" in report
+
+
+def test_the_table_holds_every_task_some_model_scored_with_its_unreadable_images():
+    from biomedclip_factory.evaluate.report import markdown_report
+
+    scored = {"metric": "auroc", "score": 0.7, "images": 48, "chance": {"auroc": 0.5},
+              "unreadable": ["x/1.png: cannot identify image", "x/2.png: truncated"]}
+    table = markdown_report({"ours": {"zeroshot": {"rsna": {"error": "zero-shot 'rsna': dataset not found"}}},
+                             "released": {"zeroshot": {"rsna": scored}}})
+    assert "| zero-shot rsna auroc (48 images, 2 unreadable) | – | 0.700 | 0.500 |" in table
+    assert "- ours / rsna: zero-shot 'rsna': dataset not found" in table
 
 
 def test_a_probe_judged_by_auroc_picks_its_regularisation_by_auroc():

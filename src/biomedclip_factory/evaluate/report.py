@@ -26,40 +26,50 @@ def _probe_cell(run: dict | None) -> str:
             + (f" ({unconverged} fits unconverged)" if unconverged else ""))
 
 
+def _scored(ok: dict[str, dict], kind: str) -> list[tuple[str, dict]]:
+    """Each task of ``kind`` that any model scored, in the order met, with the first result that has it
+    (its sizes and chance levels are the dataset's, the same for every model): a task the first model
+    failed still gets its row for the others."""
+    found: dict[str, dict] = {}
+    for result in ok.values():
+        for task, res in result.get(kind, {}).items():
+            if "error" not in res and (kind != "retrieval" or res.get("gallery_size")):
+                found.setdefault(task, res)
+    return list(found.items())
+
+
+def _unreadable(res: dict) -> str:
+    lost = res.get("unreadable")
+    count = len(lost) if isinstance(lost, list) else lost  # retrieval counts them; the sets name them
+    return f", {count} unreadable" if count else ""
+
+
 def markdown_report(models: dict[str, dict]) -> str:
     """One table: a row per metric, a column per model, chance beside every score (for VQA: the
-    majority answer on closed questions, a uniform guess on open ones)."""
+    commonest training answer of each kind)."""
     ok = {name: r for name, r in models.items() if "error" not in r}
     names = list(ok)
     rows: list[tuple[str, list[str], str]] = []
-    first = next(iter(ok.values()), {})
-    for split, ret in first.get("retrieval", {}).items():
-        if not ret.get("gallery_size"):
-            continue
+    for split, ret in _scored(ok, "retrieval"):
         for direction in ("image_to_text", "text_to_image"):
             for k in ret[direction]:
-                lost = f", {ret['unreadable']} unreadable" if ret.get("unreadable") else ""
-                label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']}{lost})"
-                values = [_fmt(ok[n]["retrieval"].get(split, {}).get(direction, {}).get(k, "–")) for n in names]
+                label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']}{_unreadable(ret)})"
+                values = [_fmt(ok[n].get("retrieval", {}).get(split, {}).get(direction, {}).get(k, "–")) for n in names]
                 rows.append((label, values, _fmt(ret["chance"][k])))
-    for task, res in first.get("zeroshot", {}).items():
-        if "error" in res:
-            continue
+    for task, res in _scored(ok, "zeroshot"):
         metric = res["metric"]
-        values = [_fmt(ok[n]["zeroshot"].get(task, {}).get("score", "–")) for n in names]
-        rows.append((f"zero-shot {task} {metric} ({res['images']} images)", values, _fmt(res["chance"][metric])))
-    for task, res in first.get("linear_probe", {}).items():
-        if "error" in res:
-            continue
+        values = [_fmt(ok[n].get("zeroshot", {}).get(task, {}).get("score", "–")) for n in names]
+        rows.append((f"zero-shot {task} {metric} ({res['images']} images{_unreadable(res)})", values,
+                     _fmt(res["chance"][metric])))
+    for task, res in _scored(ok, "linear_probe"):
         for fraction, run in res["fractions"].items():
             values = [_probe_cell(ok[n].get("linear_probe", {}).get(task, {}).get("fractions", {}).get(fraction))
                       for n in names]
             label = (f"linear probe {task} {res['metric']} at {float(fraction):.0%} of train "
-                     f"({run['train_images']} images" + (f", {run['runs']} seeds)" if run["runs"] > 1 else ")"))
+                     f"({run['train_images']} images" + (f", {run['runs']} seeds" if run["runs"] > 1 else "")
+                     + f"{_unreadable(res)})")
             rows.append((label, values, _fmt(res["chance"][res["metric"]])))
-    for task, res in first.get("vqa", {}).items():
-        if "error" in res:
-            continue
+    for task, res in _scored(ok, "vqa"):
         for part in ("closed", "open", "overall"):
             values = [_fmt(ok[n].get("vqa", {}).get(task, {}).get(part, "–")) for n in names]
             rows.append((f"VQA {task} {part} accuracy ({res['questions'][part]} questions; frozen towers + MLP head)",

@@ -45,7 +45,10 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
         print(f"evaluate: split '{split}': {unreadable} of {len(meta) + unreadable} samples unreadable, "
               "left out of the gallery", flush=True)
     if not images:
-        return {"gallery_size": 0, "unreadable": unreadable}, [], torch.empty(0)
+        if unreadable:  # every sample skipped: a broken split, or shards another layout wrote; never a score
+            raise DataError(f"evaluate: split '{split}' in {shards}: none of its {unreadable} samples could be "
+                            "read (the lines above say why)")
+        return {"gallery_size": 0, "unreadable": 0}, [], torch.empty(0)
     image_emb, text_emb = torch.cat(images), torch.cat(texts)
     metrics = retrieval_metrics(image_emb, text_emb, captions=read_as)
     return {**metrics, "unreadable": unreadable}, meta, image_emb[:EXAMPLES] @ text_emb.T
