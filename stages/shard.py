@@ -12,6 +12,7 @@ from biomedclip_factory.corpus.table import TABLE_NAME, memory_mapped
 from biomedclip_factory.errors import DataError
 from biomedclip_factory.io import sweep_partial_writes, write_json_atomic
 from biomedclip_factory.params import load_section
+from biomedclip_factory.shards.layout import MANIFEST
 from biomedclip_factory.shards.writer import write_split
 from biomedclip_factory.tracking import stage_run
 
@@ -31,7 +32,7 @@ def main(a: Namespace) -> None:
         t0 = time.perf_counter()
         pairs = memory_mapped(table, Path(tmp) / "pairs.arrow")
         manifest = {split: write_split(pairs, a.pairs, a.shards, split, shard_size, seed) for split in splits}
-        write_json_atomic(a.shards / "manifest.json", manifest)
+        write_json_atomic(a.shards / MANIFEST, manifest)
         seconds = time.perf_counter() - t0
         metrics = {f"{split}_samples": m["samples"] for split, m in manifest.items()}
         metrics.update(shards=sum(m["shards"] for m in manifest.values()),

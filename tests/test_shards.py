@@ -211,6 +211,34 @@ def test_training_gives_up_when_no_shard_can_be_read(pairs, tmp_path, workers):
         train_batches(tmp_path, _zeros, collate, batch_size=2, seed=0, rank=0)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_shards_of_another_layout_stop_the_read_saying_so(pairs, tmp_path, workers):
+    """Every sample lacking a field the readers keep (shards an older shard stage wrote, or a rename): skipping
+    them one by one would evaluate a gallery of 0 and train on nothing; the read stops at the first."""
+    from biomedclip_factory.corpus.records import PAIR_FIELDS
+    from biomedclip_factory.shards.layout import ShardLayoutError
+    from biomedclip_factory.shards.loader import EVAL_META, TRAIN_META
+
+    assert set(TRAIN_META) | set(EVAL_META) <= set(PAIR_FIELDS)
+    root, rows = pairs
+    write_split(rows, root, tmp_path, "train", shard_size=10, seed=0)
+    shard = tmp_path / "train" / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            if member.name.endswith(".json"):
+                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "pair_id"}).encode()
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    collate = CaptionCollator(_Tokenizer(), context_length=8)
+    with pytest.raises(ShardLayoutError, match="lacks pair_id: the shards were written by another version"):
+        next(train_batches(tmp_path, _zeros, collate, batch_size=2, seed=0, rank=0, num_workers=workers))
+    with pytest.raises(ShardLayoutError, match="lacks pair_id"):
+        list(eval_batches(tmp_path, "train", _zeros, collate, 4, num_workers=workers))
+
+
 def test_ranks_draw_different_training_streams(pairs, tmp_path):
     root, rows = pairs
     write_split(rows, root, tmp_path, "train", shard_size=2, seed=0)

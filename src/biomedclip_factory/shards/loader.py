@@ -22,6 +22,7 @@ from webdataset.gopen import gopen
 
 from ..errors import DataError
 from ..model.text import tokenize
+from .layout import CAPTION, IMAGE, MANIFEST, META, SIZES, ShardLayoutError, kept_meta
 from .transform import draft_jpeg_decoder
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]
@@ -34,7 +35,7 @@ def _join(base: str | Path, *parts: str) -> str:
 
 def read_sizes(shard_base: str | Path, split: str) -> dict[str, int]:
     """The split's ``sizes.json`` (open_clip's convention), local or remote."""
-    url = _join(shard_base, split, "sizes.json")
+    url = _join(shard_base, split, SIZES)
     try:
         with gopen(url, "rb") as fh:
             return json.loads(fh.read())
@@ -53,7 +54,7 @@ def split_size(shard_base: str | Path, split: str) -> int:
 def split_digests(shard_dir: Path) -> dict[str, str]:
     """Each split's content digest from the shard stage's ``manifest.json`` ({} for shards without one):
     what pretraining resumes on and what the promotion gate calls the same gallery."""
-    manifest = shard_dir / "manifest.json"
+    manifest = shard_dir / MANIFEST
     if not manifest.is_file():
         return {}
     return {split: info["sha256"] for split, info in json.loads(manifest.read_text()).items() if "sha256" in info}
@@ -67,6 +68,8 @@ class SkipCounter:
         self.log_first = log_first
 
     def __call__(self, exc: Exception) -> bool:
+        if isinstance(exc, ShardLayoutError):  # every sample would fail alike
+            raise exc
         self.skipped += 1
         if self.skipped <= self.log_first:
             log.warning("skipped a corrupted sample: %s", exc)
@@ -169,8 +172,8 @@ def _samples_to_batches(preprocess: Callable, collate: CaptionCollator, batch_si
     evaluation, for the whole split."""
     decoders = ([draft_jpeg_decoder(draft_size)] if draft_size else []) + [wds.autodecode.imagehandler("pilrgb")]
     return [wds.map(_named_failures(wds.autodecode.Decoder(decoders)), handler=skips),
-            wds.to_tuple("jpg", "txt", "json", handler=skips),
-            wds.map_tuple(preprocess, lambda t: t, lambda j: {k: j[k] for k in meta_fields}, handler=skips),
+            wds.to_tuple(IMAGE, CAPTION, META, handler=skips),
+            wds.map_tuple(preprocess, lambda t: t, lambda j: kept_meta(j, meta_fields), handler=skips),
             wds.map(read),
             wds.batched(batch_size, collation_fn=collate, partial=partial)]
 
@@ -203,6 +206,9 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int, prefetch_factor: int, 
 
 def _pinned(batch: Batch) -> Batch:
     return tuple(part.pin_memory() if isinstance(part, torch.Tensor) else part for part in batch)
+
+
+TRAIN_META = ("pair_id",)  # what training keeps of a sample's metadata (a skipped sample's name)
 
 
 # open_clip_train's sample shuffle (data.py's _SAMPLE_SHUFFLE_SIZE and _INITIAL): samples still encoded,
@@ -243,7 +249,7 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=guard),
         shuffle,
-        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=guard, meta_fields=("pair_id",),
+        *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=guard, meta_fields=TRAIN_META,
                              draft_size=draft_size, read=guard.read),
     )
     return _loader(pipeline, num_workers, prefetch_factor, pin=torch.cuda.is_available())

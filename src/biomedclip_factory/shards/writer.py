@@ -2,13 +2,12 @@
 
 Samples are ordered by a seeded shuffle (so one article's figures spread across shards), tar
 member mtimes are fixed, and each split gets open_clip's ``sizes.json`` so its trainer reads our
-shards unchanged.
+shards unchanged (``layout``).
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 import tarfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..corpus.records import PAIR_SCHEMA, Pair
 from ..io import write_bytes_atomic, write_json_atomic
+from .layout import SIZES, sample_members, shard_name, shard_pattern
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -31,14 +31,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _tar_bytes(samples: Iterable[tuple[str, dict[str, Any], bytes]]) -> bytes:
+def _tar_bytes(pairs: Iterable[Pair], pairs_dir: Path) -> bytes:
     buf = io.BytesIO()
     # PAX: USTAR's bytes for every name under 100 bytes, and a long one (a long figure id) still fits.
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for key, meta, jpeg in samples:
-            _add(tar, f"{key}.jpg", jpeg)
-            _add(tar, f"{key}.txt", meta["caption"].encode())
-            _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        for p in pairs:
+            for name, data in sample_members(p.shard_key, (pairs_dir / p.image).read_bytes(), p.sample_meta(),
+                                             p.caption):
+                _add(tar, name, data)
     return buf.getvalue()
 
 
@@ -82,21 +82,18 @@ def write_split(pairs: pa.Table | Sequence[Pair], pairs_dir: Path, out_dir: Path
     random.Random(f"{seed}:{split}").shuffle(order)
     split_dir = out_dir / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    for stale in split_dir.glob(f"{split}-*.tar"):
+    for stale in split_dir.glob(shard_pattern(split)):
         stale.unlink()
     sizes: dict[str, int] = {}
     total_bytes = 0
     digest = hashlib.sha256()
     for index in range(0, len(order), shard_size):
         chunk = take(rows[order[index:index + shard_size]])
-        name = f"{split}-{index // shard_size:06d}.tar"
-        data = _tar_bytes(
-            (p.shard_key, p.sample_meta(), (pairs_dir / p.image).read_bytes())
-            for p in chunk
-        )
+        name = shard_name(split, index // shard_size)
+        data = _tar_bytes(chunk, pairs_dir)
         write_bytes_atomic(split_dir / name, data)
         digest.update(name.encode() + b"\0" + data)
         sizes[name] = len(chunk)
         total_bytes += len(data)
-    write_json_atomic(split_dir / "sizes.json", sizes)
+    write_json_atomic(split_dir / SIZES, sizes)
     return {"shards": len(sizes), "samples": len(order), "bytes": total_bytes, "sha256": digest.hexdigest()}
