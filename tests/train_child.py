@@ -271,7 +271,7 @@ def run_start(tokenizer: Path, out: Path) -> None:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     spec = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
                      text_heads=2, text_mlp_ratio=2)
-    run = PretrainRun(spec, config(seed=7), (None, None), tokenizer, out / "shards", out / "clip",
+    run = PretrainRun(spec, config(seed=7), (None, None), tokenizer, out / "shards", out / "clip", "clip",
                       RunState(out / "ckpt"), train_samples=8)
     torch.manual_seed(100 + rank)  # whatever a rank's RNG holds: only rank 0's start may count
     model = run.start()

@@ -67,13 +67,13 @@ def _text_config(spec: ModelSpec, vocab_size: int) -> BertConfig:
     )
 
 
-def text_tower_location(model_dir: Path) -> dict[str, str]:
-    """The config's names of the HF text tower: ``model_dir`` as the caller named it, never resolved. The
+def text_tower_location(name: str | Path) -> dict[str, str]:
+    """The config's names of the HF text tower: the model dir as its writer names it, never resolved. The
     pretrain stage names ``models/clip`` relative to the project, so every clone writes the same bytes (one
     DVC hash, one registry build for the same weights) and plain open_clip loads the dir from the project
     root. An absolute path would differ per clone, and after a ``dvc pull`` elsewhere name a dir that is
     not there, or another clone's."""
-    return {"hf_model_name": str(model_dir), "hf_tokenizer_name": str(model_dir)}
+    return {"hf_model_name": str(name), "hf_tokenizer_name": str(name)}
 
 
 def open_clip_config(spec: ModelSpec, model_dir: Path) -> dict[str, Any]:
@@ -210,12 +210,13 @@ def save_weights(model: torch.nn.Module, model_dir: Path) -> None:
     tmp.replace(model_dir / WEIGHTS_NAME)
 
 
-def relocate(model_dir: Path) -> None:
-    """Name ``model_dir``, as given, for the text tower: after a copy or a move, or with an absolute path
-    to load the dir with plain open_clip from any working directory (our loaders need neither)."""
+def relocate(model_dir: Path, name: str | Path | None = None) -> None:
+    """Name the text tower ``name`` (``model_dir`` as given when None): the project-relative name a stage
+    publishes, or, after a copy or a move, the absolute path that lets plain open_clip load the dir from
+    any working directory (our loaders need neither)."""
     path = model_dir / CONFIG_NAME
     config = json.loads(path.read_text())
-    text_cfg, location = config["model_cfg"]["text_cfg"], text_tower_location(model_dir)
+    text_cfg, location = config["model_cfg"]["text_cfg"], text_tower_location(model_dir if name is None else name)
     if any(text_cfg.get(k) != v for k, v in location.items()):
         text_cfg.update(location)
         write_json_atomic(path, config)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..io import append_log_row, read_jsonl, replace_dir
+from ..io import append_log_row, read_jsonl, relative_to, replace_dir
 from ..model.build import ModelSpec, create_model, relocate
 from ..model.sources import init_sources
 from ..model.start import start_model
@@ -29,6 +29,7 @@ class PretrainRun:
     tokenizer: Path
     shards: Path
     model: Path  # the published model dir; training happens beside it, in ``staging``
+    model_name: str  # how its config names it: relative to the project (the same bytes in every clone)
     state: RunState
     train_samples: int
 
@@ -43,7 +44,7 @@ class PretrainRun:
             raise DataError(f"pretrain: the train split in {shards} is empty")
         cfg = TrainConfig.from_params(p, train_samples, torch.distributed.get_world_size())
         return cls(ModelSpec.from_params(m), cfg, init_sources(m, root), tokenizer, shards, model,
-                   RunState(checkpoints), train_samples)
+                   relative_to(model, root), RunState(checkpoints), train_samples)
 
     @property
     def staging(self) -> Path:
@@ -81,7 +82,7 @@ class PretrainRun:
         result = pretrain(model, self.staging, self.shards, self.state.checkpoints, self.cfg, logged)
         if torch.distributed.get_rank() == 0:
             replace_dir(self.staging, self.model)
-            relocate(self.model)
+            relocate(self.model, self.model_name)
         return result
 
     def loss_rows(self) -> list[dict[str, float]]:
