@@ -24,9 +24,15 @@ def main(a: Namespace) -> None:
     run = PretrainRun.from_params(p, m, ROOT, a.tokenizer, a.shards, a.checkpoints, a.model)
     rank, model = torch.distributed.get_rank(), run.start()
 
-    with stage_run("pretrain", ROOT, run.tracked_params(p)) if rank == 0 else nullcontext() as tracked:
-        # one MLflow run, owned by rank 0; an outage of its server neither stalls nor ends days of training
-        metrics_out = BackgroundMetrics("pretrain", tracked.info.run_id) if rank == 0 else None
+    tracking = stage_run("pretrain", ROOT, run.tracked_params(p), continues=run.state.tracked_run()) \
+        if rank == 0 else nullcontext()
+    with tracking as tracked:
+        # one MLflow run, owned by rank 0, across resumes; an outage of its server neither stalls nor ends days
+        # of training
+        metrics_out = None
+        if rank == 0:
+            run.state.remember_run(tracked.info.run_id)
+            metrics_out = BackgroundMetrics("pretrain", tracked.info.run_id)
 
         def log(step: int, values: dict[str, float]) -> None:
             metrics_out.log(values, step)

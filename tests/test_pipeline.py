@@ -264,9 +264,15 @@ def test_pretrain_stage_killed_then_rerun_keeps_the_whole_loss_curve(built_proje
     proc.kill()
     proc.wait()
     assert (project / "models" / "checkpoints" / "latest").read_text() in ("step50", "step100"), "killed too late"
+    killed_run = (project / "models" / "checkpoints" / "mlflow_run").read_text()
     run_stage(project, "pretrain")
     metrics = json.loads((project / "metrics" / "pretrain.json").read_text())
     assert metrics["resumed_from"] in (50, 100)
+    assert metrics["mlflow_run_id"] == killed_run  # one MLflow run holds the whole curve
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_run(killed_run).info.status == "FINISHED"
+    logged = {m.step for m in client.get_metric_history(killed_run, "loss")}
+    assert {10, 150} <= logged, sorted(logged)  # from before the kill and from the resumed execution
     for output in ("plots/pretrain_loss.csv", "models/clip/open_clip_model.safetensors"):
         assert (project / output).read_bytes() == (built_project / output).read_bytes(), output
 

@@ -165,3 +165,31 @@ def test_sigterm_unwinds_the_stage_and_still_kills_a_worker_it_forked():
     not unwind a copy of the stage's MLflow run."""
     proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_A_FORKED_CHILD], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == [str(-signal.SIGTERM), "unwound", str(128 + signal.SIGTERM), "True"], proc.stderr[-2000:]
+
+
+def test_a_resumed_stage_continues_its_run_keeping_the_params_it_started_with(tmp_path: Path, capsys, monkeypatch):
+    """A pretraining killed and resumed is one MLflow run, one loss curve; a speed setting changed for the
+    resume is noted, not refused (MLflow will not change a logged param)."""
+    import json
+
+    import mlflow
+
+    from biomedclip_factory.tracking import stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # MLflow sets it: undone after
+    with stage_run("pretrain", tmp_path, {"lr": 1, "log_every": 10}) as first:
+        mlflow.log_metric("loss", 3.0, step=1)
+    with stage_run("pretrain", tmp_path, {"lr": 1, "log_every": 5}, continues=first.info.run_id) as again:
+        mlflow.log_metric("loss", 2.0, step=2)
+    assert again.info.run_id == first.info.run_id
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(first.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"pretrain.lr": "1", "pretrain.log_every": "10"}
+    assert json.loads(run.data.tags["resumed_with"]) == {"pretrain.log_every": "5"}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    with stage_run("pretrain", tmp_path, {"lr": 1}, continues="0" * 32) as fresh:  # a store that was reset
+        pass
+    assert fresh.info.run_id != first.info.run_id and "is no pretrain run in the store" in capsys.readouterr().out
+    with stage_run("evaluate", tmp_path, {}, continues=first.info.run_id) as other_stage:
+        pass
+    assert other_stage.info.run_id != first.info.run_id

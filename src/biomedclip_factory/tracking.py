@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import sys
@@ -40,10 +41,11 @@ def configure(project_root: Path) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterator[Any]:
+def stage_run(stage: str, project_root: Path, params: dict[str, Any], continues: str | None = None) -> Iterator[Any]:
     """An MLflow run for one stage execution, with its params section flattened. It ends KILLED when the
     stage is stopped (Ctrl-C, SIGTERM), FAILED when it fails; runs this machine's killed stages left
-    RUNNING are closed first (``run_status``)."""
+    RUNNING are closed first (``run_status``). ``continues`` names the run of the execution this one resumes
+    (a pretraining killed mid-way): it is reopened, so one run holds the whole loss curve."""
     import mlflow
 
     uri = tracking_uri(project_root)
@@ -58,10 +60,12 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
             print(f"{stage}: could not close MLflow runs left running by dead processes ({str(exc)[:300]})",
                   file=sys.stderr, flush=True)
         with sigterm_unwinds():
-            run, status = mlflow.start_run(experiment_id=experiment_id, run_name=stage,
+            reopened = _reopenable(mlflow.MlflowClient(), continues, experiment_id, stage)
+            run, status = mlflow.start_run(run_id=reopened, experiment_id=None if reopened else experiment_id,
+                                           run_name=None if reopened else stage,
                                            tags={"stage": stage, **owner_tags()}), "FAILED"
             try:
-                mlflow.log_params(_flatten(params, stage))
+                _log_params(run, _flatten(params, stage))
                 yield run
                 status = "FINISHED"
             except (KeyboardInterrupt, Terminated):
@@ -73,6 +77,38 @@ def stage_run(stage: str, project_root: Path, params: dict[str, Any]) -> Iterato
                 except Exception as exc:  # noqa: BLE001 - the stage's outputs stand; its run's end is bookkeeping
                     print(f"{stage}: could not mark MLflow run {run.info.run_id} {status} ({str(exc)[:300]}): it "
                           "stays RUNNING until a later stage on this machine closes it", file=sys.stderr, flush=True)
+
+
+def _reopenable(client: Any, run_id: str | None, experiment_id: str, stage: str) -> str | None:
+    """``run_id`` if it is a live run of ``stage`` in this experiment; else None, said (a store that was reset
+    or another tracking server: the resumed execution gets a run of its own)."""
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        run = None
+    if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active" \
+            or run.data.tags.get("stage") != stage:
+        print(f"{stage}: MLflow run {run_id}, which this execution resumes, is no {stage} run in the store: a new run "
+              "records the rest", flush=True)
+        return None
+    print(f"{stage}: resuming, in MLflow run {run_id}", flush=True)
+    return run_id
+
+
+def _log_params(run: Any, params: dict[str, str]) -> None:
+    """Log ``params``; a reopened run keeps the values it was started with (MLflow refuses to change a param)
+    and records those the resumed execution changed (its speed settings) under tag ``resumed_with``."""
+    import mlflow
+
+    logged = run.data.params
+    changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)}
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    if changed:
+        mlflow.set_tag("resumed_with", json.dumps(changed, sort_keys=True)[:5000])
 
 
 class BackgroundMetrics:

@@ -58,6 +58,20 @@ class RunState:
     def loss_log(self) -> Path:
         return self.checkpoints / "loss.jsonl"
 
+    @property
+    def _tracked_run(self) -> Path:
+        return self.checkpoints / "mlflow_run"
+
+    def tracked_run(self) -> str | None:
+        """The MLflow run the kept checkpoints were trained under: a resume continues it (``prepare`` clears it
+        with them, so a run started over gets a run of its own)."""
+        if not self._tracked_run.is_file():
+            return None
+        return self._tracked_run.read_text().strip() or None
+
+    def remember_run(self, run_id: str) -> None:
+        write_bytes_atomic(self._tracked_run, run_id.encode())
+
     def prepare(self, fingerprint: str, steps: int) -> int:
         """The step to resume from (0: start over, the checkpoints cleared), the loss log cut back to it.
 
