@@ -133,6 +133,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=order)
 
 
+# What libraries set once per process, whichever test first gets there (torch's inductor its cache dir,
+# HF tokenizers its parallelism before a fork): the same for every stage, and not the test's doing.
+SET_ONCE_BY_LIBRARIES = ("TORCHINDUCTOR_CACHE_DIR", "TOKENIZERS_PARALLELISM")
+
+
 @pytest.fixture(autouse=True)
 def _environment_left_as_found():
     """A test that leaves this process's environment changed changes every stage the later tests start
@@ -141,7 +146,8 @@ def _environment_left_as_found():
     before = dict(os.environ)
     yield
     changed = {k: (before.get(k), os.environ.get(k)) for k in set(before) | set(os.environ)
-               if before.get(k) != os.environ.get(k) and not k.startswith(("_", "PYTEST_"))}  # libraries' own
+               if before.get(k) != os.environ.get(k) and not k.startswith(("_", "PYTEST_"))  # libraries' own
+               and not (k in SET_ONCE_BY_LIBRARIES and k not in before)}
     for name in changed:
         if name in before:
             os.environ[name] = before[name]

@@ -13,7 +13,7 @@ import yaml
 from biomedclip_factory.digest import DigestCache, tree_digest
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.net import free_port
-from biomedclip_factory.named_inputs import check_named_paths, named_inputs, record, registry_weights
+from biomedclip_factory.named_inputs import Listing, check_named_paths, named_inputs, record, registry_weights
 
 from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, make_project, run_stage, tiny_model_dir
 
@@ -142,12 +142,43 @@ def _params(tmp_path: Path, **sections: dict) -> Path:
 def test_every_path_params_name_is_found_by_its_key():
     named = named_inputs(REPO / "params.yaml", REPO)
     assert named["tokenizer"] == {} and named["pretrain"] == {}  # the default trains its vocabulary, from scratch
+    assert named["scrape"] == {"scrape.source": ("sample/pmc-mirror", REPO / "sample/pmc-mirror")}
     assert set(named["evaluate"]) == {
         "evaluate.zeroshot.chest_xray_pneumonia.path", "evaluate.zeroshot.brain_tumor_mri.path",
         "evaluate.zeroshot.pneumoniamnist.path", "evaluate.linear_probe.sets.pneumoniamnist.train",
         "evaluate.linear_probe.sets.pneumoniamnist.test", "evaluate.vqa.vqa_rad.images", "evaluate.vqa.vqa_rad.train",
         "evaluate.vqa.vqa_rad.test", "evaluate.vqa.vqa_rad.answers"}
     assert named["evaluate"]["evaluate.vqa.vqa_rad.images"][1] == REPO / "sample/vqa_rad/images"
+
+
+def test_a_local_scrape_source_is_an_input_of_scrape_and_a_remote_one_is_not(tmp_path: Path):
+    """New articles in a local mirror, or a pairs file's new lines or images, must rerun scrape under `dvc repro`;
+    a bucket over HTTP cannot be digested (the retrain flow lists it on every run)."""
+    (tmp_path / "mine" / "images").mkdir(parents=True)
+    for name in ("a.jpg", "c.jpg"):
+        (tmp_path / "mine" / "images" / name).write_bytes(name.encode())
+    (tmp_path / "mine" / "unlisted.txt").write_text("not read by the scrape")
+    jsonl = tmp_path / "mine" / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": f"images/{n}", "caption": "x"}) + "\n"
+                             for n in ("a.jpg", "gone.jpg", "../../elsewhere.jpg", "c.jpg")))
+    _aged(tmp_path / "mine")
+    named = named_inputs(_params(tmp_path, scrape={"source": "mine/pairs.jsonl", "layout": "pairs"}), tmp_path)
+    mine = (tmp_path / "mine").resolve()
+    assert named["scrape"] == {"scrape.source": ("mine/pairs.jsonl", Listing(
+        (mine / "pairs.jsonl", mine / "images/a.jpg", mine / "images/c.jpg")))}  # what a scrape can read
+    digest = lambda: record(named["scrape"], DigestCache(), "sqlite://")["scrape.source"]  # noqa: E731
+    before = digest()
+    assert before["files"] == 3 and before["ref"] == "mine/pairs.jsonl"
+    (tmp_path / "mine" / "unlisted.txt").write_text("changed")
+    assert digest() == before
+    (tmp_path / "mine" / "images" / "c.jpg").write_bytes(b"another image")
+    assert digest()["sha256"] != before["sha256"]
+    mirror = named_inputs(_params(tmp_path, scrape={"source": "file:///data/pmc", "layout": "cloud"}), tmp_path)
+    assert mirror["scrape"] == {"scrape.source": ("file:///data/pmc", Path("/data/pmc"))}
+    with pytest.raises(ParamsError, match="'scrape.source': file:///data/pmc does not exist"):
+        check_named_paths(mirror, [])
+    remote = named_inputs(_params(tmp_path, scrape={"source": "https://pmc-oa-opendata.s3.amazonaws.com"}), tmp_path)
+    assert remote["scrape"] == {}
 
 
 def test_a_starting_model_and_tokenizer_dir_are_inputs_of_their_stages(tmp_path: Path):
@@ -280,6 +311,16 @@ def test_dvc_reruns_the_stage_whose_named_input_changed_and_only_it(built_projec
     changed = _changed(project)
     assert set(changed) == {"inputs", "evaluate", "register"}, changed
     assert {"changed deps": {"data/inputs/evaluate.json": "modified"}} in changed["evaluate"]
+    dvc(project, "commit", "--force")  # as if evaluated on it
+
+    # New content in the local mirror scrape.source names: scrape reruns (and what follows, once it has).
+    article = next(p for p in (project / "sample/pmc-mirror").iterdir() if p.is_dir())
+    shutil.copytree(article, project / "sample/pmc-mirror" / f"{article.name}0")
+    changed = _changed(project)
+    assert set(changed) == {"inputs", "scrape", "register"}, changed
+    assert {"changed deps": {"data/inputs/scrape.json": "modified"}} in changed["scrape"]
+    shutil.rmtree(project / "sample/pmc-mirror" / f"{article.name}0")
+    assert _changed(project) == UP_TO_DATE
 
     # Continued pretraining from a model dir params name: new weights there retrain, nothing else does.
     shutil.copytree(project / "models/clip", project / "models/start")

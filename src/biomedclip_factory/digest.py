@@ -89,12 +89,14 @@ def _files(root: Path, label: str) -> list[Path]:
     return found
 
 
-def tree_digest(path: Path, cache: DigestCache, label: str) -> dict[str, Any]:
-    """``{"sha256", "files", "bytes"}`` of a file or folder (names relative to it, each file's hash);
-    a missing path or an unreadable file or folder is a DataError naming it and ``label`` (the params key)."""
+def tree_digest(path: Path, cache: DigestCache, label: str, files: list[Path] | None = None) -> dict[str, Any]:
+    """``{"sha256", "files", "bytes"}`` of a file or folder (names relative to it, each file's hash), or of
+    the ``files`` under folder ``path`` that a list names; a missing path or an unreadable file or folder
+    is a DataError naming it and ``label`` (the params key)."""
     if not path.exists():
         raise DataError(f"{label}: {path} does not exist")
-    files = [path] if path.is_file() else _files(path, label)
+    if files is None:
+        files = [path] if path.is_file() else _files(path, label)
     lines, total = [], 0
     for file in tqdm(files, desc=f"inputs: {label}", unit="file", disable=len(files) < 1000):
         name = file.name if file == path else file.relative_to(path).as_posix()

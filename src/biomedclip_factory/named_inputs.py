@@ -8,6 +8,7 @@ reference rather than where it resolved to on this machine) and a content digest
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -17,16 +18,30 @@ from .evaluate.tasks import OURS, Suite, models_from_params
 from .io import relative_to
 from .model.sources import init_sources, resolve_pretrained_dir
 from .params import load_section
+from .pmc.selection import local_source
 
-Named = Union[Path, str]  # a local path, or a registry reference (``models:/…``)
-CONSUMERS = ("tokenizer", "pretrain", "evaluate")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Files a list file names (a pairs JSONL and the images it lists, under its folder), the list first."""
+    files: tuple[Path, ...]
+
+
+Named = Union[Path, str, Listing]  # a local path, a registry reference (``models:/…``), or a listing
+CONSUMERS = ("scrape", "tokenizer", "pretrain", "evaluate")
 
 
 def named_inputs(params_file: Path, root: Path) -> dict[str, dict[str, tuple[str, Named]]]:
     """Per consuming stage: params key → (reference as written, what it names)."""
-    tokenizer, model, evaluate = (load_section(s, params_file) for s in ("tokenizer", "model", "evaluate"))
+    scrape, tokenizer, model, evaluate = (load_section(s, params_file)
+                                          for s in ("scrape", "tokenizer", "model", "evaluate"))
     source = tokenizer.get("source", str, "train")
     found: dict[str, dict[str, tuple[str, Named]]] = {stage: {} for stage in CONSUMERS}
+    mirror = local_source(scrape, root)  # a remote one is listed by every scrape the retrain flow runs
+    if mirror is not None:
+        found["scrape"]["scrape.source"] = (scrape.get("source", str),
+                                            Listing(tuple(mirror)) if isinstance(mirror, list) else mirror)
     if source != "train":
         found["tokenizer"]["tokenizer.source"] = (source, resolve_pretrained_dir(source, "tokenizer.source", root))
     model_dir, text_dir = init_sources(model, root)
@@ -55,18 +70,19 @@ def check_named_paths(named: dict[str, dict[str, tuple[str, Named]]], outputs: l
     run would change its record and rerun its reader for ever."""
     resolved_outputs = [out.resolve() for out in outputs]
     for stage, entries in named.items():
-        for key, (ref, target) in entries.items():
-            if isinstance(target, str):
+        for key, (ref, named_as) in entries.items():
+            if isinstance(named_as, str):
                 continue
-            if not target.exists():
-                if stage == "evaluate":
-                    continue
-                raise ParamsError(f"params: '{key}': {ref} does not exist ({target})")
-            real = target.resolve()
-            for out, real_out in zip(outputs, resolved_outputs):
-                if real == real_out or real_out in real.parents or real in real_out.parents:
-                    raise ParamsError(f"params: '{key}': {ref} overlaps the pipeline's output {out}, which a run "
-                                      "rewrites: copy it out first (e.g. cp -r models/clip models/clip-224)")
+            for target in named_as.files if isinstance(named_as, Listing) else (named_as,):
+                if not target.exists():
+                    if stage == "evaluate":
+                        continue
+                    raise ParamsError(f"params: '{key}': {ref} does not exist ({target})")
+                real = target.resolve()
+                for out, real_out in zip(outputs, resolved_outputs):
+                    if real == real_out or real_out in real.parents or real in real_out.parents:
+                        raise ParamsError(f"params: '{key}': {ref} overlaps the pipeline's output {out}, which a "
+                                          "run rewrites: copy it out first (e.g. cp -r models/clip models/clip-224)")
 
 
 def record(named: dict[str, tuple[str, Named]], cache: DigestCache, tracking_uri: str) -> dict[str, dict[str, Any]]:
@@ -76,6 +92,8 @@ def record(named: dict[str, tuple[str, Named]], cache: DigestCache, tracking_uri
     for key, (ref, target) in sorted(named.items()):
         if isinstance(target, str):
             entry = registry_weights(target, tracking_uri)
+        elif isinstance(target, Listing):
+            entry = tree_digest(target.files[0].parent, cache, key, list(target.files))
         else:
             entry = tree_digest(target, cache, key) if target.exists() else {"missing": True}
         records[key] = {"ref": ref, **entry}

@@ -129,13 +129,20 @@ class LocalBucket:
             raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def open_bucket(base: str, project_root: Path = Path("."), **http_options: float) -> Bucket:
-    """Open ``base``: an http(s) URL, a ``file://`` URL, or a path relative to the project root."""
+def local_folder(base: str, project_root: Path = Path(".")) -> Path | None:
+    """Where the source ``base`` lies on this machine: a ``file://`` URL or a path relative to the project
+    root; None for an http(s) URL."""
     parsed = urlparse(base)
     if parsed.scheme in ("http", "https"):
-        return HttpBucket(base, **http_options)  # type: ignore[arg-type]
+        return None
     if parsed.scheme == "file":
-        return LocalBucket(Path(parsed.path))
+        return Path(parsed.path)
     if parsed.scheme:
         raise SourceError(f"unsupported source scheme '{parsed.scheme}' in {base}")
-    return LocalBucket((project_root / base).resolve())
+    return (project_root / base).resolve()
+
+
+def open_bucket(base: str, project_root: Path = Path("."), **http_options: float) -> Bucket:
+    """Open ``base``: an http(s) URL, a ``file://`` URL, or a path relative to the project root."""
+    folder = local_folder(base, project_root)
+    return HttpBucket(base, **http_options) if folder is None else LocalBucket(folder)  # type: ignore[arg-type]

@@ -93,6 +93,17 @@ class LocalPairsSource:
             raise ArticleError(f"{where}: {info.st_size} bytes, over the {MAX_IMAGE_BYTES}-byte limit")
         return source
 
+    def listed_files(self) -> list[Path]:
+        """The JSONL and every image of it that can be read, in its order: what a scrape of it reads."""
+        files = [self.path]
+        for group in self.items():
+            for pair in group.rows:
+                try:
+                    files.append(self._image(pair))
+                except ArticleError:
+                    continue  # the scrape records it as its article's failure
+        return files
+
     def fetch(self, item: PairGroup, out_dir: Path, policy: SelectionPolicy) -> tuple[ManifestRow, int]:
         row = ManifestRow.new(item.prefix, version=1, group=item.key, license_code=self.licence)
         pmcid, files = row.meta["pmcid"], []

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ParamsError
 from ..params import Section
-from .bucket import open_bucket
+from .bucket import local_folder, open_bucket
 from .inventory import InventorySource
 from .legacy import LegacySource
 from .local_pairs import LocalPairsSource
@@ -43,6 +43,16 @@ class ScrapeRequest:
                      "max_articles": max_articles, "window": list(window)}
         return cls(article_source(p, layout, root), SelectionPolicy.named(licences), max_articles or None, window,
                    selection)
+
+
+def local_source(p: Section, root: Path) -> Path | list[Path] | None:
+    """What a local source reads, for the inputs stage to digest (dvc.yaml cannot list a path params name):
+    a mirror's folder, or a pairs JSONL and the images it lists; None for an http(s) source."""
+    source = p.get("source", str)
+    if p.choice("layout", LAYOUTS, "cloud") == "pairs":
+        pairs = LocalPairsSource((root / source).resolve(), "", None)
+        return pairs.listed_files() if pairs.path.is_file() else pairs.path
+    return local_folder(source, root)
 
 
 def article_source(p: Section, layout: str, root: Path) -> ArticleSource:
