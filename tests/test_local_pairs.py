@@ -98,5 +98,6 @@ def test_pairs_may_only_name_regular_image_files_under_their_folder(tmp_path):
     assert errors.keys() == bad.keys()
     for image, reason in bad.items():
         assert reason in errors[image] and "pairs.jsonl:" in errors[image], errors[image]
+        assert str(root) not in errors[image].replace(str(outside), ""), errors[image]  # data/raw alike in any clone
     assert sum(row["status"] == "ok" for row in result.lines()) == len(CAPTIONS)  # the good pairs still come through
     assert not any(f.read_bytes() == outside.read_bytes() for f in (tmp_path / "raw").rglob("*.png"))

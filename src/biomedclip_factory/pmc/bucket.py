@@ -126,7 +126,7 @@ class LocalBucket:
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+            raise SourceError(f"cannot read {key} in the source folder: {exc.strerror}") from exc  # no checkout path
 
 
 def local_folder(base: str, project_root: Path = Path(".")) -> Path | None:

@@ -78,11 +78,12 @@ class LocalPairsSource:
         """The pair's image file: inside the JSONL's folder (links resolved), a regular file, at most
         ``MAX_IMAGE_BYTES``. Anything else would copy server files into ``data/raw`` (a DVC output that
         ``dvc push`` uploads) or read ``/dev/zero`` until memory runs out."""
-        where = f"{self.path}:{pair['_line']}: image {pair['image']!r}"
+        # named by the JSONL's name, not its path: a failed row is kept in data/raw, alike in every checkout
+        where = f"{self.path.name}:{pair['_line']}: image {pair['image']!r}"
         root = self.path.parent.resolve()
         source = (root / pair["image"]).resolve()
         if root not in source.parents:
-            raise ArticleError(f"{where}: outside {root} (pairs may only name images under the JSONL's folder)")
+            raise ArticleError(f"{where}: outside the folder of {self.path.name} (pairs may only name images under it)")
         try:
             info = source.stat()
         except OSError as exc:
