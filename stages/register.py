@@ -16,6 +16,7 @@ from biomedclip_factory.errors import DataError
 from biomedclip_factory.evaluate.models import load_encoder
 from biomedclip_factory.evaluate.report import flat_metrics
 from biomedclip_factory.evaluate.suite import split_retrieval
+from biomedclip_factory.evaluate.tasks import PRECISIONS
 from biomedclip_factory.io import write_json_atomic
 from biomedclip_factory.params import load_section
 from biomedclip_factory.registry import promote
@@ -30,14 +31,16 @@ from .common import ROOT, run_stage, summary
 LINEAGE_RUN = "lineage_run_id"  # version tag: the register run whose artifacts hold its dvc.lock and params.yaml
 
 
-def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int) -> Callable[[str], float | None]:
+def champion_rescorer(a: Namespace, name: str, metric: str, batch_size: int,
+                      precision: str) -> Callable[[str], float | None]:
     """Scores a registered version on this run's retrieval split as evaluate scored ours (the same
-    device, precision and batches: ``evaluate.batch_size``; decoding workers change nothing), for a
+    device, ``evaluate.precision`` and ``evaluate.batch_size``; decoding workers change nothing), for a
     gate on the same gallery."""
     def rescore(version: str) -> float | None:
         split = metric.split(".")[1]
         print(f"register: scoring champion v{version} on this run's '{split}' split", flush=True)
-        encoder = replace(load_encoder(f"models:/{name}/{version}", ROOT), workers=min(8, os.cpu_count() or 1))
+        encoder = replace(load_encoder(f"models:/{name}/{version}", ROOT), workers=min(8, os.cpu_count() or 1),
+                          precision=precision)
         result, _, _ = split_retrieval(encoder, a.shards, split, batch_size)
         return flat_metrics({"retrieval": {split: result}}).get(metric)
     return rescore
@@ -47,7 +50,8 @@ def main(a: Namespace) -> None:
     p = load_section("register", ROOT / "params.yaml")
     name, alias = p.get("model_name", str), promote.new_version_alias(p)
     gate_metric, margin = p.get("gate_metric", str), p.get("margin", float)
-    evaluated_in_batches_of = load_section("evaluate", ROOT / "params.yaml").positive("batch_size")
+    evaluated = load_section("evaluate", ROOT / "params.yaml")  # a champion is scored again as ours was
+    batch_size, precision = evaluated.positive("batch_size"), evaluated.choice("precision", PRECISIONS, "fp32")
     for needed in (a.model / "open_clip_config.json", a.eval, a.pretrain):
         if not needed.is_file():
             raise DataError(f"register: {needed} is missing (run the earlier stages)")
@@ -69,7 +73,7 @@ def main(a: Namespace) -> None:
         # The run holding them: a reused version's own run may have died before it logged them.
         client.set_model_version_tag(name, result.version, LINEAGE_RUN, mlflow.active_run().info.run_id)
         decision = promote.gate(client, name, result.version, gate_metric, margin,
-                                champion_rescorer(a, name, gate_metric, evaluated_in_batches_of))
+                                champion_rescorer(a, name, gate_metric, batch_size, precision))
         mlflow.set_tags({"registered_version": result.version, "reused_version": str(result.reused),
                          "promoted": str(decision.promote), "promotion_reason": decision.reason})
         seconds = time.perf_counter() - t0

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from biomedclip_factory.errors import DataError
+from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.evaluate.zeroshot import ZeroShotTask, class_embeddings, classification_metrics, load_dataset
 
 from .conftest import REPO, copy_built, run_stage
@@ -309,6 +309,27 @@ def test_a_probe_on_a_young_models_embeddings_fits_to_the_optimum(monkeypatch):
     report = markdown_report({"ours": {"linear_probe": {"young": {"metric": "accuracy", "chance": {"accuracy": 0.5},
                                                                    "fractions": fractions}}}})
     assert f"({fractions['1']['unconverged_fits']} fits unconverged)" in report
+
+
+def test_evaluation_precision_is_the_params_and_bf16_autocast_only_when_asked(tmp_path):
+    from biomedclip_factory.evaluate.embed import Encoder
+    from biomedclip_factory.evaluate.tasks import Suite
+    from biomedclip_factory.params import Section
+
+    from .conftest import CAPTIONS, tiny_model_dir
+
+    base = {"batch_size": 8, "retrieval_splits": [], "zeroshot": {}, "vqa": {},
+            "linear_probe": {"fractions": [1.0], "seeds": [0], "sets": {}}}
+    assert Suite.from_params(Section(base, "evaluate"), tmp_path).precision == "fp32"
+    assert Suite.from_params(Section({**base, "precision": "amp_bf16"}, "evaluate"), tmp_path).precision == "amp_bf16"
+    with pytest.raises(ParamsError, match="'evaluate.precision' must be one of"):
+        Suite.from_params(Section({**base, "precision": "bf16"}, "evaluate"), tmp_path)
+    encoder = Encoder.load(tiny_model_dir(tmp_path / "m"), torch.device("cpu"))
+    fp32, bf16 = encoder.embed_texts(CAPTIONS), replace(encoder, precision="amp_bf16").embed_texts(CAPTIONS)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        by_hand = encoder.model.encode_text(encoder.tokenize(CAPTIONS), normalize=True).float()
+    assert bf16.dtype == torch.float32 and torch.equal(bf16, by_hand) and not torch.equal(bf16, fp32)
+    assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.99
 
 
 def test_the_table_holds_every_task_some_model_scored_with_its_unreadable_images():

@@ -23,7 +23,7 @@ def test_evaluation_on_the_gpu_in_bf16_embeds_like_the_cpu(tmp_path):
     from .conftest import CAPTIONS, tiny_model_dir
 
     model_dir = tiny_model_dir(tmp_path / "m")
-    cpu, gpu = Encoder.load(model_dir, torch.device("cpu")), Encoder.load(model_dir)
+    cpu, gpu = Encoder.load(model_dir, torch.device("cpu")), replace(Encoder.load(model_dir), precision="amp_bf16")
     assert gpu.device.type == "cuda"
     files = []
     for i in range(5):

@@ -32,7 +32,8 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
                                "log_every", "checkpoint_every", "num_workers", "prefetch_factor", "grad_checkpointing",
                                "text_buckets", "text_packing", "compile", "offload_optimizer", "lock_image", "lock_image_unlocked_groups", "lock_text",
                                "lock_text_unlocked_layers", "lock_text_freeze_layer_norm")),
-    "evaluate": {"batch_size": None, "num_workers": None, "retrieval_splits": None, "models": None, "zeroshot": {"*": _ZEROSHOT_SET},
+    "evaluate": {"batch_size": None, "num_workers": None, "precision": None, "retrieval_splits": None, "models": None,
+                 "zeroshot": {"*": _ZEROSHOT_SET},
                  "linear_probe": {"fractions": None, "seeds": None, "sets": {"*": dict.fromkeys(
                      ("train", "test", "train_split", "test_split", "classnames", "metric"))}},
                  "vqa": {"*": dict.fromkeys(("images", "train", "test", "answers", "epochs", "hidden", "lr", "seed"))}},

@@ -1,9 +1,9 @@
 """Load a model dir for inference and embed images and texts in batches (L2-normalised).
 
-On a GPU the towers run there under bf16 autocast (the paper profiles' training precision; open_clip_train
-also evaluates under its training autocast), whatever model is scored, and datasets
-are decoded by DataLoader workers, streamed: a zero-shot set is never held decoded in memory. The
-embeddings come back as fp32 on the host either way.
+The towers run on the GPU when there is one, in fp32 or under bf16 autocast (``precision``: the
+paper profiles' ``evaluate.precision``, as open_clip_train evaluates under its training autocast),
+whatever model is scored, and datasets are decoded by DataLoader workers, streamed: a zero-shot set is
+never held decoded in memory. The embeddings come back as fp32 on the host either way.
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ class Encoder:
     context_length: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int = 0  # DataLoader workers decoding datasets (0: in this process)
+    precision: str = "fp32"  # or "amp_bf16": bf16 autocast over the fp32 weights (``tasks.PRECISIONS``)
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device | None = None) -> "Encoder":
@@ -101,7 +102,7 @@ class Encoder:
 
     def _run(self, encode: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "amp_bf16"):
             return encode(x, normalize=True).float().cpu()
 
     @torch.no_grad()

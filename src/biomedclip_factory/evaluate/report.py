@@ -54,7 +54,8 @@ def markdown_report(models: dict[str, dict]) -> str:
         for direction in ("image_to_text", "text_to_image"):
             for k in ret[direction]:
                 label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']}{_unreadable(ret)})"
-                values = [_fmt(ok[n].get("retrieval", {}).get(split, {}).get(direction, {}).get(k, "–")) for n in names]
+                values = [_fmt(ok[n].get("retrieval", {}).get(split, {}).get(direction, {}).get(k, "–"))
+                          for n in names]
                 rows.append((label, values, _fmt(ret["chance"][k])))
     for task, res in _scored(ok, "zeroshot"):
         metric = res["metric"]

@@ -81,7 +81,7 @@ def evaluate_models(models: dict[str, tuple[str, str | None]], suite: Suite, roo
     report: dict = {}
     for name, (spec, text_dir) in models.items():
         try:
-            encoder = replace(load_encoder(spec, root, text_dir), workers=suite.workers)
+            encoder = replace(load_encoder(spec, root, text_dir), workers=suite.workers, precision=suite.precision)
         except DataError as exc:
             if name == OURS:
                 raise

@@ -9,6 +9,10 @@ from pathlib import Path
 from ..errors import ParamsError
 from ..params import Section
 
+# The towers' precision in evaluation: fp32 (a released model's figures, to the last digit), or bf16
+# autocast over the fp32 weights (open_clip's amp_bf16: faster on a GPU, scores a little apart from fp32's).
+PRECISIONS = ("fp32", "amp_bf16")
+
 OURS = "ours"
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
 
@@ -50,6 +54,7 @@ class Suite:
     batch_size: int
     splits: list[str]
     workers: int = 0  # decoding the datasets
+    precision: str = "fp32"  # the towers' (``PRECISIONS``)
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     probes: list[ProbeTask] = field(default_factory=list)
     vqa: list[VqaTask] = field(default_factory=list)
@@ -58,6 +63,7 @@ class Suite:
     def from_params(cls, p: Section, root: Path) -> "Suite":
         """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
         return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0),
+                   precision=p.choice("precision", PRECISIONS, "fp32"),
                    splits=[str(s) for s in p.get("retrieval_splits", list)],
                    zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
 
