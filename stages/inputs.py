@@ -6,10 +6,12 @@ stage runs on every ``dvc repro`` (``always_changed``), digests what params name
 that to seconds once a dataset is hashed) and writes one record per consuming stage, which is that
 stage's dep: a changed input reruns it; an unchanged one leaves the record, and the stage, as it was.
 A missing start or tokenizer dir, or a named path that is a pipeline output, fails it before any
-other stage starts; a missing evaluation set is recorded, for evaluate to report by name.
+other stage starts; a missing evaluation set is recorded, for evaluate to report by name; a local scrape
+source that is not on this machine (a clone that pulled the data) keeps its last record.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from argparse import Namespace
@@ -19,7 +21,7 @@ import yaml
 
 from biomedclip_factory.digest import DigestCache
 from biomedclip_factory.io import write_json_atomic
-from biomedclip_factory.named_inputs import CONSUMERS, check_named_paths, named_inputs, record
+from biomedclip_factory.named_inputs import CONSUMERS, check_named_paths, kept_when_absent, named_inputs, record
 from biomedclip_factory.tracking import tracking_uri
 
 from .common import ROOT, run_stage, summary
@@ -42,6 +44,9 @@ def main(a: Namespace) -> None:
     cache, unresolved = DigestCache(a.digest_cache), 0
     for stage in CONSUMERS:
         records = record(named[stage], cache, tracking_uri(ROOT))
+        if stage == "scrape":
+            previous = getattr(a, stage)
+            records = kept_when_absent(records, json.loads(previous.read_text()) if previous.is_file() else {})
         write_json_atomic(getattr(a, stage), records)
         for key, entry in records.items():
             if entry.get("missing") or entry.get("version", "") is None:

@@ -13,7 +13,8 @@ import yaml
 from biomedclip_factory.digest import DigestCache, tree_digest
 from biomedclip_factory.errors import DataError, ParamsError
 from biomedclip_factory.net import free_port
-from biomedclip_factory.named_inputs import Listing, check_named_paths, named_inputs, record, registry_weights
+from biomedclip_factory.named_inputs import (Listing, Mirror, check_named_paths, kept_when_absent, named_inputs, record,
+                                             registry_weights)
 
 from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, make_project, run_stage, tiny_model_dir
 
@@ -142,7 +143,7 @@ def _params(tmp_path: Path, **sections: dict) -> Path:
 def test_every_path_params_name_is_found_by_its_key():
     named = named_inputs(REPO / "params.yaml", REPO)
     assert named["tokenizer"] == {} and named["pretrain"] == {}  # the default trains its vocabulary, from scratch
-    assert named["scrape"] == {"scrape.source": ("sample/pmc-mirror", REPO / "sample/pmc-mirror")}
+    assert named["scrape"] == {"scrape.source": ("sample/pmc-mirror", Mirror(REPO / "sample/pmc-mirror"))}
     assert set(named["evaluate"]) == {
         "evaluate.zeroshot.chest_xray_pneumonia.path", "evaluate.zeroshot.brain_tumor_mri.path",
         "evaluate.zeroshot.pneumoniamnist.path", "evaluate.linear_probe.sets.pneumoniamnist.train",
@@ -173,10 +174,26 @@ def test_a_local_scrape_source_is_an_input_of_scrape_and_a_remote_one_is_not(tmp
     assert digest() == before
     (tmp_path / "mine" / "images" / "c.jpg").write_bytes(b"another image")
     assert digest()["sha256"] != before["sha256"]
-    mirror = named_inputs(_params(tmp_path, scrape={"source": "file:///data/pmc", "layout": "cloud"}), tmp_path)
-    assert mirror["scrape"] == {"scrape.source": ("file:///data/pmc", Path("/data/pmc"))}
-    with pytest.raises(ParamsError, match="'scrape.source': file:///data/pmc does not exist"):
-        check_named_paths(mirror, [])
+    (tmp_path / "pmc mirror" / "PMC1.1").mkdir(parents=True)
+    (tmp_path / "pmc mirror" / "PMC1.1" / "PMC1.1.xml").write_text("<article/>")
+    url = (tmp_path / "pmc mirror").as_uri()  # file:///…/pmc%20mirror
+    mirror = named_inputs(_params(tmp_path, scrape={"source": url, "layout": "cloud"}), tmp_path)
+    assert mirror["scrape"] == {"scrape.source": (url, Mirror(tmp_path / "pmc mirror"))}
+    listed = record(mirror["scrape"], DigestCache(), "sqlite://")
+    (tmp_path / "pmc mirror" / "PMC1.1" / "PMC1.1.xml").write_text("<other/>!")  # a mirror is known by names, sizes
+    assert record(mirror["scrape"], DigestCache(), "sqlite://")["scrape.source"]["listing_sha256"] != \
+        listed["scrape.source"]["listing_sha256"]
+    (tmp_path / "pmc mirror" / "PMC2.1").mkdir()
+    (tmp_path / "pmc mirror" / "PMC2.1" / "PMC2.1.xml").write_text("<article/>")  # a new article version
+    grown = record(mirror["scrape"], DigestCache(), "sqlite://")
+    assert grown["scrape.source"]["files"] == 2
+
+    # A clone that pulled the data to train has no mirror: its last record stands, and nothing fails.
+    shutil.rmtree(tmp_path / "pmc mirror")
+    check_named_paths(mirror, [])
+    absent = record(mirror["scrape"], DigestCache(), "sqlite://")
+    assert absent == {"scrape.source": {"ref": url, "missing": True}}
+    assert kept_when_absent(absent, grown) == grown and kept_when_absent(absent, {}) == absent
     remote = named_inputs(_params(tmp_path, scrape={"source": "https://pmc-oa-opendata.s3.amazonaws.com"}), tmp_path)
     assert remote["scrape"] == {}
 
@@ -320,6 +337,8 @@ def test_dvc_reruns_the_stage_whose_named_input_changed_and_only_it(built_projec
     assert set(changed) == {"inputs", "scrape", "register"}, changed
     assert {"changed deps": {"data/inputs/scrape.json": "modified"}} in changed["scrape"]
     shutil.rmtree(project / "sample/pmc-mirror" / f"{article.name}0")
+    assert _changed(project) == UP_TO_DATE
+    shutil.move(project / "sample/pmc-mirror", tmp_path / "away")  # a clone that pulled the data has no mirror
     assert _changed(project) == UP_TO_DATE
 
     # Continued pretraining from a model dir params name: new weights there retrain, nothing else does.

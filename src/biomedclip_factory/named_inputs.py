@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from .digest import DigestCache, tree_digest
+from .digest import DigestCache, listing_digest, tree_digest
 from .errors import ParamsError
 from .evaluate.tasks import OURS, Suite, models_from_params
 from .io import relative_to
@@ -28,7 +28,15 @@ class Listing:
     files: tuple[Path, ...]
 
 
-Named = Union[Path, str, Listing]  # a local path, a registry reference (``models:/…``), or a listing
+@dataclass(frozen=True)
+class Mirror:
+    """A local mirror of PMC, known by its files' names and sizes: new article versions come as new files,
+    and hashing the content of terabytes would cost hours on a first run and a stat of each file after."""
+    folder: Path
+
+
+# a local path (by content), a registry reference (``models:/…``), a listing, or a mirror
+Named = Union[Path, str, Listing, Mirror]
 CONSUMERS = ("scrape", "tokenizer", "pretrain", "evaluate")
 
 
@@ -41,7 +49,7 @@ def named_inputs(params_file: Path, root: Path) -> dict[str, dict[str, tuple[str
     mirror = local_source(scrape, root)  # a remote one is listed by every scrape the retrain flow runs
     if mirror is not None:
         found["scrape"]["scrape.source"] = (scrape.get("source", str),
-                                            Listing(tuple(mirror)) if isinstance(mirror, list) else mirror)
+                                            Listing(tuple(mirror)) if isinstance(mirror, list) else Mirror(mirror))
     if source != "train":
         found["tokenizer"]["tokenizer.source"] = (source, resolve_pretrained_dir(source, "tokenizer.source", root))
     model_dir, text_dir = init_sources(model, root)
@@ -63,19 +71,25 @@ def named_inputs(params_file: Path, root: Path) -> dict[str, dict[str, tuple[str
     return found
 
 
+def _paths(named_as: Path | Listing | Mirror) -> tuple[Path, ...]:
+    if isinstance(named_as, Listing):
+        return named_as.files
+    return (named_as.folder,) if isinstance(named_as, Mirror) else (named_as,)
+
+
 def check_named_paths(named: dict[str, dict[str, tuple[str, Named]]], outputs: list[Path]) -> None:
     """Fail at the start, not hours in: where training starts, and the tokenizer it copies, must be
     there (a missing evaluation set or model is left to evaluate, which reports it by name and scores
-    the rest), and no named path may be (or hold, or lie in) a stage's output, links resolved: every
-    run would change its record and rerun its reader for ever."""
+    the rest; a missing scrape source to ``kept_when_absent``), and no named path may be (or hold, or lie
+    in) a stage's output, links resolved: every run would change its record and rerun its reader for ever."""
     resolved_outputs = [out.resolve() for out in outputs]
     for stage, entries in named.items():
         for key, (ref, named_as) in entries.items():
             if isinstance(named_as, str):
                 continue
-            for target in named_as.files if isinstance(named_as, Listing) else (named_as,):
+            for target in _paths(named_as):
                 if not target.exists():
-                    if stage == "evaluate":
+                    if stage in ("evaluate", "scrape"):
                         continue
                     raise ParamsError(f"params: '{key}': {ref} does not exist ({target})")
                 real = target.resolve()
@@ -94,10 +108,29 @@ def record(named: dict[str, tuple[str, Named]], cache: DigestCache, tracking_uri
             entry = registry_weights(target, tracking_uri)
         elif isinstance(target, Listing):
             entry = tree_digest(target.files[0].parent, cache, key, list(target.files))
+        elif isinstance(target, Mirror):
+            entry = listing_digest(target.folder, key) if target.folder.is_dir() else {"missing": True}
         else:
             entry = tree_digest(target, cache, key) if target.exists() else {"missing": True}
         records[key] = {"ref": ref, **entry}
     return records
+
+
+Records = dict[str, dict[str, Any]]
+
+
+def kept_when_absent(records: Records, previous: Records) -> Records:
+    """Scrape's records, each one whose source is not on this machine kept as it last was: a clone that
+    pulled the data to train or evaluate has no mirror, and a record of its absence would rerun scrape
+    there, which would fail. Scrape reruns on such a machine only when asked."""
+    kept = {}
+    for key, entry in records.items():
+        if entry.get("missing") and key in previous and previous[key].get("ref") == entry["ref"]:
+            print(f"inputs: {key}: {entry['ref']} is not on this machine; its last record stands (scrape runs "
+                  "again here only when forced)", flush=True)
+            entry = previous[key]
+        kept[key] = entry
+    return kept
 
 
 def registry_weights(ref: str, tracking_uri: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import requests
 from lxml import etree
@@ -136,7 +137,10 @@ def local_folder(base: str, project_root: Path = Path(".")) -> Path | None:
     if parsed.scheme in ("http", "https"):
         return None
     if parsed.scheme == "file":
-        return Path(parsed.path)
+        if parsed.netloc not in ("", "localhost"):
+            raise SourceError(f"{base}: a file:// URL names a path on this machine (file:///path), not on "
+                              f"{parsed.netloc}")
+        return Path(url2pathname(parsed.path))  # %20 → space
     if parsed.scheme:
         raise SourceError(f"unsupported source scheme '{parsed.scheme}' in {base}")
     return (project_root / base).resolve()

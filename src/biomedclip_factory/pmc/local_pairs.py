@@ -95,9 +95,14 @@ class LocalPairsSource:
         return source
 
     def listed_files(self) -> list[Path]:
-        """The JSONL and every image of it that can be read, in its order: what a scrape of it reads."""
+        """The JSONL and every image of it that can be read, in its order: what a scrape of it reads (of a
+        JSONL that cannot be read, the file alone: the scrape says what is wrong with it)."""
         files = [self.path]
-        for group in self.items():
+        try:
+            groups = read_pairs(self.path, self.group_by)
+        except SourceError:
+            return files
+        for group in groups:
             for pair in group.rows:
                 try:
                     files.append(self._image(pair))
