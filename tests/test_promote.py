@@ -146,6 +146,20 @@ def test_a_champion_ranked_by_an_earlier_rule_is_scored_again(client, tmp_path):
     assert asked == [v1] and not d.promote and d.champion_score == 0.55
 
 
+def test_a_champion_scored_in_another_precision_is_scored_again(client, tmp_path):
+    """The same gallery and rule, but the champion's recall was measured in fp32 and this one's under bf16
+    autocast (evaluate.precision changed between them): not comparable, so the champion is measured again."""
+    gallery, protocol, bits = "retrieval.test.gallery_size", "retrieval.test.protocol", "retrieval.test.precision_bits"
+    v1 = _version(client, tmp_path, {METRIC: 0.50, gallery: 1000, protocol: 3, bits: 32}, test_split="aaa")
+    promote.gate(client, "m", v1, METRIC, margin=0.0)
+    same = _version(client, tmp_path, {METRIC: 0.52, gallery: 1000, protocol: 3, bits: 32}, test_split="aaa")
+    asked = []
+    assert promote.decide(client, "m", same, METRIC, margin=0.0, rescore=asked.append).promote and asked == []
+    v3 = _version(client, tmp_path, {METRIC: 0.52, gallery: 1000, protocol: 3, bits: 16}, test_split="aaa")
+    d = promote.decide(client, "m", v3, METRIC, margin=0.0, rescore=lambda v: asked.append(v) or 0.53)
+    assert asked == [v1] and not d.promote and d.champion_score == 0.53
+
+
 def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(client, tmp_path):
     from biomedclip_factory.errors import DataError
 

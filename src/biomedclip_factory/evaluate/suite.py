@@ -17,7 +17,7 @@ from .embed import Encoder
 from .linear_probe import evaluate_linear_probe
 from .models import load_encoder
 from .retrieval import retrieval_metrics
-from .tasks import OURS, Suite
+from .tasks import OURS, PRECISION_BITS, Suite
 from .vqa import evaluate_vqa
 from .zeroshot import evaluate_zeroshot
 
@@ -51,7 +51,9 @@ def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int)
         return {"gallery_size": 0, "unreadable": 0}, [], torch.empty(0)
     image_emb, text_emb = torch.cat(images), torch.cat(texts)
     metrics = retrieval_metrics(image_emb, text_emb, captions=read_as)
-    return {**metrics, "unreadable": unreadable}, meta, image_emb[:EXAMPLES] @ text_emb.T
+    # how the towers ran, beside the ranking rule: the gate compares scores measured alike only
+    measured = {"unreadable": unreadable, "precision_bits": PRECISION_BITS[encoder.precision]}
+    return {**metrics, **measured}, meta, image_emb[:EXAMPLES] @ text_emb.T
 
 
 def evaluate_model(encoder: Encoder, suite: Suite, shards: Path, keep: dict | None = None) -> dict:
@@ -88,7 +90,13 @@ def evaluate_models(models: dict[str, tuple[str, str | None]], suite: Suite, roo
             report[name] = {"error": str(exc), "source": spec}
             print(f"evaluate: {exc}", flush=True)
             continue
-        report[name] = {"source": spec, **evaluate_model(encoder, suite, shards, keep if name == OURS else None)}
+        try:
+            report[name] = {"source": spec, **evaluate_model(encoder, suite, shards, keep if name == OURS else None)}
+        except DataError as exc:  # a split none of whose samples it could read
+            if name == OURS:
+                raise
+            report[name] = {"error": str(exc), "source": spec}
+            print(f"evaluate: {exc}", flush=True)
     return report
 
 

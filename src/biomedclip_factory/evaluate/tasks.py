@@ -12,6 +12,7 @@ from ..params import Section
 # The towers' precision in evaluation: fp32 (a released model's figures, to the last digit), or bf16
 # autocast over the fp32 weights (open_clip's amp_bf16: faster on a GPU, scores a little apart from fp32's).
 PRECISIONS = ("fp32", "amp_bf16")
+PRECISION_BITS = {"fp32": 32, "amp_bf16": 16}  # as a score's metrics record it (MLflow metrics are numbers)
 
 OURS = "ours"
 METRICS = ("accuracy", "balanced_accuracy", "auroc")

@@ -59,10 +59,10 @@ SHARD_DIGESTS = "shard_splits_sha256"  # version tag: {split: sha256 of its shar
 
 
 def gallery(tags: dict[str, str], metric: str) -> tuple | None:
-    """What a retrieval metric was measured on, and how: its split's size and content digest, and the
-    ranking rule (``retrieval.PROTOCOL``; None for other metrics, whose datasets params fix). Scraping
-    replaces article versions, so equal sizes alone do not make equal galleries; a score ranked by an
-    earlier rule is not comparable either."""
+    """What a retrieval metric was measured on, and how: its split's size and content digest, the
+    ranking rule (``retrieval.PROTOCOL``) and the towers' precision (None for other metrics, whose
+    datasets params fix). Scraping replaces article versions, so equal sizes alone do not make equal
+    galleries; a score ranked by an earlier rule, or in another precision, is not comparable either."""
     parts = metric.split(".")
     if parts[0] != "retrieval" or len(parts) < 3:
         return None
@@ -72,7 +72,7 @@ def gallery(tags: dict[str, str], metric: str) -> tuple | None:
         digests = {}
     metrics = eval_metrics(tags)
     return (metrics.get(f"retrieval.{parts[1]}.gallery_size"), digests.get(parts[1]),
-            metrics.get(f"retrieval.{parts[1]}.protocol"))
+            metrics.get(f"retrieval.{parts[1]}.protocol"), metrics.get(f"retrieval.{parts[1]}.precision_bits"))
 
 
 def decide(client: MlflowClient, name: str, version: str, metric: str, margin: float,
@@ -132,8 +132,9 @@ def _pairs(size: float | None) -> str:
 
 
 def _same_gallery(ours: tuple, theirs: tuple) -> bool:
-    """Same size and ranking rule, and the same content where both versions recorded it."""
-    return ours[0] == theirs[0] and ours[2] == theirs[2] and (ours[1] is None or theirs[1] is None or ours[1] == theirs[1])
+    """Same size, ranking rule and precision, and the same content where both versions recorded it."""
+    return ours[0] == theirs[0] and ours[2:] == theirs[2:] and (ours[1] is None or theirs[1] is None
+                                                                 or ours[1] == theirs[1])
 
 
 def gate(client: MlflowClient, name: str, version: str, metric: str, margin: float,
