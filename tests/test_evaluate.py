@@ -39,6 +39,10 @@ def test_auroc_ranks_confident_scores_a_float32_softmax_would_tie():
     logits = torch.tensor([[90.0, 40, 0], [80, 40, 0], [60, 30, 0], [0, 50, 0], [0, 0, 50], [0, 10, 60]])
     assert classification_metrics(logits, torch.tensor([0, 0, 1, 1, 2, 2]), 3)["auroc"] == 1.0
     assert (logits.softmax(dim=1)[:3, 0] == 1.0).all()
+    # a probe's class its train split lacked: never chosen, every image alike for its own AUROC (0.5)
+    never = torch.tensor([[2.0, 1, float("-inf")], [1, 2, float("-inf")], [0, 0.5, float("-inf")], [0.5, 0, float("-inf")]])
+    m = classification_metrics(never, torch.tensor([0, 1, 2, 2]), 3)
+    assert m["auroc"] == pytest.approx(np.mean([1.0, 1.0, 0.5])) and all(row[2] == 0 for row in m["confusion"])
 
 
 class _FakeEncoder:

@@ -156,14 +156,15 @@ def test_registered_model_loads_in_a_fresh_process(built_project: Path, tmp_path
 
 
 def test_open_clip_trainer_reads_our_shards_and_model_unchanged(built_project: Path, tmp_path: Path):
-    """open_clip's own trainer, on our train shards (sizes.json gives it the sample count)."""
+    """open_clip's own trainer, on our train shards (sizes.json gives it the sample count), run from the
+    project root as a user there would (the model dir names its text tower relative to it)."""
     proc = subprocess.run(
         [sys.executable, "-m", "open_clip_train.main", "--dataset-type", "webdataset",
-         "--train-data", str(built_project / "data/shards/train/train-000000.tar"),
-         "--model", f"local-dir:{built_project / 'models/clip'}", "--batch-size", "4", "--epochs", "1",
+         "--train-data", "data/shards/train/train-000000.tar",
+         "--model", "local-dir:models/clip", "--batch-size", "4", "--epochs", "1",
          "--workers", "0", "--device", "cpu", "--logs", str(tmp_path), "--name", "interop",
          "--save-frequency", "0", "--warmup", "1", "--lr", "1e-4", "--seed", "0"],
-        cwd=tmp_path, capture_output=True, text=True)
+        cwd=built_project, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     log = (tmp_path / "interop" / "out.log").read_text()
     assert "[8/8 (100%)]" in log and "Contrastive_loss" in log

@@ -88,7 +88,9 @@ def _reopenable(client: Any, run_id: str | None, experiment_id: str, stage: str)
         return None
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # an outage or a refusal is said as such (server_errors_named), not taken for "no such run"
         run = None
     if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active" \
             or run.data.tags.get("stage") != stage:

@@ -78,8 +78,8 @@ def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
             margins = torch.from_numpy(probe.decision_function(test_x)).double()
             if margins.ndim == 1:  # binary: one margin → two columns for the shared metrics
                 margins = torch.stack([-margins / 2, margins / 2], dim=1)
-            # a class the train split lacks is never chosen
-            logits = torch.full((len(test_x), n_classes), -1e9, dtype=torch.float64)
+            # a class the train split lacks is never chosen, and ranks every image alike (AUROC 0.5)
+            logits = torch.full((len(test_x), n_classes), float("-inf"), dtype=torch.float64)
             logits[:, torch.from_numpy(probe.classes_).long()] = margins
             metrics = classification_metrics(logits, torch.from_numpy(test_y), n_classes)
             runs.append({"score": metrics[metric], "train_images": len(index), "C": float(np.ravel(probe.C_)[0]),

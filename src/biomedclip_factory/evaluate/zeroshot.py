@@ -89,7 +89,8 @@ def one_vs_rest_scores(logits: torch.Tensor) -> np.ndarray:
     ties it makes among confident positives pull AUROC down, once to 0.67 where the ranking was perfect."""
     x = logits.double()
     rest = [torch.logsumexp(torch.cat([x[:, :c], x[:, c + 1:]], dim=1), dim=1) for c in range(x.shape[1])]
-    return (x - torch.stack(rest, dim=1)).numpy()
+    # a class never chosen (logit -inf: a probe whose train split lacked it) ranks every image alike
+    return torch.nan_to_num(x - torch.stack(rest, dim=1), nan=float("nan"), neginf=torch.finfo(x.dtype).min).numpy()
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict:
