@@ -805,3 +805,24 @@ def test_a_resume_on_another_thread_count_says_it_will_not_be_bit_identical(mode
                 f"(OMP_NUM_THREADS={threads} would make it so)"]), steps
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_samples_skipped_in_loader_workers_reach_the_run_summary(model_dir, tmp_path, workers):
+    """A corrupt image is skipped wherever it is decoded; with loader workers (the paper profile has 8) the
+    skips happen in their processes, and the run's skipped_samples used to say 0."""
+    root = tmp_path / "pairs"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        buf = io.BytesIO()
+        Image.new("RGB", (48, 40), ((i * 37) % 256, 0, 0)).save(buf, format="JPEG")
+        rows.append(make_pair(f"PMC{i}.1", "F1", CAPTIONS[i % 3]))
+        (root / rows[-1].image).write_bytes(b"\xff\xd8 not a jpeg" if i == 3 else buf.getvalue())
+    write_split(rows, root, tmp_path / "shards", "train", shard_size=8, seed=0)
+    work = shutil.copytree(model_dir, tmp_path / "clip")
+    with distributed():
+        result = pretrain(create_model(work, load_weights=True), work, tmp_path / "shards", tmp_path / "ckpt",
+                          config(steps=2, num_workers=workers), lambda step, values: None)
+    # the one shard is drawn again and again into the shuffle buffer: the corrupt sample, each time
+    assert result.skipped_samples > 0 and result.metrics()["skipped_samples"] == result.skipped_samples

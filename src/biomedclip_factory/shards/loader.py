@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -74,6 +74,38 @@ class SkipCounter:
         if self.skipped <= self.log_first:
             log.warning("skipped a corrupted sample: %s", exc)
         return True
+
+
+class BatchMeta(list):
+    """A batch's per-sample metadata, and how many samples its reader (a loader worker, or this process)
+    had skipped when it made the batch: a worker's own count never reaches the trainer otherwise."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), skipped: int = 0, reader: int = 0) -> None:
+        super().__init__(rows)
+        self.skipped, self.reader = skipped, reader
+
+
+class SkipTally:
+    """Samples a training run skipped, over every reader of every stream it opened: the last count each
+    reader stamped on its batches (``BatchMeta``), summed."""
+
+    def __init__(self) -> None:
+        self.closed, self.latest = 0, {}
+
+    def read(self, batches: Iterator[Batch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``batches`` without their metadata, counted as they pass."""
+        for images, texts, meta in batches:
+            if isinstance(meta, BatchMeta):
+                self.latest[meta.reader] = meta.skipped
+            yield images, texts
+
+    def next_stream(self) -> None:
+        """The stream read so far is done with (a new one counts from 0 in new readers)."""
+        self.closed, self.latest = self.total, {}
+
+    @property
+    def total(self) -> int:
+        return self.closed + sum(self.latest.values())
 
 
 class GiveUpOnDeadStream:
@@ -245,12 +277,16 @@ def train_batches(shard_base: str | Path, preprocess: Callable, collate: Caption
         return wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, SAMPLE_SHUFFLE_INITIAL),
                            rng=random.Random(worker_seed("shuffle")))(samples)
 
+    def stamped(batch: Batch) -> Batch:  # with the count of this reader (a worker's copy of ``guard``)
+        return batch[0], batch[1], BatchMeta(batch[2], guard.skips.skipped, _worker_id())
+
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, worker_seed=worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=guard),
         shuffle,
         *_samples_to_batches(preprocess, collate, batch_size, partial=False, skips=guard, meta_fields=TRAIN_META,
                              draft_size=draft_size, read=guard.read),
+        wds.map(stamped),
     )
     return _loader(pipeline, num_workers, prefetch_factor, pin=torch.cuda.is_available())
 

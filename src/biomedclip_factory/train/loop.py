@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 
 from ..io import write_bytes_atomic
 from ..model.build import save_weights
-from ..shards.loader import CaptionCollator, SkipCounter, bucket_cuts, train_batches
+from ..shards.loader import CaptionCollator, SkipCounter, SkipTally, bucket_cuts, train_batches
 from ..shards.transform import to_model_input, train_image_transform
 from .ds_config import TextLayout, TrainConfig, deepspeed_config, effective_zero_stage
 from .packing import PackedCaptions, check_packable, pack_captions, packed_text_features
@@ -366,6 +366,14 @@ def save_checkpoint(engine: Any, checkpoint_dir: Path, step: int, client_state: 
                 shutil.rmtree(old)
 
 
+def _summed_over_ranks(count: int, device: torch.device) -> int:
+    """``count`` summed over every rank (each reads its own shards), once, at the end of a run."""
+    total = torch.tensor([count], dtype=torch.long, device=device)
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(total)
+    return int(total.item())
+
+
 def say_if_threads_differ(written_on: int | None, step: int) -> None:
     """A CPU run's float sums follow torch's thread count: resumed on another count, training goes on validly
     but no longer as the uninterrupted run would have (exact resume needs the same count)."""
@@ -398,7 +406,7 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     collate = CaptionCollator(tokenizer, tokenizer.model_max_length,  # the context length
                               sort_by_length=cfg.text_buckets > 1)
-    skips = SkipCounter()  # counts what the main process decodes (num_workers=0); workers log theirs
+    skipped = SkipTally()  # what every reader skipped: this process's, or each loader worker's, count
     loss_fn = contrastive_loss(world)
 
     samples = tokens = 0
@@ -406,9 +414,9 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
     for begin, end in segments(start, cfg.steps, cfg.checkpoint_every):
         torch.manual_seed(rank_seed(cfg.seed, begin, rank))
         batches = train_batches(shard_dir, preprocess, collate, cfg.micro_batch_size, seed=segment_seed(cfg.seed, begin),
-                                rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, skips=skips,
-                                draft_size=image_size)
-        micro_batches = ((images, texts) for images, texts, _ in batches)
+                                rank=rank, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor,
+                                skips=SkipCounter(), draft_size=image_size)
+        micro_batches = skipped.read(batches)
         for done in range(begin + 1, end + 1):
             t_step, lr = time.perf_counter(), scheduler.get_last_lr()[0]  # the rate this step runs at
             result = train_step(engine, loss_fn, micro_batches, cfg.gradient_accumulation_steps,
@@ -420,10 +428,11 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
                            "step_time_s": time.perf_counter() - t_step, "samples_per_s": samples / elapsed,
                            "tokens_per_s": tokens / elapsed})
         loss_value = result.loss  # one wait for the GPU per segment, not per step
+        skipped.next_stream()
         if cfg.checkpoint_every:
             save_checkpoint(engine, checkpoint_dir, end,
                             {"step": end, "loss": loss_value, "torch_threads": torch.get_num_threads()})
     seconds = time.perf_counter() - t0
     save_consolidated(engine, model_dir)
     return TrainSummary(steps=cfg.steps, resumed_from=start, samples=samples, tokens=tokens, seconds=seconds,
-                        final_loss=loss_value, skipped_samples=skips.skipped)
+                        final_loss=loss_value, skipped_samples=_summed_over_ranks(skipped.total, engine.device))
