@@ -6,7 +6,8 @@ import dataclasses
 import pyarrow as pa
 import pytest
 
-from biomedclip_factory.corpus.records import PAIR_FIELDS, PAIR_SCHEMA, Pair, Reject, image_path, make_pair_id
+from biomedclip_factory.corpus.records import (PAIR_FIELDS, PAIR_SCHEMA, DedupKey, Pair, Reject, image_path,
+                                               make_pair_id)
 from biomedclip_factory.errors import DataError
 
 from .pairs import make_pair
@@ -16,6 +17,11 @@ def test_the_table_schema_is_the_pair_fields_in_order_with_their_types():
     assert PAIR_SCHEMA.names == list(PAIR_FIELDS) == [f.name for f in dataclasses.fields(Pair)]
     assert PAIR_SCHEMA.field("mentions").type == pa.list_(pa.string())
     assert PAIR_SCHEMA.field("width").type == pa.int64() and PAIR_SCHEMA.field("pmid").type == pa.string()
+    # the align journal reads a pair's dedup key by these names: a renamed field would make it take every
+    # journal entry for damaged and align the whole corpus again, silently
+    assert set(DedupKey._fields) <= set(PAIR_FIELDS)
+    pair = make_pair("PMC1.1", "F1", "A caption long enough to keep.")
+    assert pair.dedup_key() == DedupKey(*(pair.row()[k] for k in DedupKey._fields))
 
 
 @pytest.mark.parametrize("article, fig_id", [("PMC3532326.1", "F1"), ("PMC2924383.1", "pone.0012255.g001"),
