@@ -245,7 +245,7 @@ def test_trained_sample_model_retrieves_its_train_pairs_above_chance(built_proje
     assert train["gallery_size"] == 8
     # Averaged over both directions and R@1/R@5: one lucky or unlucky query of 8 does not decide it
     # (a collapsed, untrained model scores exactly chance here because ties count against it).
-    lift = [train[d][k] - train["chance"][k] for d in ("image_to_text", "text_to_image") for k in ("R@1", "R@5")]
+    lift = [train[d][k] - train["chance"][d][k] for d in ("image_to_text", "text_to_image") for k in ("R@1", "R@5")]
     assert sum(lift) / len(lift) > 0.05, train
 
 

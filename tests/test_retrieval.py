@@ -27,7 +27,9 @@ def test_retrieval_reports_both_directions_gallery_and_chance():
     txt = torch.tensor([[3.0, 1, 0], [0, 1, 2], [1, 0, 2]])
     # similarity = [[3, 0, 1], [1, 1, 0], [0, 2, 2]]
     m = retrieval_metrics(img, txt, ks=(1, 2))
-    assert m["gallery_size"] == 3 and m["chance"] == {"R@1": 1 / 3, "R@2": 2 / 3} and m["protocol"] == PROTOCOL
+    assert m["gallery_size"] == 3 and m["protocol"] == PROTOCOL
+    assert m["chance"] == {d: {"R@1": pytest.approx(1 / 3), "R@2": pytest.approx(2 / 3)}
+                           for d in ("image_to_text", "text_to_image")}
     # rows: i0 truth 3 first; i1 truth 1 tied with a 1 → rank 1; i2 truth 2 tied with a 2 → rank 1
     assert m["image_to_text"] == {"R@1": pytest.approx(1 / 3), "R@2": 1.0}
     # columns: t0 [3,1,0] first; t1 [0,1,2] second; t2 [1,0,2] first
@@ -89,3 +91,32 @@ def test_classification_metrics_balanced_and_chance():
     assert m["chance"] == {"accuracy": 0.75, "balanced_accuracy": 0.5, "auroc": 0.5}
     m = classification_metrics(torch.tensor([[2.0, 0]] * 4), labels, 2)
     assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == 0.5
+
+
+def test_chance_counts_every_right_answer_a_query_has():
+    """Random rankings, measured: a caption shared by k images has k chances in text→image; an image's right
+    answers are tied copies of one caption, so it is ranked against n - k + 1 candidates."""
+    from biomedclip_factory.evaluate.retrieval import chance_recalls
+
+    captions = ["a"] * 5 + ["b"] * 2 + [f"c{i}" for i in range(13)]  # n = 20
+    groups = caption_groups(captions)
+    chance = chance_recalls(groups, (1, 3))
+    rng = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
+    texts = torch.stack([torch.nn.functional.normalize(torch.randn(8, generator=rng), dim=0) for _ in captions])
+    by_caption = {c: texts[i] for i, c in reversed(list(enumerate(captions)))}
+    texts = torch.stack([by_caption[c] for c in captions])  # one caption, one embedding
+    hits = {d: {1: 0, 3: 0} for d in ("image_to_text", "text_to_image")}
+    trials = 3000
+    for _ in range(trials):
+        images = torch.nn.functional.normalize(torch.randn(20, 8, generator=rng), dim=1)
+        for direction, (q, g) in {"image_to_text": (images, texts), "text_to_image": (texts, images)}.items():
+            ranks = ranks_of_truth(q @ g.T, groups)
+            for k in (1, 3):
+                hits[direction][k] += float((ranks < k).float().mean())
+    for direction in hits:
+        for k in (1, 3):
+            assert hits[direction][k] / trials == pytest.approx(chance[direction][f"R@{k}"], abs=0.01), (direction, k)
+    assert chance["text_to_image"]["R@1"] > 1.5 * chance["image_to_text"]["R@1"] > 1.5 / 20
+    alone = chance_recalls(torch.arange(20), (1, 3))
+    assert alone == {d: {"R@1": pytest.approx(1 / 20), "R@3": pytest.approx(3 / 20)} for d in alone}

@@ -56,7 +56,7 @@ def markdown_report(models: dict[str, dict]) -> str:
                 label = f"retrieval {split} {ARROWS[direction]} {k} (gallery {ret['gallery_size']}{_unreadable(ret)})"
                 values = [_fmt(ok[n].get("retrieval", {}).get(split, {}).get(direction, {}).get(k, "–"))
                           for n in names]
-                rows.append((label, values, _fmt(ret["chance"][k])))
+                rows.append((label, values, _fmt(ret["chance"][direction][k])))
     for task, res in _scored(ok, "zeroshot"):
         metric = res["metric"]
         values = [_fmt(ok[n].get("zeroshot", {}).get(task, {}).get("score", "–")) for n in names]

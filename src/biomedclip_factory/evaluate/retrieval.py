@@ -1,6 +1,8 @@
 """Image↔text retrieval recall@K over a gallery of paired embeddings (pair i ↔ pair i)."""
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Hashable, Sequence
 
 import torch
@@ -65,6 +67,52 @@ def caption_groups(captions: Sequence[Hashable]) -> torch.Tensor:
     return torch.tensor([ids.setdefault(c, len(ids)) for c in captions], dtype=torch.long)
 
 
+def chance_recalls(groups: torch.Tensor, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Each recall of a model that ranks at random, per direction, when pairs share captions (``groups``;
+    MedPix's cases: one caption, several images). A caption's right answers are its ``k`` images: it
+    scores when any is in the top K, 1 - C(n-k, K) / C(n, K). An image's are the tied copies of its
+    caption, and every other caption's copies rank together: see ``_image_to_text_chance``. With no
+    shared caption both are K / n."""
+    n = len(groups)
+    sizes = torch.bincount(groups)[groups]
+    counts = Counter(torch.bincount(groups).tolist())  # groups by size
+    counts.pop(0, None)
+    out: dict[str, dict[str, float]] = {"image_to_text": {}, "text_to_image": {}}
+    for k in ks:
+        to_text = _image_to_text_chance(counts, k)
+        missed = {size: math.prod(max(0, n - k - j) / (n - j) for j in range(size)) for size in counts}
+        out["image_to_text"][f"R@{k}"] = float(sum(to_text[int(s)] for s in sizes) / n)
+        out["text_to_image"][f"R@{k}"] = float(sum(1 - missed[int(s)] for s in sizes) / n)
+    return out
+
+
+def _image_to_text_chance(counts: Counter, k: int) -> dict[int, float]:
+    """P(rank < k) for an image whose caption has each size in ``counts`` (caption size → how many captions):
+    its caption takes a uniform place among the G distinct ones, and its rank is the number of texts, copies
+    counted, of the p captions above it, a uniform p-subset of the others. Summed over p < k, counting the
+    p-subsets whose copies add up to less than k (a small polynomial product: sizes and p are below k)."""
+    captions = sum(counts.values())
+    chance = {}
+    for own in counts:
+        others = counts.copy()
+        others[own] -= 1
+        ways = [[0] * k for _ in range(k)]  # ways[p][t]: p-subsets of the other captions holding t texts
+        ways[0][0] = 1
+        for size, many in others.items():
+            if size >= k or many == 0:
+                continue
+            grown = [[0] * k for _ in range(k)]
+            for p in range(k):
+                for t in range(k):
+                    for j in range(0, k - p):
+                        if not ways[p][t] or t + size * j >= k:
+                            break
+                        grown[p + j][t + size * j] += ways[p][t] * math.comb(many, j)
+            ways = grown
+        chance[own] = sum(sum(ways[p]) / math.comb(captions - 1, p) for p in range(min(k, captions))) / captions
+    return chance
+
+
 def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     return _recalls(ranks_of_truth(similarity), ks)
 
@@ -81,17 +129,17 @@ PROTOCOL = 3
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
                       block: int = 4096, captions: Sequence[Hashable] | None = None) -> dict:
-    """Both directions with the gallery size, the chance level of each recall and the ranking rule
-    (``PROTOCOL``); with ``captions``, a pair of the same caption as the truth is a right answer too."""
+    """Both directions with the gallery size, the chance level of each recall per direction and the ranking
+    rule (``PROTOCOL``); with ``captions``, a pair of the same caption as the truth is a right answer too."""
     n = image_emb.shape[0]
     if n == 0:
         return {"gallery_size": 0}
     images, texts = image_emb.float(), text_emb.float()
-    groups = caption_groups(captions) if captions is not None else None
+    groups = caption_groups(captions) if captions is not None else torch.arange(n)
     return {
         "gallery_size": n,
         "image_to_text": _recalls(ranks_in_blocks(images, texts, block, groups), ks),
         "text_to_image": _recalls(ranks_in_blocks(texts, images, block, groups), ks),
-        "chance": {f"R@{k}": min(1.0, k / n) for k in ks},
+        "chance": chance_recalls(groups, ks),
         "protocol": PROTOCOL,
     }
