@@ -74,15 +74,15 @@ def chance_recalls(groups: torch.Tensor, ks: tuple[int, ...]) -> dict[str, dict[
     caption, and every other caption's copies rank together: see ``_image_to_text_chance``. With no
     shared caption both are K / n."""
     n = len(groups)
-    sizes = torch.bincount(groups)[groups]
-    counts = Counter(torch.bincount(groups).tolist())  # groups by size
+    counts = Counter(torch.bincount(groups).tolist())  # caption size → how many captions
     counts.pop(0, None)
+    queries = {size: size * many for size, many in counts.items()}  # each pair of a caption is a query
     out: dict[str, dict[str, float]] = {"image_to_text": {}, "text_to_image": {}}
     for k in ks:
         to_text = _image_to_text_chance(counts, k)
         missed = {size: math.prod(max(0, n - k - j) / (n - j) for j in range(size)) for size in counts}
-        out["image_to_text"][f"R@{k}"] = float(sum(to_text[int(s)] for s in sizes) / n)
-        out["text_to_image"][f"R@{k}"] = float(sum(1 - missed[int(s)] for s in sizes) / n)
+        out["image_to_text"][f"R@{k}"] = sum(q * to_text[size] for size, q in queries.items()) / n
+        out["text_to_image"][f"R@{k}"] = sum(q * (1 - missed[size]) for size, q in queries.items()) / n
     return out
 
 
