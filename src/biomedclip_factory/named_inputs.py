@@ -21,7 +21,6 @@ from .params import load_section
 from .pmc.selection import local_source
 
 
-
 @dataclass(frozen=True)
 class Listing:
     """Files a list file names (a pairs JSONL and the images it lists, under its folder), the list first."""
