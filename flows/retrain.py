@@ -7,7 +7,7 @@ evaluated and registered. Register runs every time (the registry is outside what
 registered before is a lookup), and the promotion gate decides whether the build is ``champion``.
 
     python -m flows.retrain                       # one run now
-    python -m flows.retrain --serve --cron "0 3 * * *"    # the schedule, run by this process
+    python -m flows.retrain --serve --cron "0 3 * * *" --timezone Europe/Berlin    # the schedule, run here
 Failures notify through a saved Prefect notification block, named ``<block-type>/<name>``
 (``notify_block``), e.g. ``custom-webhook/retrain-alerts`` or ``slack-webhook/ml-team``; so does a run
 that completes but whose model the gate had to refuse because the champion is broken, since every later
@@ -20,18 +20,26 @@ import contextlib
 import json
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+import httpx
+from prefect import flow, get_client, get_run_logger, task
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterExpectedStartTime,
+                                            FlowRunFilterState, FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.context import FlowRunContext
 from prefect.deployments.runner import EntrypointType
+from prefect.logging import get_logger
 
 from biomedclip_factory.workspace import params_overridden, workspace_held
 
 from .pipeline import ROOT, run_all
 
 DEFAULT_CRON = "0 3 * * *"
+DEFAULT_TIMEZONE = "UTC"
 
 
 @contextlib.contextmanager
@@ -95,6 +103,10 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
             push: bool = False, notify_block: str | None = None, scrape_retries: int = 3,
             push_retries: int = 3) -> dict[str, Any]:
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
+    later = superseding_run()
+    if later is not None:  # that run lists the source after this one would: all this one would find, and more
+        get_run_logger().info("retrain: skipped, superseded by %s, due already with the same parameters", later)
+        return {"ran": {}, "trained": False, "promoted": False, "reason": f"superseded by {later}"}
     path = Path(project)
     with workspace_held(path):
         with overridden_params(path, profile, source):
@@ -123,21 +135,71 @@ def push_outputs(project: Path) -> None:
         repo.push()
 
 
-def serve(name: str, cron: str, parameters: dict[str, Any]) -> None:
-    """Register ``retrain`` on a cron schedule and execute its runs here, one at a time, until stopped.
+def superseding_run() -> str | None:
+    """The name of a later run of this run's deployment, due already, with the same parameters.
+
+    Runs wait their turn (one at a time): after a week-long training, or a serve process restarted after an
+    unclean stop, a night's run can find the next nights' runs due behind it. Each lists the source anew
+    and finds all that is new, so only the latest needs to run: the others end at once, Completed, saying
+    which run superseded them. A run outside a deployment (``python -m flows.retrain``) has none."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    if run is None or run.deployment_id is None or run.expected_start_time is None:
+        return None
+    with get_client(sync_client=True) as client:
+        due = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[run.deployment_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            expected_start_time=FlowRunFilterExpectedStartTime(after_=run.expected_start_time)))
+    now = datetime.now(timezone.utc)
+    later = sorted((r.expected_start_time, r.name) for r in due if r.id != run.id and r.parameters == run.parameters
+                   and run.expected_start_time < r.expected_start_time <= now)
+    return later[-1][1] if later else None
+
+
+def poll_through_outages() -> None:
+    """Keep serving while the Prefect API is down.
+
+    Prefect's runner stops after three failed polls in a row (``critical_service_loop``), and stopping
+    kills the run it executes: a server restart of a few minutes would end a week's training, and with the
+    serve process gone no later night would run or alert. A poll that cannot reach the API is logged here,
+    and the next one comes at the usual interval; the run in progress goes on. (Prefect 3.9's runner, its
+    poller's one workload; tests/test_servers.py fails if an upgrade moves it.)"""
+    from prefect.runner._scheduled_run_poller import ScheduledRunPoller
+
+    poll = ScheduledRunPoller._get_and_submit_flow_runs
+    if getattr(poll, "tolerates_outages", False):
+        return
+
+    async def tolerant(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            await poll(self, *args, **kwargs)
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
+                raise  # an answer, not an outage: refused or misconfigured
+            get_logger("flows.retrain").warning("retrain: the Prefect API did not answer the poll for scheduled "
+                                                "runs (%s); serving on, the run in progress goes on", exc)
+
+    tolerant.tolerates_outages = True  # type: ignore[attr-defined]
+    ScheduledRunPoller._get_and_submit_flow_runs = tolerant  # type: ignore[method-assign]
+
+
+def serve(name: str, cron: str, tz: str, parameters: dict[str, Any]) -> None:
+    """Register ``retrain`` on a cron schedule (in ``tz``) and execute its runs here, one at a time, until stopped.
 
     This process is the worker: a deployment registered without one (``to_deployment().apply()``
-    with no work pool) is scheduled but never executed. A deployment limit of 1 keeps a long run and
-    the next night's from sharing one DVC workspace, and CANCEL_NEW cancels a night that comes while
-    one still runs (Prefect's default queues it: a week-long training would be followed by seven
-    retrains back to back, each listing the source again, where the next one alone finds all that is new).
+    with no work pool) is scheduled but never executed. ``limit=1`` keeps a long run and the next night's
+    from sharing one DVC workspace: the next night waits, and then ends at once if a later one is due too
+    (``superseding_run``). Not a deployment concurrency limit: the server keeps its slot as a lease in
+    memory, so a server restart cancels the run that holds it, and a run whose process died while the server
+    was down keeps the slot for ever: every later night is cancelled, with no process to send an alert.
     """
     # The flow as its module's name gives it: run as ``python -m flows.retrain`` this module is
     # ``__main__``, an entrypoint that no other process (a work-pool worker, a restart) can import.
     from flows.retrain import retrain as importable
 
-    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-    importable.serve(name=name, cron=cron, parameters=parameters, global_limit=one_at_a_time, limit=1,
+    poll_through_outages()
+    importable.serve(name=name, schedule=CronSchedule(cron=cron, timezone=tz), parameters=parameters, limit=1,
                      entrypoint_type=EntrypointType.MODULE_PATH)
 
 
@@ -147,6 +209,7 @@ if __name__ == "__main__":
                     help="register the cron schedule with the Prefect server (PREFECT_API_URL) and run it here")
     ap.add_argument("--name", default="nightly")
     ap.add_argument("--cron", default=DEFAULT_CRON)
+    ap.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="the IANA zone the cron's hours are in (default UTC)")
     ap.add_argument("--profile")
     ap.add_argument("--source")
     ap.add_argument("--push", action="store_true")
@@ -154,6 +217,6 @@ if __name__ == "__main__":
     args = ap.parse_args()
     params = {"profile": args.profile, "source": args.source, "push": args.push, "notify_block": args.notify_block}
     if args.serve:
-        serve(args.name, args.cron, params)
+        serve(args.name, args.cron, args.timezone, params)
     else:
         print(retrain(**params))

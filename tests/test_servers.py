@@ -130,9 +130,41 @@ def _run_logs(api: str, run_id: str) -> list[dict]:
     return _prefect("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}})
 
 
+def _deployment(api: str, worker: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 120
+    found: list = []
+    while not found and time.monotonic() < deadline and worker.poll() is None:
+        found = _prefect("POST", f"{api}/deployments/filter", json={})
+        time.sleep(1)
+    assert found, _tail(worker) if worker.poll() is not None else "no deployment"
+    return found[0]
+
+
+def _final_states(api: str, run_ids: list[str], seconds: float) -> dict[str, dict]:
+    deadline, runs = time.monotonic() + seconds, {}
+    while time.monotonic() < deadline:
+        runs = {i: _prefect("GET", f"{api}/flow_runs/{i}") for i in run_ids}
+        if all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs.values()):
+            break
+        time.sleep(2)
+    return runs
+
+
+def _logged(api: str, run_id: str, text: str, seconds: float = 60) -> list[str]:
+    """The run's log lines, once one holds ``text`` (the runner ships logs in batches, some after the run ends)."""
+    deadline = time.monotonic() + seconds
+    messages = [entry["message"] for entry in _run_logs(api, run_id)]
+    while not any(text in m for m in messages) and time.monotonic() < deadline:
+        time.sleep(2)
+        messages = [entry["message"] for entry in _run_logs(api, run_id)]
+    return messages
+
+
 def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_project: Path, tmp_path: Path):
-    """The README's schedule against a real server: the serve process registers the cron deployment (one
-    run at a time), executes a triggered run, and that no-change run completes having trained nothing."""
+    """The README's schedule against a real server: the serve process registers the cron deployment in the
+    user's time zone, keeps serving through a server outage (a restart must not end the schedule), and after
+    it executes the nights that came due one at a time: the earlier ones end at once, superseded, and the
+    latest runs the pipeline, which with nothing new trains nothing."""
     project = tmp_path / "project"
     copy_built(built_project, project)
     weights = (project / "models/clip/open_clip_model.safetensors").read_bytes()
@@ -141,49 +173,48 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": api, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    # A run waiting for the slot turns Late (and, under CANCEL_NEW, Cancelled) after 1 s here, not 15
-    server_env = {**env, "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
-                  "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1"}
-    server = _server(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env, tmp_path)
+    server_args = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    # Polls each second, each failing after one retry: Prefect's own runner would stop after three such polls
+    serve_env = {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    server = _server(server_args, env, tmp_path)
     worker = None
     try:
         _wait(f"{api}/health", server)
-        worker = _server(["flows.retrain", "--serve", "--name", "nightly", "--cron", "0 4 * * *"], env, project)
-        deadline = time.monotonic() + 120
-        found: list = []
-        while not found and time.monotonic() < deadline and worker.poll() is None:
-            found = _prefect("POST", f"{api}/deployments/filter", json={})
-            time.sleep(1)
-        assert found, _tail(worker) if worker.poll() is not None else "no deployment"
-        deployment = found[0]
-        assert deployment["name"] == "nightly" and deployment["schedules"][0]["schedule"]["cron"] == "0 4 * * *"
-        assert deployment["schedules"][0]["active"] and not deployment["paused"]  # the server will create its runs
-        assert deployment["global_concurrency_limit"]["limit"] == 1
-        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+        worker = _server(["flows.retrain", "--serve", "--name", "nightly", "--cron", "0 4 * * *",
+                          "--timezone", "Europe/Berlin"], serve_env, project)
+        deployment = _deployment(api, worker)
+        assert deployment["name"] == "nightly" and deployment["schedules"][0]["active"] and not deployment["paused"]
+        assert deployment["schedules"][0]["schedule"] | {"cron": "0 4 * * *", "timezone": "Europe/Berlin"} \
+            == deployment["schedules"][0]["schedule"]
+        assert deployment["global_concurrency_limit"] is None  # a lease the server would lose on a restart
         assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
-        run = _prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
-        deadline = time.monotonic() + 300
-        state, second = run["state"]["type"], None
-        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
-            time.sleep(2)
-            state = _prefect("GET", f"{api}/flow_runs/{run['id']}")["state"]["type"]
-            if state == "RUNNING" and second is None:  # the next night, while this one still runs
-                second = _prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
-        assert second is not None, "the first run never ran"
-        second_state = _prefect("GET", f"{api}/flow_runs/{second['id']}")["state"]
-        deadline = time.monotonic() + 60  # the runner ships logs in batches, some after the state turns final
-        logs = _run_logs(api, run["id"])
-        while not any("'trained'" in entry["message"] for entry in logs) and time.monotonic() < deadline:
-            time.sleep(2)
-            logs = _run_logs(api, run["id"])
+
+        _stop(server)  # the outage: a server upgrade, a host reboot
+        deadline = time.monotonic() + 60
+        while _tail(worker).count("did not answer the poll") < 4 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert worker.poll() is None, _tail(worker)
+        assert _tail(worker).count("did not answer the poll") >= 4, _tail(worker)
+        server = _server(server_args, env, tmp_path)
+        _wait(f"{api}/health", server)
+
+        now = time.time()
+        nights = [_prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"state": {
+            "type": "SCHEDULED", "state_details": {"scheduled_time": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60 * late))}}})["id"] for late in (3, 2, 1)]
+        runs = _final_states(api, nights, 400)
+        assert worker.poll() is None, _tail(worker)
+        latest = _logged(api, nights[-1], "'trained'")
+        skipped = [_logged(api, i, "superseded by") for i in nights[:-1]]
     finally:
         for proc in (worker, server):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
-    assert state == "COMPLETED", [entry["message"] for entry in logs][-10:]
-    assert second_state["type"] == "CANCELLED" and "concurrency limit" in second_state["message"], second_state
-    assert any("'trained': False" in entry["message"] for entry in logs)
+            _stop(proc)
+    assert [r["state"]["type"] for r in runs.values()] == ["COMPLETED"] * 3, [r["state"] for r in runs.values()]
+    last = runs[nights[-1]]["name"]
+    assert all(any(f"superseded by {last}" in m for m in messages) for messages in skipped), skipped
+    assert any("'trained': False" in m for m in latest), latest[-10:]
+    spans = sorted((r["start_time"], r["end_time"]) for r in runs.values())
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans  # one at a time
     assert (project / "models/clip/open_clip_model.safetensors").read_bytes() == weights
 
 
