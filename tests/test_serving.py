@@ -26,7 +26,7 @@ from biomedclip_factory.registry.register import register_model
 from .conftest import REPO, tiny_model_dir
 
 LIMITS = ServeLimits(max_rows=40, max_request_bytes=2_000_000, max_image_bytes=500_000, max_image_pixels=4_000_000,
-                     max_request_pixels=6_000_000, batch_size=8)
+                     max_request_pixels=6_000_000, batch_size=8, max_text_chars=50_000)
 
 
 def _b64(img: Image.Image, fmt: str = "PNG") -> str:
@@ -98,6 +98,12 @@ def test_garbage_rows_and_oversized_requests_are_refused_by_name(served):
     assert _refused(served, big) == "row 0: image is larger than 500000 bytes"
     heavy = pd.DataFrame({"text": ["x" * 700_000] * 3})
     assert "the limit is 2000000" in _refused(served, heavy)
+    # One long text costs its whole length to clean and tokenise, though the model reads its first tokens only
+    long = "a chest x-ray " * 3_600
+    assert _refused(served, pd.DataFrame({"text": ["a scan", long]})).startswith(
+        f"row 1: a text of {len(long)} characters; the limit is 50000")
+    assert _refused(served, pd.DataFrame({"image": [_b64(Image.new("RGB", (40, 40)))]}),
+                    {"candidate_labels": ["ct", long]}).startswith("candidate label 1: a text of")
     assert _refused(served, pd.DataFrame({"text": ["a"]}), {"candidate_labels": ["a", "b"]}) == \
         "zero-shot classification needs at least one row with an image"
 
@@ -137,6 +143,11 @@ def test_requests_that_ask_nothing_are_refused_and_wrapped_base64_is_read(served
     assert "no row holds an 'image' (base64) or a non-empty 'text'" in \
         _refused(served, pd.DataFrame({"img": [_b64(Image.new("RGB", (40, 40)))]}))  # a misspelled column
     assert "no row holds" in _refused(served, pd.DataFrame({"text": ["", "  "]}))
+    # An empty caption among good ones, or a row of neither: refused by row, not answered with None
+    assert _refused(served, pd.DataFrame({"text": ["a chest x-ray", " ", "a scan", ""]})) == \
+        "rows 1, 3: neither an 'image' nor a non-empty 'text'"
+    assert _refused(served, pd.DataFrame({"image": [_b64(Image.new("RGB", (40, 40))), None], "text": [None, ""]})) \
+        == "row 1: neither an 'image' nor a non-empty 'text'"
     image = _b64(Image.new("RGB", (40, 40), (200, 10, 10)))
     assert "at least two candidate labels" in _refused(served, pd.DataFrame({"image": [image]}),
                                                        {"candidate_labels": ["a chest x-ray"]})

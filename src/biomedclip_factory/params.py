@@ -39,7 +39,7 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
                  "vqa": {"*": dict.fromkeys(("images", "train", "test", "answers", "epochs", "hidden", "lr", "seed"))}},
     "register": {**dict.fromkeys(("model_name", "alias", "gate_metric", "margin")),
                  "serve": dict.fromkeys(("max_rows", "max_request_bytes", "max_image_bytes", "max_image_pixels",
-                                         "max_request_pixels", "batch_size"))},
+                                         "max_request_pixels", "batch_size", "max_text_chars"))},
 }
 
 

@@ -45,6 +45,9 @@ class ServeLimits:
     max_image_pixels: int = 40_000_000  # width × height from the header, checked before decoding
     max_request_pixels: int = 512_000_000  # all of a request's images, from their headers: each is decoded whole
     batch_size: int = 32  # images decoded and embedded at a time
+    # One text or candidate label. The model reads a text's first context-length tokens, but cleaning and
+    # tokenising it cost time and memory by its whole length (~200 bytes of memory per character).
+    max_text_chars: int = 100_000
 
     @classmethod
     def from_params(cls, register: Section) -> "ServeLimits":
@@ -122,6 +125,12 @@ def _check_request(model_input: pd.DataFrame, labels: list[str], limits: ServeLi
     if size > limits.max_request_bytes:
         raise bad_input(f"the request carries {size} bytes of images and texts; the limit is "
                         f"{limits.max_request_bytes}")
+    texts = model_input["text"].tolist() if "text" in model_input else []
+    for what, values in (("row", texts), ("candidate label", labels)):
+        for i, value in enumerate(values):
+            if isinstance(value, str) and len(value) > limits.max_text_chars:
+                raise bad_input(f"{what} {i}: a text of {len(value)} characters; the limit is {limits.max_text_chars} "
+                                "(the model reads only a text's first tokens: send those)")
 
 
 class ClipPyfunc(mlflow.pyfunc.PythonModel):
@@ -154,6 +163,10 @@ class ClipPyfunc(mlflow.pyfunc.PythonModel):
         if not rows and not text_rows:  # a misspelled column, or only empty cells: say so, not 200 and nothing
             raise bad_input("no row holds an 'image' (base64) or a non-empty 'text': the model reads these two "
                             "columns only (MLflow drops any other)")
+        empty = sorted(set(range(len(model_input))) - set(rows) - set(text_rows))
+        if empty:  # an empty caption among good ones: an answer of None would pass for a result
+            raise bad_input(f"row{'s' * (len(empty) > 1)} {', '.join(map(str, empty[:10]))}"
+                            f"{' …' * (len(empty) > 10)}: neither an 'image' nor a non-empty 'text'")
         if labels and len(labels) < 2:
             raise bad_input("zero-shot classification needs at least two candidate labels (one always scores 1.0)")
         image_emb = self._embed_images(images, rows)
