@@ -180,6 +180,28 @@ def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(
     assert not d.promote and d.blocked and "got no" in d.reason  # scores nothing on any new gallery either
 
 
+def test_a_champion_without_the_gate_metric_is_scored_on_it_or_not_beaten_blindly(client, tmp_path):
+    """``gate_metric`` changed in params, or a champion aliased by hand: the champion has no score to beat.
+    A retrieval metric is measured on it; another cannot be here, and no version is promoted past it unseen."""
+    gallery, other = "retrieval.test.gallery_size", "retrieval.test.text_to_image.R_at_1"
+    v1 = _version(client, tmp_path, {METRIC: 0.60, gallery: 1000})
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
+    asked = []
+
+    def rescore(version):
+        asked.append(version)
+        return 0.70
+
+    v2 = _version(client, tmp_path, {METRIC: 0.50, other: 0.65, gallery: 1000, "zeroshot.chest.auroc": 0.9})
+    d = promote.decide(client, "m", v2, other, margin=0.0, rescore=rescore)
+    assert asked == [v1] and not d.promote and d.champion_score == 0.70, d
+    d = promote.decide(client, "m", v2, other, margin=0.0)
+    assert not d.promote and f"champion v{v1} was scored without '{other}'" in d.reason
+    d = promote.decide(client, "m", v2, "zeroshot.chest.auroc", margin=0.0, rescore=rescore)
+    assert not d.promote and d.blocked and "has no 'zeroshot.chest.auroc' to compare with" in d.reason, d
+    assert client.get_model_version_by_alias("m", "champion").version == v1
+
+
 def test_the_champion_gated_again_stays_champion(client, tmp_path):
     """A rerun of the register that promoted a version gates that same version: it must not be compared
     with itself (a tie) and tagged rejected while it is champion."""

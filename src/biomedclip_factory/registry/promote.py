@@ -101,11 +101,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     champion_tags = client.get_model_version(name, champion_version).tags
     best, measured = metric_of(eval_metrics(champion_tags), metric), ""
     ours, theirs = gallery(tags, metric), gallery(champion_tags, metric)
-    if best is not None and ours is not None and not _same_gallery(ours, theirs):
+    if ours is not None and (best is None or not _same_gallery(ours, theirs)):
         if rescore is None:
-            return Decision(False, f"champion v{champion_version} was scored on another gallery ({_pairs(theirs[0])}), "
-                                   f"this version on {_pairs(ours[0])}: not comparable", candidate, champion_version,
-                            None)
+            scored = f"on another gallery ({_pairs(theirs[0])})" if best is not None else f"without '{metric}'"
+            return Decision(False, f"champion v{champion_version} was scored {scored}, this version on "
+                                   f"{_pairs(ours[0])}: not comparable", candidate, champion_version, None)
         try:
             best = rescore(champion_version)
         except DataError as exc:  # the champion itself is broken (an unreachable one raises on: retried later)
@@ -117,8 +117,11 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
             return Decision(False, f"champion v{champion_version} got no '{metric}' on this gallery",
                             candidate, champion_version, None, blocked=True)
         measured = f" (re-scored on this gallery of {_pairs(ours[0])})"
-    if best is None:
-        return Decision(True, f"champion v{champion_version} has no '{metric}'", candidate, champion_version, None)
+    if best is None:  # a gate metric changed in params, or a champion set by hand: "beats" cannot be decided
+        return Decision(False, f"champion v{champion_version} has no '{metric}' to compare with (another gate metric "
+                               f"when it was promoted, or an alias set by hand); until it is scored on '{metric}', "
+                               f"or the '{CHAMPION}' alias moved or deleted, no version is promoted", candidate,
+                        champion_version, None, blocked=True)
     if candidate > best + margin:
         return Decision(True, f"{metric} {candidate:.4f} > champion v{champion_version} {best:.4f}{measured} "
                               f"+ margin {margin}", candidate, champion_version, best)
