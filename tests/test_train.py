@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import io
+import itertools
+import math
 import json
 import os
 import shlex
@@ -24,10 +26,10 @@ from deepspeed.runtime.zero import parameter_offload
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from biomedclip_factory.errors import ParamsError
+from biomedclip_factory.errors import DivergedError, ParamsError
 from biomedclip_factory.io import read_jsonl
 from biomedclip_factory.model.build import (WEIGHTS_NAME, ModelSpec, create_model, init_from_model_dir,
-                                            init_model_dir)
+                                            init_model_dir, save_weights)
 from biomedclip_factory.model.tokenizer import copy_tokenizer
 from biomedclip_factory.shards.loader import length_buckets
 from biomedclip_factory.shards.writer import write_split
@@ -429,6 +431,23 @@ def test_text_tower_starts_from_a_local_bert_dir_and_trains_in_training_mode(mod
         init_model_dir(SPEC, tmp_path / "tok", tmp_path / "bad", text_init=tmp_path / "other")
 
 
+def test_a_text_tower_saved_in_bf16_trains_and_loads_in_fp32(model_dir, tmp_path):
+    """transformers builds a tower in its config's dtype: a BERT dir saved in bf16 gave a bf16 text tower under
+    AdamW (the rounding fp32 masters avoid), and its config, copied into the model dir, made every later load
+    bf16 too, plain open_clip's included."""
+    bert = _local_bert(tmp_path / "bert", model_dir)
+    bert.to(torch.bfloat16).save_pretrained(tmp_path / "bert")
+    copy_tokenizer(tmp_path / "bert", tmp_path / "tok", model_max_length=32)
+    model = init_model_dir(SPEC, tmp_path / "tok", tmp_path / "clip", text_init=tmp_path / "bert")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    torch.testing.assert_close(model.text.transformer.embeddings.word_embeddings.weight,
+                               bert.embeddings.word_embeddings.weight.float())  # the BERT's weights, cast up
+    save_weights(model, tmp_path / "clip")
+    for loaded in (create_model(tmp_path / "clip", load_weights=True),
+                   open_clip.create_model(f"local-dir:{tmp_path / 'clip'}", pretrained_text=False)):
+        assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
 def test_continued_pretraining_starts_from_a_saved_model_dir(model_dir, tmp_path):
     before = (model_dir / WEIGHTS_NAME).read_bytes()
     b = init_from_model_dir(model_dir, model_dir, tmp_path / "continued").eval()
@@ -826,3 +845,39 @@ def test_samples_skipped_in_loader_workers_reach_the_run_summary(model_dir, tmp_
                           config(steps=2, num_workers=workers), lambda step, values: None)
     # the one shard is drawn again and again into the shuffle buffer: the corrupt sample, each time
     assert result.skipped_samples > 0 and result.metrics()["skipped_samples"] == result.skipped_samples
+
+
+def _nan_at(model: torch.nn.Module, forwards: set[int]) -> None:
+    """The image tower answers NaN at the given (1-based) forward passes: steps whose gradient is not finite."""
+    calls = itertools.count(1)
+    model.visual.register_forward_hook(lambda module, args, out: out * float("nan") if next(calls) in forwards else out)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_counted_and_keeps_the_schedule(model_dir, shards, tmp_path):
+    """ZeRO refuses the update of a non-finite gradient, and DeepSpeed then held the learning-rate schedule
+    back a step, with nothing in the run's log: a run with such steps ended above its final rate. open_clip
+    sets the rate from the step's index; the skip is counted in the log and the summary."""
+    work, rows = shutil.copytree(model_dir, tmp_path / "clip"), []
+    cfg = config(steps=4, zero_stage=2, offload_optimizer=True, warmup_steps=0)  # ZeRO's optimizer on one rank
+    with distributed():
+        model = create_model(work, load_weights=True)
+        _nan_at(model, {2})
+        result = pretrain(model, work, shards, tmp_path / "ckpt", cfg, lambda step, values: rows.append(values))
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1, 1] and result.metrics()["skipped_steps"] == 1
+    assert [math.isfinite(r["loss"]) for r in rows] == [True, False, True, True]
+    cosine = [0.5 * (1 + math.cos(math.pi * step / 4)) * cfg.lr for step in range(4)]
+    assert [r["lr"] for r in rows] == pytest.approx(cosine, rel=1e-6)
+    assert all(torch.isfinite(w).all() for w in load_file(work / WEIGHTS_NAME).values())
+
+
+def test_a_loss_gone_non_finite_stops_the_run_before_its_checkpoint(model_dir, shards, tmp_path):
+    """Without ZeRO the update takes a non-finite gradient into the weights: every later loss is NaN, and a
+    checkpoint of them would be resumed for ever. The run stops at the segment's end, keeping the last good one."""
+    work = shutil.copytree(model_dir, tmp_path / "clip")
+    with distributed():
+        model = create_model(work, load_weights=True)
+        _nan_at(model, {3})
+        with pytest.raises(DivergedError, match=r"the loss is nan at step 4; steps 3-4 are not checkpointed \(the "
+                                                r"checkpoint of step 2 is kept\)"):
+            pretrain(model, work, shards, tmp_path / "ckpt", config(steps=4, checkpoint_every=2), lambda *_: None)
+    assert checkpoint_step(tmp_path / "ckpt") == 2

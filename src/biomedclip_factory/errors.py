@@ -21,6 +21,10 @@ class DataError(FactoryError):
     """A stage's input data is missing or unusable (empty split, unreadable shard, …)."""
 
 
+class DivergedError(FactoryError):
+    """Training reached a non-finite loss: the run stops before checkpointing weights that may hold it."""
+
+
 class AccessError(FactoryError):
     """A tracking server refused the request: no credentials, wrong ones, or too few permissions."""
 

@@ -119,9 +119,16 @@ def init_model_dir(spec: ModelSpec, tokenizer_dir: Path, model_dir: Path,
             raise ParamsError(f"params: 'model.text.context_length' {spec.context_length} exceeds the "
                               f"{text_config.max_position_embeddings} positions of the text tower in {text_init}")
     tokenizer.save_pretrained(model_dir)
-    text_config.save_pretrained(model_dir)
+    save_text_config(text_config, model_dir)
     write_json_atomic(model_dir / CONFIG_NAME, open_clip_config(spec, model_dir))
     return create_model(model_dir, load_weights=False, text_weights=text_init)
+
+
+def save_text_config(text_config: Any, model_dir: Path) -> None:
+    """The text tower's HF config, saying float32: transformers builds a tower in its config's ``dtype``, so a
+    BERT saved in bf16 would train bf16 weights under AdamW, and every later load of this dir would too."""
+    text_config.dtype = torch.float32
+    text_config.save_pretrained(model_dir)
 
 
 def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path,
@@ -143,7 +150,7 @@ def init_from_model_dir(source: Path, tokenizer_dir: Path, model_dir: Path,
     _check_vocabulary(text_config, tokenizer, source)
     tokenizer.model_max_length = config["model_cfg"]["text_cfg"]["context_length"]
     tokenizer.save_pretrained(model_dir)
-    text_config.save_pretrained(model_dir)
+    save_text_config(text_config, model_dir)
     config["model_cfg"]["text_cfg"].update(text_tower_location(model_dir))
     if timm_model_name not in (None, config["model_cfg"]["vision_cfg"].get("timm_model_name")):
         config["model_cfg"]["vision_cfg"].update(timm_model_name=timm_model_name,
@@ -190,11 +197,12 @@ def create_model(model_dir: Path, load_weights: bool, text_weights: Path | None 
     # Without weights open_clip warns "initialized randomly" — that is the point of a fresh model.
     logging.disable(logging.NOTSET if load_weights else logging.WARNING)
     try:
-        return open_clip.create_model(f"local-dir:{model_dir}", load_weights=load_weights,
-                                      pretrained_text=text_weights is not None, pretrained_image=False,
-                                      text_cfg=text_cfg)
+        model = open_clip.create_model(f"local-dir:{model_dir}", load_weights=load_weights,
+                                       pretrained_text=text_weights is not None, pretrained_image=False,
+                                       text_cfg=text_cfg)
     finally:
         logging.disable(logging.NOTSET)
+    return model.float()  # fp32 masters: pretrained text weights come in their dir's dtype (bf16 ones, bf16)
 
 
 def save_weights(model: torch.nn.Module, model_dir: Path) -> None:

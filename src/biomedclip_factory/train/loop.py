@@ -24,6 +24,7 @@ from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 from open_clip.loss import ClipLoss
 from transformers import AutoTokenizer
 
+from ..errors import DivergedError
 from ..io import write_bytes_atomic
 from ..model.build import save_weights
 from ..shards.loader import CaptionCollator, SkipCounter, SkipTally, bucket_cuts, train_batches
@@ -47,6 +48,7 @@ class TrainSummary:
     seconds: float
     final_loss: float
     skipped_samples: int
+    skipped_steps: int  # updates ZeRO refused for a non-finite gradient (the weights kept, the schedule moving on)
 
     @property
     def samples_per_s(self) -> float:
@@ -59,7 +61,7 @@ class TrainSummary:
     def metrics(self) -> dict[str, float]:
         return {"steps": self.steps, "resumed_from": self.resumed_from, "final_loss": self.final_loss,
                 "samples_per_s": self.samples_per_s, "tokens_per_s": self.tokens_per_s,
-                "skipped_samples": self.skipped_samples}
+                "skipped_samples": self.skipped_samples, "skipped_steps": self.skipped_steps}
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class StepResult:
     logit_scale_tensor: torch.Tensor
     samples: int  # across all ranks
     tokens: int  # non-padding caption tokens across all ranks
+    applied: bool = True  # False: a non-finite gradient, and no update
 
     @property
     def loss(self) -> float:
@@ -265,12 +268,16 @@ def train_step(engine: Any, loss_fn: ClipLoss, micro_batches: Iterator[MicroBatc
         loss = loss_fn(image_f.float(), text_f.float(), logit_scale.float())
         engine.backward(loss, scale_wrt_gas=False)  # each pass's loss is the whole batch's already
         engine.step()
+    applied = engine.was_step_applied()  # the host already knows: ZeRO's overflow check has synchronised
+    if not applied:  # ZeRO skips an update whose gradient is not finite, and DeepSpeed holds the schedule back
+        engine.lr_scheduler.step()  # open_clip sets the rate from the step's index: the schedule keeps its place
     clamp_logit_scale(engine)
     loss = loss.detach()
     if world > 1:  # each rank's loss covers its own rows; their mean is the global batch's (no host sync)
         torch.distributed.all_reduce(loss)
         loss /= world
-    return StepResult(loss_tensor=loss, logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens)
+    return StepResult(loss_tensor=loss, logit_scale_tensor=logit_scale.detach(), samples=samples, tokens=tokens,
+                      applied=applied)
 
 
 def _text_input(texts: torch.Tensor, device: torch.device, pad_token_id: int,
@@ -426,8 +433,13 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
                 elapsed = time.perf_counter() - t0
                 log(done, {"loss": result.loss, "lr": lr, "logit_scale": result.logit_scale,
                            "step_time_s": time.perf_counter() - t_step, "samples_per_s": samples / elapsed,
-                           "tokens_per_s": tokens / elapsed})
+                           "tokens_per_s": tokens / elapsed, "skipped_steps": engine.skipped_steps})
         loss_value = result.loss  # one wait for the GPU per segment, not per step
+        if not math.isfinite(loss_value):  # without ZeRO the update took it into the weights: keep them out
+            kept = f"the checkpoint of step {begin} is kept" if cfg.checkpoint_every and begin else "no checkpoint"
+            raise DivergedError(f"pretrain: the loss is {loss_value} at step {end}; steps {begin + 1}-{end} are not "
+                                f"checkpointed ({kept}). A rerun resumes from the last checkpoint and may diverge "
+                                "again; a lower pretrain.lr, a longer warmup_steps or a grad_clip trains from the start")
         skipped.next_stream()
         if cfg.checkpoint_every:
             save_checkpoint(engine, checkpoint_dir, end,
@@ -435,4 +447,5 @@ def pretrain(model: torch.nn.Module, model_dir: Path, shard_dir: Path, checkpoin
     seconds = time.perf_counter() - t0
     save_consolidated(engine, model_dir)
     return TrainSummary(steps=cfg.steps, resumed_from=start, samples=samples, tokens=tokens, seconds=seconds,
-                        final_loss=loss_value, skipped_samples=_summed_over_ranks(skipped.total, engine.device))
+                        final_loss=loss_value, skipped_samples=_summed_over_ranks(skipped.total, engine.device),
+                        skipped_steps=engine.skipped_steps)
