@@ -179,10 +179,17 @@ def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
+def params_trace(built_project: Path) -> Path:
+    """Where the built project's stages recorded the params keys they read (tests/params_trace)."""
+    return built_project.parent / "params_trace"
+
+
 def _build(project: Path) -> None:
     make_project(project)
+    params_trace(project).mkdir(exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+           "PYTHONPATH": os.pathsep.join(map(str, (REPO / "tests" / "params_trace", project / "src", project))),
+           "PARAMS_TRACE_DIR": str(params_trace(project))}
     with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
         try:

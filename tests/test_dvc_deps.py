@@ -7,6 +7,7 @@ hours of training when only its logging period changes. Both are computed here, 
 from __future__ import annotations
 
 import ast
+import json
 import shlex
 from pathlib import Path
 
@@ -203,6 +204,42 @@ def test_params_listed_key_by_key(stage: str) -> None:
     assert set(params.get(stage, {})) - operational - keys == set(), f"{stage}: result keys missing from dvc.yaml params"
     for section in _sections_loaded(stage) - {stage}:
         assert any(p == section or p.startswith(f"{section}.") for p in listed), f"{stage} reads '{section}'"
+
+
+def unlisted_reads(stage: str, read: set[str], listed: list[str]) -> list[str]:
+    """Keys ``stage`` read that no listed param covers (itself or a section above it) and that are not
+    operational keys of its own section."""
+    def covered(key: str) -> bool:
+        section, _, rest = key.partition(".")
+        return any(key == p or key.startswith(f"{p}.") for p in listed) or \
+            (section == stage and rest.split(".")[0] in OPERATIONAL.get(stage, set()))
+    return sorted(k for k in read if not covered(k))
+
+
+def _keys_read(built_project: Path, stage: str) -> set[str]:
+    from .conftest import params_trace
+
+    return set().union(*(json.loads(f.read_text()) for f in params_trace(built_project).glob(f"{stage}.*.json")))
+
+
+@pytest.mark.slow  # on the project the whole DAG built
+@pytest.mark.parametrize("stage", [s for s in STAGES if not dvc_stages()[s].get("always_changed")])
+def test_every_params_key_a_stage_read_while_building_is_a_dependency(built_project: Path, stage: str) -> None:
+    """What the key-by-key test cannot see: keys read by library code, of other sections, and below the top
+    level, as ``dvc repro`` ran them (tests/params_trace records every ``Section`` read). Branches the embedded
+    default does not take (another scrape layout, a tokenizer dir) are not seen here either."""
+    read = _keys_read(built_project, stage)
+    assert read, f"no trace of {stage}'s params reads: tests/params_trace did not run"
+    assert unlisted_reads(stage, read, dvc_stages()[stage].get("params", [])) == [], f"add to dvc.yaml's {stage} params"
+
+
+@pytest.mark.slow
+def test_a_params_key_read_but_not_listed_is_caught(built_project: Path) -> None:
+    read, listed = _keys_read(built_project, "tokenizer"), dvc_stages()["tokenizer"]["params"]
+    assert "model.text.context_length" in read  # read through the model section, from the tokenizer stage
+    assert unlisted_reads("tokenizer", read, [p for p in listed if p != "model.text.context_length"]) == \
+        ["model.text.context_length"]
+    assert "align.split.salt" in unlisted_reads("align", _keys_read(built_project, "align"), ["align.split.ratios"])
 
 
 @pytest.mark.parametrize("profile", ["params.yaml", *sorted(p.relative_to(REPO).as_posix()
