@@ -107,6 +107,27 @@ def test_deps_cover_every_module_the_stage_imports(stage: str) -> None:
     assert uncovered(stage, dvc_stages()[stage]) == [], f"add these to dvc.yaml's {stage} deps"
 
 
+def overbroad(stage: str, spec: dict) -> list[str]:
+    """Modules inside a folder dep of ``stage`` that it neither runs nor packages: an edit to one would rerun
+    the stage (days of pretraining for a tokenizer fix) for a result that cannot change."""
+    needed = {p for entry in [f"stages.{stage}", *UNPICKLED.get(stage, [])] for p in project_files(entry)}
+    folders = [REPO / d for d in spec["deps"] if (REPO / d).is_dir() and d not in PACKAGED.get(stage, [])]
+    return sorted(f.relative_to(REPO).as_posix() for folder in folders for f in folder.rglob("*.py")
+                  if f not in needed and not (f.name == "__init__.py" and is_inert(f)))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_folder_dep_covers_a_module_the_stage_never_runs(stage: str) -> None:
+    assert overbroad(stage, dvc_stages()[stage]) == [], f"list {stage}'s deps file by file"
+
+
+def test_an_overbroad_folder_dep_is_caught() -> None:
+    spec = dvc_stages()["pretrain"]
+    spec["deps"] = [d for d in spec["deps"] if not d.startswith("src/biomedclip_factory/model/")]
+    spec["deps"].append("src/biomedclip_factory/model")
+    assert "src/biomedclip_factory/model/wordpiece.py" in overbroad("pretrain", spec)
+
+
 def test_bytecode_in_a_code_dep_is_not_hashed() -> None:
     """Importing the package writes ``__pycache__`` into the code deps' folders on a user's machine;
     DVC does not read .gitignore, so unless .dvcignore names it, ``dvc repro`` retrains for nothing."""
