@@ -12,7 +12,8 @@ reuses scrape, align and shard. Reported per tower, on the held-out (test) cases
 - zero-shot modality (CT vs MRI) and body region (5 classes), labelled from each held-out image's
   own MedPix metadata, as balanced accuracy against chance (1 / classes);
 - VQA on the whole of VQA-RAD (``../shared/data/vqa_rad``): closed, open and overall accuracy of
-  the frozen-tower fusion head against the majority-answer (closed) and uniform (open) baseline.
+  the frozen-tower fusion head, of the same head given no image (the questions' wording alone), and
+  of always giving the commonest training answer of the question's kind.
   VQA-RAD's images come from MedPix too, so some may be among the training pairs.
 
 The summary line's ratio is the best tower's held-out mean R@10 (both ways) over chance.
@@ -130,6 +131,7 @@ def run_dag(project: Path, params: dict, tower: str) -> dict:
         for part in ("closed", "open", "overall"):
             row[f"{name} {part}"] = round(result[part], 3)
             row[f"{name} {part} baseline"] = round(result["baseline"][part], 3)
+            row[f"{name} {part} question only"] = round(result["question_only"][part], 3)
     return row
 
 

@@ -25,9 +25,10 @@ def encoder(tmp_path_factory) -> Encoder:
 BASES = [(220, 40, 40), (40, 200, 60), (50, 60, 210), (230, 220, 60)]  # four kinds of image
 
 
-def _toy(root: Path, shuffle: bool) -> VqaTask:
+def _toy(root: Path, shuffle: bool, by_question: bool = False) -> VqaTask:
     """Four kinds of image (base colours), each drawn anew with noise: 4 per kind to train on, 2 unseen
-    ones per kind to test on. The answer is a fixed function of (kind, question) — or, shuffled, of nothing."""
+    ones per kind to test on. The answer is a fixed function of (kind, question) — or, shuffled, of nothing,
+    or ``by_question``, of the question alone."""
     rng = random.Random(0)
     (root / "images").mkdir(parents=True)
     answers = ["yes", "no", "liver", "lung", "left", "right"]
@@ -40,7 +41,8 @@ def _toy(root: Path, shuffle: bool) -> VqaTask:
                 Image.frombytes("RGB", (40, 40), pixels).save(root / "images" / name)
                 for q, question in enumerate(QUESTIONS):
                     closed = q in (0, 2)
-                    answer = ["yes", "no"][(kind + q // 2) % 2] if closed else answers[2 + (kind + q) % 4]
+                    seen = 0 if by_question else kind
+                    answer = ["yes", "no"][(seen + q // 2) % 2] if closed else answers[2 + (seen + q) % 4]
                     if shuffle:  # independent of image and question
                         answer = rng.choice(["yes", "no"]) if closed else rng.choice(answers[2:])
                     rows[split].append({"qid": f"{split}{len(rows[split])}", "image_name": name, "question": question,
@@ -54,6 +56,13 @@ def test_the_head_learns_a_separable_toy_vqa(encoder, tmp_path):
     result = evaluate_vqa(encoder, _toy(tmp_path, shuffle=False), batch_size=8)
     assert (result["closed"], result["open"], result["overall"]) == (1.0, 1.0, 1.0)
     assert result["images"] == 24 and result["test_questions"] == 32 and result["problems"] == []  # unseen images
+    assert result["question_only"]["overall"] <= 0.5  # each question's answer depends on the image
+
+
+def test_the_question_only_head_shows_what_the_wording_alone_answers(encoder, tmp_path):
+    result = evaluate_vqa(encoder, _toy(tmp_path, shuffle=False, by_question=True), batch_size=8)
+    assert result["question_only"] == {"closed": 1.0, "open": 1.0, "overall": 1.0}
+    assert result["baseline"]["overall"] < 0.6  # the commonest answer is not enough: the wording is
 
 
 def test_the_head_stays_at_chance_on_shuffled_answers(encoder, tmp_path):

@@ -75,6 +75,8 @@ def markdown_report(models: dict[str, dict]) -> str:
             values = [_fmt(ok[n].get("vqa", {}).get(task, {}).get(part, "–")) for n in names]
             rows.append((f"VQA {task} {part} accuracy ({res['questions'][part]} questions; frozen towers + MLP head)",
                          values, _fmt(res["baseline"][part])))
+            blind = [_fmt(ok[n].get("vqa", {}).get(task, {}).get("question_only", {}).get(part, "–")) for n in names]
+            rows.append((f"VQA {task} {part}, the same head on the question alone", blind, _fmt(res["baseline"][part])))
     lines = ["# Evaluation", "", "| metric | " + " | ".join(names) + " | chance |",
              "|---|" + "---|" * (len(names) + 1)]
     lines += [f"| {label} | " + " | ".join(values) + f" | {chance} |" for label, values, chance in rows]

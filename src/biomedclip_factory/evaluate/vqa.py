@@ -161,13 +161,20 @@ def evaluate_vqa(encoder: Encoder, task: VqaTask, batch_size: int) -> dict:
                         f"{'; '.join(problems[:3])})")
     train_image, train_question = _embed(encoder, train, cache)
     test_image, test_question = _embed(encoder, test, cache)
-    head = train_head(train_image, train_question, torch.tensor([index[r.answer] for r in train]), len(index), task)
-    with torch.no_grad():
-        logits = head(test_image, test_question)
-    names = list(index)
-    predicted = [names[int(i)] for i in logits.argmax(dim=1)]
+    labels, names = torch.tensor([index[r.answer] for r in train]), list(index)
+
+    def answers(train_images: torch.Tensor, test_images: torch.Tensor) -> list[str]:
+        head = train_head(train_images, train_question, labels, len(index), task)
+        with torch.no_grad():
+            return [names[int(i)] for i in head(test_images, test_question).argmax(dim=1)]
+
+    # The same head seeing no image (its image features all zero): what the question's wording alone
+    # answers. VQA-RAD's questions give much away ("Is there ...?" is yes or no), so a head can beat the
+    # commonest-answer baseline without looking; the image's worth is the gap to this row.
+    blind = answers(torch.zeros_like(train_image), torch.zeros_like(test_image))
     closed = sum(r.closed for r in test)
-    return {**accuracy(predicted, test), "baseline": baseline(train, test), "train_questions": len(train),
+    return {**accuracy(answers(train_image, test_image), test), "baseline": baseline(train, test),
+            "question_only": accuracy(blind, test), "train_questions": len(train),
             "test_questions": len(test), "questions": {"closed": closed, "open": len(test) - closed, "overall": len(test)},
             "images": len(cache), "answers": len(index), "problems": problems}
 
