@@ -68,6 +68,26 @@ def overridden_params(project: Path, profile: str | None, source: str | None) ->
         yield
 
 
+@contextlib.contextmanager
+def deadline(hours: float | None) -> Iterator[None]:
+    """A run that hangs (a stalled NFS mount, an NCCL deadlock) holds the schedule with no alert, every later
+    night waiting behind it. Past ``hours`` the run is stopped where it is (its stage's command with it, that
+    stage's last good outputs put back) and fails, which alerts; the next night runs as usual."""
+    if hours is None:
+        yield
+        return
+    if not hours > 0:
+        raise ValueError(f"retrain: timeout_hours must be > 0, got {hours}")
+    from prefect.utilities.timeout import timeout
+
+    try:
+        with timeout(seconds=hours * 3600):
+            yield
+    except TimeoutError as exc:
+        raise TimeoutError(f"retrain: stopped after {hours:g} h (timeout_hours); the stage it was in has its "
+                           "last good outputs back") from exc
+
+
 def notify(block_name: str | None, subject: str, body: str) -> None:
     """Send through the saved notification block, when one is configured."""
     if not block_name:
@@ -91,7 +111,7 @@ def alert_blocked(block_name: str | None, registered: dict[str, Any]) -> None:
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect on_failure and on_crashed hook: send the failure or crash through the configured notification
     block."""
-    ended = state.name.lower()  # failed | crashed
+    ended = {"TimedOut": "timed out"}.get(state.name, state.name.lower())  # failed | crashed | timed out
     notify((flow_run.parameters or {}).get("notify_block"), f"biomedclip retrain {ended} ({flow_run.name})",
            f"{flow_run.name} {ended}: {state.message}")
 
@@ -101,14 +121,14 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
 @flow(name="biomedclip-retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def retrain(project: str = str(ROOT), profile: str | None = None, source: str | None = None,
             push: bool = False, notify_block: str | None = None, scrape_retries: int = 3,
-            push_retries: int = 3) -> dict[str, Any]:
+            push_retries: int = 3, timeout_hours: float | None = None) -> dict[str, Any]:
     """One scheduled run; returns which stages ran, whether a model was trained and if it was promoted."""
     later = superseding_run()
     if later is not None:  # that run lists the source after this one would: all this one would find, and more
         get_run_logger().info("retrain: skipped, superseded by %s, due already with the same parameters", later)
         return {"ran": {}, "trained": False, "promoted": False, "reason": f"superseded by {later}"}
     path = Path(project)
-    with workspace_held(path):
+    with workspace_held(path), deadline(timeout_hours):
         with overridden_params(path, profile, source):
             ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
         registered = json.loads((path / "metrics" / "register.json").read_text())  # register runs every time
@@ -214,8 +234,10 @@ if __name__ == "__main__":
     ap.add_argument("--source")
     ap.add_argument("--push", action="store_true")
     ap.add_argument("--notify-block")
+    ap.add_argument("--timeout-hours", type=float, help="stop and fail (and alert) a run still going after this long")
     args = ap.parse_args()
-    params = {"profile": args.profile, "source": args.source, "push": args.push, "notify_block": args.notify_block}
+    params = {"profile": args.profile, "source": args.source, "push": args.push, "notify_block": args.notify_block,
+              "timeout_hours": args.timeout_hours}
     if args.serve:
         serve(args.name, args.cron, args.timezone, params)
     else:

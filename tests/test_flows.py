@@ -181,6 +181,29 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
     assert "biomedclip retrain crashed" in message and "termination signal" in message, message
 
 
+def test_a_retrain_past_its_timeout_is_stopped_and_alerts(prefect_api, project_on_path: Path):
+    """A hung run (here a scrape waiting on a mirror that never answers) would hold the schedule with no alert:
+    past timeout_hours it is stopped, its stage's command too, and it fails, which alerts."""
+    from biomedclip_factory.workspace import stage_processes
+    from flows.retrain import retrain
+
+    _Silent.asked.clear()
+    mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    mirror.daemon_threads = True
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    try:
+        with _alerts_inbox() as block:
+            state = retrain(project=str(project_on_path), source=f"http://127.0.0.1:{mirror.server_port}/",
+                            notify_block=block, scrape_retries=0, timeout_hours=40 / 3600, return_state=True)
+    finally:
+        mirror.shutdown()
+    assert _Silent.asked.is_set(), "the run ended before the scrape stage asked the mirror"
+    assert state.is_failed() and "stopped after 0.0111111 h (timeout_hours)" in state.message, state.message
+    assert stage_processes(project_on_path, "scrape") == []  # not left waiting on the mirror
+    message = json.loads(_Inbox.received[-1])["text"]
+    assert "biomedclip retrain timed out" in message and "timeout_hours" in message, message
+
+
 def test_a_second_run_in_the_workspace_fails_at_once_and_changes_nothing(prefect_api, project_on_path: Path):
     """A manual run during the nightly one would rewrite params.yaml under its stages: it is refused, by name."""
     from biomedclip_factory.workspace import workspace_held
