@@ -112,14 +112,19 @@ def test_model_dir_is_the_same_in_every_clone_and_loads_in_plain_open_clip(built
 
 
 PULL_FROM_REGISTRY = """
-import base64, json, sys, mlflow, pandas as pd
+import base64, json, os, sys
+# As on a machine with no checkout: the project's venv has the package installed in editable mode
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "biomedclip_factory"))]
+import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model("models:/biomedclip-factory@champion")
+import biomedclip_factory
 image = base64.b64encode(open(sys.argv[1], "rb").read()).decode()
 out = model.predict(pd.DataFrame({"image": [image]}),
                     params={"candidate_labels": ["a genome variant workflow", "a chest x-ray"]})
 probs = out["probabilities"][0]
 emb = model.predict(pd.DataFrame({"text": ["a chest x-ray"]}))["text_embedding"][0]
-print(json.dumps({"n": len(probs), "total": sum(probs), "label": out["label"][0], "dim": len(emb)}))
+print(json.dumps({"n": len(probs), "total": sum(probs), "label": out["label"][0], "dim": len(emb),
+                  "code": biomedclip_factory.__file__}))
 """
 
 
@@ -153,6 +158,7 @@ def test_registered_model_loads_in_a_fresh_process(built_project: Path, tmp_path
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == 2 and out["total"] == pytest.approx(1.0) and out["dim"] == 128
     assert out["label"] in ("a genome variant workflow", "a chest x-ray")
+    assert Path(out["code"]).parent.parent.name == "code", out["code"]  # the model's own copy of the package
 
 
 def test_open_clip_trainer_reads_our_shards_and_model_unchanged(built_project: Path, tmp_path: Path):
