@@ -25,8 +25,9 @@ PACKAGED = {"register": ["src/biomedclip_factory"]}
 # unpickles the registered ``ClipPyfunc``, whose ``load_context`` is this project's registry code.
 UNPICKLED = {"evaluate": ["biomedclip_factory.registry.pyfunc"], "register": ["biomedclip_factory.registry.pyfunc"]}
 
-# Keys of a stage's own params section that change how fast or how visibly it runs, never what it
-# produces: listing them would rerun the stage (hours of pretraining) for nothing.
+# Keys of a stage's own params section that change how fast or how visibly it runs, not what it
+# produces (evaluate's batch size and workers move scores by float rounding at most: captions are
+# padded to each batch's longest): listing them would rerun the stage (hours of pretraining) for nothing.
 OPERATIONAL = {
     "scrape": {"workers", "runner", "timeout_s", "retries", "rate_limit"},
     "align": {"workers", "runner"},
