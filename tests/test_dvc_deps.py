@@ -7,12 +7,17 @@ hours of training when only its logging period changes. Both are computed here, 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
+
+from biomedclip_factory.library_versions import NEUTRAL, RESULT_LIBRARIES
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = {"biomedclip_factory": REPO / "src", "stages": REPO}
@@ -71,20 +76,29 @@ def is_inert(path: Path) -> bool:
                for node in ast.parse(path.read_text()).body)
 
 
-def project_files(entry: str) -> set[Path]:
-    """Every project source file that importing ``entry`` may execute, parent packages' ``__init__`` too
-    unless inert (a docstring and ``__version__``: a version bump need not retrain)."""
+def _walk(entry: str) -> tuple[set[Path], set[str]]:
+    """The project files importing ``entry`` may execute, and the top-level names of the other modules they import."""
     seen: set[Path] = set()
+    others: set[str] = set()
     todo = [entry]
     while todo:
         module = todo.pop()
+        if module_file(module.split(".")[0]) is None:
+            others.add(module.split(".")[0])
+            continue
         for i in range(1, module.count(".") + 2):  # importing a.b.c runs a, a.b, a.b.c
             prefix = ".".join(module.split(".")[:i])
             path = module_file(prefix)
             if path is not None and path not in seen:
                 seen.add(path)
                 todo.extend(_imports(path, prefix))
-    return {p for p in seen if not (p.name == "__init__.py" and is_inert(p))}
+    return seen, others
+
+
+def project_files(entry: str) -> set[Path]:
+    """Every project source file that importing ``entry`` may execute, parent packages' ``__init__`` too
+    unless inert (a docstring and ``__version__``: a version bump need not retrain)."""
+    return {p for p in _walk(entry)[0] if not (p.name == "__init__.py" and is_inert(p))}
 
 
 def uncovered(stage: str, spec: dict) -> list[str]:
@@ -164,6 +178,39 @@ def test_package_inits_are_inert_or_listed() -> None:
     inert = REPO / "src/biomedclip_factory/__init__.py"
     assert is_inert(inert) and inert not in project_files("stages.pretrain")
     assert not is_inert(REPO / "stages/common.py")
+
+
+def imported_distributions(stage: str) -> set[str]:
+    """The installed distributions (canonical names) whose modules ``stage`` runs, the standard library aside."""
+    tops = set().union(*(_walk(entry)[1] for entry in [f"stages.{stage}", *UNPICKLED.get(stage, [])]))
+    providers = importlib.metadata.packages_distributions()
+    return {canonicalize_name(dist) for top in tops - set(sys.stdlib_module_names) - {"__future__"}
+            for dist in providers.get(top, [top])}
+
+
+def unrecorded_libraries(stage: str, recorded: dict[str, tuple[str, ...]]) -> list[str]:
+    """Libraries ``stage`` imports whose versions its record leaves out, though not declared neutral: an
+    upgrade of one would leave the stage's old output standing."""
+    known = {canonicalize_name(name) for name in (*recorded.get(stage, ()), *NEUTRAL)}
+    return sorted(imported_distributions(stage) - known)
+
+
+RECORDED = [s for s in STAGES if not dvc_stages()[s].get("always_changed")]
+
+
+@pytest.mark.parametrize("stage", RECORDED)
+def test_each_library_a_stage_imports_is_in_its_record_or_neutral(stage: str) -> None:
+    assert unrecorded_libraries(stage, RESULT_LIBRARIES) == [], \
+        "add these to library_versions.RESULT_LIBRARIES (or to NEUTRAL, saying why no output depends on them)"
+    assert f"data/inputs/{stage}.json" in _paths(dvc_stages()[stage]["deps"]), f"{stage} must depend on its record"
+
+
+def test_every_stage_that_can_go_stale_has_a_library_record_and_a_missing_library_is_caught() -> None:
+    assert set(RESULT_LIBRARIES) == set(RECORDED)
+    assert {f"data/inputs/{stage}.json" for stage in RECORDED} <= _paths(dvc_stages()["inputs"]["outs"])
+    without_pillow = {**RESULT_LIBRARIES, "align": tuple(d for d in RESULT_LIBRARIES["align"] if d != "pillow")}
+    assert unrecorded_libraries("align", without_pillow) == ["pillow"]
+    assert "imagehash" in imported_distributions("align")  # a distribution named unlike its module (ImageHash)
 
 
 # What a stage keeps between runs to resume, neither a dep nor an out (dvc.yaml's header says why).

@@ -16,7 +16,7 @@ from biomedclip_factory.net import free_port
 from biomedclip_factory.named_inputs import (Listing, Mirror, check_named_paths, kept_when_absent, named_inputs, record,
                                              registry_weights)
 
-from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, make_project, run_stage, tiny_model_dir
+from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, make_project, project_env, run_stage, tiny_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -355,3 +355,17 @@ def test_dvc_reruns_the_stage_whose_named_input_changed_and_only_it(built_projec
     changed = _changed(project)
     assert set(changed) == {"inputs", "pretrain", "register"}, changed
     assert {"changed deps": {"data/inputs/pretrain.json": "modified"}} in changed["pretrain"]
+    dvc(project, "commit", "--force")
+
+    # A library upgrade (a newer ImageHash installed ahead of this one) reruns align, which hashes with it,
+    # and no stage that does not import it.
+    upgraded = tmp_path / "upgraded" / "ImageHash-99.0.dist-info"
+    upgraded.mkdir(parents=True)
+    (upgraded / "METADATA").write_text("Metadata-Version: 2.1\nName: ImageHash\nVersion: 99.0\n")
+    env = project_env(project)
+    env["PYTHONPATH"] += f"{os.pathsep}{upgraded.parent}"
+    dvc(project, "repro", "inputs", env=env)
+    changed = dvc_status(project, env)
+    assert set(changed) == {"inputs", "align", "register"}, changed
+    assert {"changed deps": {"data/inputs/align.json": "modified"}} in changed["align"]
+    assert json.loads((project / "data/inputs/align.json").read_text())["libraries"]["imagehash"] == "99.0"

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..io import append_log_row, cut_partial_last_line, sweep_partial_writes
+from ..library_versions import DECODERS
 from .. import rgb
 from ..pmc import jats
 from . import align, images, records, split
@@ -30,8 +31,6 @@ from .align_config import AlignConfig
 from .records import DedupKey, Pair, Reject
 
 JOURNAL = "journal.jsonl"
-# Libraries whose output bytes (JPEG encoding, resize, pHash, parsing) a per-article result holds.
-DECODERS = ("pillow", "torch", "imagehash", "numpy", "lxml")
 # Rewrite the journal without stale entries once they make up this share of its lines.
 COMPACT_AT = 0.1
 
