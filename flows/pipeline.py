@@ -35,7 +35,7 @@ def _reproduce(stage: str, project: Path, force: bool) -> list[str]:
         try:
             done = repo.reproduce(stage, single_item=True, force=force)
         except BaseException:  # a failure, and a cancelled run too (Prefect's TerminationSignal, Ctrl-C)
-            _stop_stage_commands(stage, project)
+            stop_stage_commands(project, stage)
             _restore_last_good(repo, stage, [str(out.fs_path) for out in outs if out.use_cache], uncached)
             raise
     return [s.addressing for s in done]
@@ -54,12 +54,12 @@ def _this_python_first() -> Iterator[None]:
         os.environ["PATH"] = before
 
 
-def _stop_stage_commands(stage: str, project: Path, grace_s: float = 10.0) -> None:
+def stop_stage_commands(project: Path, stage: str | None = None, grace_s: float = 10.0) -> None:
     """An interrupted DVC leaves its stage's command running. Unstopped, that command would go on
     (holding the GPUs) and swap its outputs in after the last good ones were restored; a signal
     to this process alone (``kill``, a supervisor) reaches no child. Stop every process running this
-    project's ``stage`` with all its descendants, workers and launchers included. Never in the way of
-    the restore that follows."""
+    project's ``stage`` (any stage: ``None``) with all its descendants, workers and launchers included.
+    Never in the way of the restore that follows."""
     import psutil
 
     try:
@@ -77,9 +77,9 @@ def _stop_stage_commands(stage: str, project: Path, grace_s: float = 10.0) -> No
             if not running:
                 break
         if found:
-            print(f"{stage}: stopped its command ({len(found)} processes)", flush=True)
+            print(f"{stage or 'stages'}: stopped its command ({len(found)} processes)", flush=True)
     except Exception as exc:  # the restore must still run
-        print(f"{stage}: could not stop its command ({exc})", flush=True)
+        print(f"{stage or 'stages'}: could not stop its command ({exc})", flush=True)
 
 
 def _keep_copies(paths: list[Path], into: Path) -> dict[Path, Path]:

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ from prefect.logging import get_logger
 
 from biomedclip_factory.workspace import params_overridden, workspace_held
 
-from .pipeline import ROOT, run_all
+from .pipeline import ROOT, run_all, stop_stage_commands
 
 DEFAULT_CRON = "0 3 * * *"
 DEFAULT_TIMEZONE = "UTC"
@@ -69,23 +70,43 @@ def overridden_params(project: Path, profile: str | None, source: str | None) ->
 
 
 @contextlib.contextmanager
-def deadline(hours: float | None) -> Iterator[None]:
+def deadline(project: Path, hours: float | None, poll_s: float = 5.0) -> Iterator[None]:
     """A run that hangs (a stalled NFS mount, an NCCL deadlock) holds the schedule with no alert, every later
-    night waiting behind it. Past ``hours`` the run is stopped where it is (its stage's command with it, that
-    stage's last good outputs put back) and fails, which alerts; the next night runs as usual."""
+    night waiting behind it. Past ``hours`` a watchdog stops the project's stage commands (and any that
+    starts after) until the run ends: the stage fails as a failed stage does, its last good outputs put
+    back, and the run fails as timed out, which alerts; the next night runs as usual.
+
+    Not a signal to the flow's thread (Prefect's ``timeout``): that needs the main thread and a free
+    SIGALRM, else it is an exception raised at the next bytecode, after the blocked wait on the stage ends
+    by itself, hours later; and it could land in the middle of the restore."""
     if hours is None:
         yield
         return
     if not hours > 0:
         raise ValueError(f"retrain: timeout_hours must be > 0, got {hours}")
-    from prefect.utilities.timeout import timeout
+    expired, ended = threading.Event(), threading.Event()
 
+    def watch() -> None:
+        if ended.wait(hours * 3600):
+            return
+        expired.set()
+        print(f"retrain: past timeout_hours ({hours:g} h): stopping its stage", flush=True)
+        while not ended.is_set():
+            stop_stage_commands(project)
+            ended.wait(poll_s)
+
+    watchdog = threading.Thread(target=watch, name="retrain-deadline", daemon=True)
+    watchdog.start()
     try:
-        with timeout(seconds=hours * 3600):
-            yield
-    except TimeoutError as exc:
-        raise TimeoutError(f"retrain: stopped after {hours:g} h (timeout_hours); the stage it was in has its "
-                           "last good outputs back") from exc
+        yield
+    except Exception as exc:
+        if expired.is_set():
+            raise TimeoutError(f"retrain: stopped after {hours:g} h (timeout_hours); the stage it was in has its "
+                               "last good outputs back") from exc
+        raise
+    finally:
+        ended.set()
+        watchdog.join()
 
 
 def notify(block_name: str | None, subject: str, body: str) -> None:
@@ -128,7 +149,7 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
         get_run_logger().info("retrain: skipped, superseded by %s, due already with the same parameters", later)
         return {"ran": {}, "trained": False, "promoted": False, "reason": f"superseded by {later}"}
     path = Path(project)
-    with workspace_held(path), deadline(timeout_hours):
+    with workspace_held(path), deadline(path, timeout_hours):
         with overridden_params(path, profile, source):
             ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
         registered = json.loads((path / "metrics" / "register.json").read_text())  # register runs every time

@@ -137,15 +137,31 @@ def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on
 
 
 class _Silent(BaseHTTPRequestHandler):
-    """A mirror that accepts and never answers: the scrape stage waits on it."""
+    """A mirror that accepts and never answers (until released): the scrape stage waits on it."""
     asked = threading.Event()
+    released = threading.Event()
 
     def do_GET(self) -> None:
         _Silent.asked.set()
-        time.sleep(60)
+        _Silent.released.wait(3600)
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+@contextlib.contextmanager
+def _silent_mirror() -> Iterator[str]:
+    """The URL of a ``_Silent`` mirror, released and shut down on the way out."""
+    _Silent.asked.clear()
+    _Silent.released.clear()
+    mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    mirror.daemon_threads = True
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{mirror.server_port}/"
+    finally:
+        _Silent.released.set()
+        mirror.shutdown()
 
 
 def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: Path, tmp_path: Path):
@@ -153,27 +169,19 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
     not Failed, and runs only on_crashed hooks. The alert must go all the same."""
     from prefect.settings import PREFECT_API_URL
 
-    _Silent.asked.clear()
-    mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
-    mirror.daemon_threads = True
-    threading.Thread(target=mirror.serve_forever, daemon=True).start()
     env = {**project_env(project_on_path), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = tmp_path / "flow.log"
-    try:
-        with _alerts_inbox() as block, log.open("w") as out, subprocess.Popen(
-                [sys.executable, "-m", "flows.retrain", "--source", f"http://127.0.0.1:{mirror.server_port}/",
-                 "--notify-block", block], cwd=project_on_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True) as flow_run:
-            try:
-                assert _Silent.asked.wait(timeout=180), log.read_text()[-3000:]  # the scrape stage is under way
-                flow_run.send_signal(signal.SIGTERM)
-                assert flow_run.wait(timeout=120) != 0
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(flow_run.pid, signal.SIGKILL)  # whatever is left of it
-    finally:
-        mirror.shutdown()
+    with _silent_mirror() as url, _alerts_inbox() as block, log.open("w") as out, subprocess.Popen(
+            [sys.executable, "-m", "flows.retrain", "--source", url, "--notify-block", block], cwd=project_on_path,
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True) as flow_run:
+        try:
+            assert _Silent.asked.wait(timeout=180), log.read_text()[-3000:]  # the scrape stage is under way
+            flow_run.send_signal(signal.SIGTERM)
+            assert flow_run.wait(timeout=120) != 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(flow_run.pid, signal.SIGKILL)  # whatever is left of it
     said = log.read_text()
     assert "Crashed" in said and "scrape: stopped its command" in said, said[-3000:]
     assert _Inbox.received, "no notification arrived:\n" + said[-3000:]
@@ -181,24 +189,38 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
     assert "biomedclip retrain crashed" in message and "termination signal" in message, message
 
 
+@contextlib.contextmanager
+def _alarm_taken() -> Iterator[None]:
+    """SIGALRM held by a handler, as pytest-timeout's, a host application's or an outer timeout's holds it."""
+    if signal.getsignal(signal.SIGALRM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGALRM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def test_a_retrain_past_its_timeout_is_stopped_and_alerts(prefect_api, project_on_path: Path):
-    """A hung run (here a scrape waiting on a mirror that never answers) would hold the schedule with no alert:
-    past timeout_hours it is stopped, its stage's command too, and it fails, which alerts."""
+    """A hung run (here a scrape that would wait an hour on a mirror that never answers) would hold the schedule
+    with no alert: past timeout_hours its stage's command is stopped and the run fails, which alerts. Here
+    SIGALRM is taken, where a signal-based timeout only raises once the stage ends by itself."""
     from biomedclip_factory.workspace import stage_processes
     from flows.retrain import retrain
 
-    _Silent.asked.clear()
-    mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
-    mirror.daemon_threads = True
-    threading.Thread(target=mirror.serve_forever, daemon=True).start()
-    try:
-        with _alerts_inbox() as block:
-            state = retrain(project=str(project_on_path), source=f"http://127.0.0.1:{mirror.server_port}/",
-                            notify_block=block, scrape_retries=0, timeout_hours=40 / 3600, return_state=True)
-    finally:
-        mirror.shutdown()
+    params = yaml.safe_load((project_on_path / "params.yaml").read_text())
+    params["scrape"].update(timeout_s=3600, retries=0)
+    (project_on_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    timeout_s = 40
+    started = time.monotonic()
+    with _alarm_taken(), _silent_mirror() as url, _alerts_inbox() as block:
+        state = retrain(project=str(project_on_path), source=url, notify_block=block, scrape_retries=0,
+                        timeout_hours=timeout_s / 3600, return_state=True)
+    took = time.monotonic() - started
     assert _Silent.asked.is_set(), "the run ended before the scrape stage asked the mirror"
     assert state.is_failed() and "stopped after 0.0111111 h (timeout_hours)" in state.message, state.message
+    assert took < timeout_s + 120, f"the run went on {took:.0f} s, not stopped at its {timeout_s} s deadline"
     assert stage_processes(project_on_path, "scrape") == []  # not left waiting on the mirror
     message = json.loads(_Inbox.received[-1])["text"]
     assert "biomedclip retrain timed out" in message and "timeout_hours" in message, message
