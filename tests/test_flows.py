@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .alerts import Inbox, alerts_inbox, texts
 from .conftest import copy_built, forget_flows as _forget_flows, project_env
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
         (tmp_path / "not-a-folder").write_text("")  # and its push fails: the remote cannot be made
         subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-f", "-d", "local",
                         str(tmp_path / "not-a-folder" / "remote")], cwd=project, check=True)
-        with _alerts_inbox() as block:
+        with alerts_inbox() as block:
             refused = retrain(project=str(project), scrape_retries=0, notify_block=block, push=True, push_retries=0,
                               return_state=True)
     finally:
@@ -77,7 +78,7 @@ def test_pipeline_then_retrain_with_nothing_new_trains_nothing(prefect_api, buil
     assert registered["version"] == 2, "the same build was registered again"
     assert registered["blocked"] == 1 and f"champion v{broken} could not be scored" in registered["promotion_reason"]
     assert registry.get_model_version_by_alias("biomedclip-factory", "champion").version == int(broken)
-    attention, failed = (json.loads(message)["text"] for message in _Inbox.received[-2:])
+    attention, failed = texts()[-2:]
     assert "biomedclip retrain needs attention: v2 not promoted" in attention and "repaired" in attention, attention
     assert "biomedclip retrain failed" in failed and "`dvc push` failed" in failed, failed
 
@@ -94,44 +95,16 @@ def _break_the_champion(registry, empty: Path) -> str:
     return version
 
 
-class _Inbox(BaseHTTPRequestHandler):
-    received: list[bytes] = []
-
-    def do_POST(self) -> None:
-        _Inbox.received.append(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _alerts_inbox() -> Iterator[str]:
-    """A webhook receiving the retrain alerts, saved as the Prefect block whose name this yields."""
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
-    _Inbox.received.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Inbox)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        CustomWebhookNotificationBlock(name="alerts", url=f"http://127.0.0.1:{server.server_port}/hook",
-                                       json_data={"text": "{{subject}}: {{body}}"}).save("retrain-alerts", overwrite=True)
-        yield "custom-webhook/retrain-alerts"
-    finally:
-        server.shutdown()
-
-
 def test_failed_retrain_notifies_through_a_prefect_block(prefect_api, project_on_path: Path):
     from flows.retrain import retrain
 
-    with _alerts_inbox() as block:
+    with alerts_inbox() as block:
         params = (project_on_path / "params.yaml").read_bytes()
         state = retrain(project=str(project_on_path), source="no/such/mirror", notify_block=block,
                         scrape_retries=0, return_state=True)
     assert state.is_failed()
-    assert _Inbox.received, "no notification arrived"
-    message = json.loads(_Inbox.received[-1])["text"]
+    assert Inbox.received, "no notification arrived"
+    message = texts()[-1]
     assert "biomedclip retrain failed" in message and "scrape" in message, message
     assert (project_on_path / "params.yaml").read_bytes() == params  # the bad source lasted that run only
 
@@ -172,7 +145,7 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
     env = {**project_env(project_on_path), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = tmp_path / "flow.log"
-    with _silent_mirror() as url, _alerts_inbox() as block, log.open("w") as out, subprocess.Popen(
+    with _silent_mirror() as url, alerts_inbox() as block, log.open("w") as out, subprocess.Popen(
             [sys.executable, "-m", "flows.retrain", "--source", url, "--notify-block", block], cwd=project_on_path,
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True) as flow_run:
         try:
@@ -184,8 +157,8 @@ def test_a_retrain_stopped_by_sigterm_alerts_too(prefect_api, project_on_path: P
                 os.killpg(flow_run.pid, signal.SIGKILL)  # whatever is left of it
     said = log.read_text()
     assert "Crashed" in said and "scrape: stopped its command" in said, said[-3000:]
-    assert _Inbox.received, "no notification arrived:\n" + said[-3000:]
-    message = json.loads(_Inbox.received[-1])["text"]
+    assert Inbox.received, "no notification arrived:\n" + said[-3000:]
+    message = texts()[-1]
     assert "biomedclip retrain crashed" in message and "termination signal" in message, message
 
 
@@ -214,7 +187,7 @@ def test_a_retrain_past_its_timeout_is_stopped_and_alerts(prefect_api, project_o
     (project_on_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     timeout_s = 40
     started = time.monotonic()
-    with _alarm_taken(), _silent_mirror() as url, _alerts_inbox() as block:
+    with _alarm_taken(), _silent_mirror() as url, alerts_inbox() as block:
         state = retrain(project=str(project_on_path), source=url, notify_block=block, scrape_retries=0,
                         timeout_hours=timeout_s / 3600, return_state=True)
     took = time.monotonic() - started
@@ -222,7 +195,7 @@ def test_a_retrain_past_its_timeout_is_stopped_and_alerts(prefect_api, project_o
     assert state.is_failed() and "stopped after 0.0111111 h (timeout_hours)" in state.message, state.message
     assert took < timeout_s + 120, f"the run went on {took:.0f} s, not stopped at its {timeout_s} s deadline"
     assert stage_processes(project_on_path, "scrape") == []  # not left waiting on the mirror
-    message = json.loads(_Inbox.received[-1])["text"]
+    message = texts()[-1]
     assert "biomedclip retrain timed out" in message and "timeout_hours" in message, message
 
 

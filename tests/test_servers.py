@@ -1,6 +1,7 @@
 """Real servers on loopback: an MLflow tracking server for the registry, a Prefect server for schedules."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,9 @@ import requests
 
 from biomedclip_factory.net import free_port
 
+from flows.pipeline import stop_stage_commands
+
+from .alerts import alerts_inbox, texts
 from .conftest import UP_TO_DATE, copy_built, dvc, dvc_status, stage_command
 
 
@@ -160,11 +164,30 @@ def _logged(api: str, run_id: str, text: str, seconds: float = 60) -> list[str]:
     return messages
 
 
+def _flow_run_process(api: str, run_id: str, serving: subprocess.Popen, seconds: float) -> Any:
+    """The process ``serving`` started for flow run ``run_id`` (a multiprocessing child), once the run runs."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _prefect("GET", f"{api}/flow_runs/{run_id}")["state"]["type"] == "RUNNING":
+            started = []
+            for child in psutil.Process(serving.pid).children():
+                with contextlib.suppress(psutil.Error):  # one that ended meanwhile
+                    if "spawn_main" in " ".join(child.cmdline()):
+                        started.append(child)
+            if len(started) == 1:  # limit=1: the one run
+                return started[0]
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {run_id} never ran: {_tail(serving)}")
+
+
 def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_project: Path, tmp_path: Path):
     """The README's schedule against a real server: the serve process registers the cron deployment in the
     user's time zone, keeps serving through a server outage (a restart must not end the schedule), and after
     it executes the nights that came due one at a time: the earlier ones end at once, superseded, and the
-    latest runs the pipeline, which with nothing new trains nothing."""
+    latest runs the pipeline, which with nothing new trains nothing. A run killed outright (the OOM killer)
+    runs none of its own hooks: the serve process marks it crashed and sends the alert."""
     project = tmp_path / "project"
     copy_built(built_project, project)
     weights = (project / "models/clip/open_clip_model.safetensors").read_bytes()
@@ -180,35 +203,48 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     worker = None
     try:
         _wait(f"{api}/health", server)
-        worker = _server(["flows.retrain", "--serve", "--name", "nightly", "--cron", "0 4 * * *",
-                          "--timezone", "Europe/Berlin"], serve_env, project)
-        deployment = _deployment(api, worker)
-        assert deployment["name"] == "nightly" and deployment["schedules"][0]["active"] and not deployment["paused"]
-        assert deployment["schedules"][0]["schedule"] | {"cron": "0 4 * * *", "timezone": "Europe/Berlin"} \
-            == deployment["schedules"][0]["schedule"]
-        assert deployment["global_concurrency_limit"] is None  # a lease the server would lose on a restart
-        assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
+        with alerts_inbox(api) as block:
+            worker = _server(["flows.retrain", "--serve", "--name", "nightly", "--cron", "0 4 * * *",
+                              "--timezone", "Europe/Berlin", "--notify-block", block], serve_env, project)
+            deployment = _deployment(api, worker)
+            assert deployment["name"] == "nightly" and deployment["schedules"][0]["active"] and not deployment["paused"]
+            assert deployment["schedules"][0]["schedule"] | {"cron": "0 4 * * *", "timezone": "Europe/Berlin"} \
+                == deployment["schedules"][0]["schedule"]
+            assert deployment["global_concurrency_limit"] is None  # a lease the server would lose on a restart
+            assert deployment["entrypoint"] == "flows.retrain.retrain"  # importable by any worker, not __main__
 
-        _stop(server)  # the outage: a server upgrade, a host reboot
-        deadline = time.monotonic() + 60
-        while _tail(worker).count("did not answer the poll") < 4 and time.monotonic() < deadline:
-            time.sleep(1)
-        assert worker.poll() is None, _tail(worker)
-        assert _tail(worker).count("did not answer the poll") >= 4, _tail(worker)
-        server = _server(server_args, env, tmp_path)
-        _wait(f"{api}/health", server)
+            _stop(server)  # the outage: a server upgrade, a host reboot
+            deadline = time.monotonic() + 60
+            while _tail(worker).count("did not answer the poll") < 4 and time.monotonic() < deadline:
+                time.sleep(1)
+            assert worker.poll() is None, _tail(worker)
+            assert _tail(worker).count("did not answer the poll") >= 4, _tail(worker)
+            server = _server(server_args, env, tmp_path)
+            _wait(f"{api}/health", server)
 
-        now = time.time()
-        nights = [_prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"state": {
-            "type": "SCHEDULED", "state_details": {"scheduled_time": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60 * late))}}})["id"] for late in (3, 2, 1)]
-        runs = _final_states(api, nights, 400)
-        assert worker.poll() is None, _tail(worker)
-        latest = _logged(api, nights[-1], "'trained'")
-        skipped = [_logged(api, i, "superseded by") for i in nights[:-1]]
+            def due(minutes_late: float) -> str:
+                return _prefect("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"state": {
+                    "type": "SCHEDULED", "state_details": {"scheduled_time": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60 * minutes_late))}}})["id"]
+
+            nights = [due(late) for late in (3, 2, 1)]
+            runs = _final_states(api, nights, 400)
+            assert worker.poll() is None, _tail(worker)
+            latest = _logged(api, nights[-1], "'trained'")
+            skipped = [_logged(api, i, "superseded by") for i in nights[:-1]]
+            assert not texts(), texts()  # nothing to alert about yet
+
+            killed = due(0)
+            _flow_run_process(api, killed, worker, 120).kill()
+            crashed = _final_states(api, [killed], 120)[killed]
+            deadline = time.monotonic() + 60
+            while not texts() and time.monotonic() < deadline:
+                time.sleep(1)
+            assert worker.poll() is None, _tail(worker)
     finally:
         for proc in (worker, server):
             _stop(proc)
+        stop_stage_commands(project)  # what the killed run left running
     assert [r["state"]["type"] for r in runs.values()] == ["COMPLETED"] * 3, [r["state"] for r in runs.values()]
     last = runs[nights[-1]]["name"]
     assert all(any(f"superseded by {last}" in m for m in messages) for messages in skipped), skipped
@@ -216,6 +252,8 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
     spans = sorted((r["start_time"], r["end_time"]) for r in runs.values())
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans  # one at a time
     assert (project / "models/clip/open_clip_model.safetensors").read_bytes() == weights
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]
+    assert any(f"biomedclip retrain crashed ({crashed['name']})" in text and "-9" in text for text in texts()), texts()
 
 
 def test_the_retrain_flow_pushes_to_an_s3_remote_and_a_fresh_clone_pulls_an_up_to_date_workspace(
