@@ -47,15 +47,19 @@ def main(a: Namespace) -> None:
     check_named_paths(named, pipeline_outputs())
     cache, unresolved = DigestCache(a.digest_cache), 0
     for stage in RESULT_LIBRARIES:
-        records = record(named.get(stage, {}), cache, tracking_uri(ROOT))
+        records, libraries = record(named.get(stage, {}), cache, tracking_uri(ROOT)), installed_versions(stage)
         if stage == "scrape":
             previous = getattr(a, stage)
-            records = kept_when_absent(records, json.loads(previous.read_text()) if previous.is_file() else {})
+            last = json.loads(previous.read_text()) if previous.is_file() else {}
+            kept = kept_when_absent(records, last)
+            if kept != records and "libraries" in last:  # a source not on this machine: its whole last record stands
+                libraries = last["libraries"]
+            records = kept
         for key, entry in records.items():
             if entry.get("missing") or entry.get("version", "") is None:
                 unresolved += 1
                 print(f"inputs: {key}: {entry['ref']} is not there now; {stage} will report it", flush=True)
-        write_json_atomic(getattr(a, stage), {**records, "libraries": installed_versions(stage)})
+        write_json_atomic(getattr(a, stage), {**records, "libraries": libraries})
     cache.save()
     seconds = time.perf_counter() - t0
     summary("inputs", sum(map(len, named.values())), len(RESULT_LIBRARIES), unresolved, seconds, "inputs")

@@ -357,13 +357,15 @@ def test_dvc_reruns_the_stage_whose_named_input_changed_and_only_it(built_projec
     assert {"changed deps": {"data/inputs/pretrain.json": "modified"}} in changed["pretrain"]
     dvc(project, "commit", "--force")
 
-    # A library upgrade (a newer ImageHash installed ahead of this one) reruns align, which hashes with it,
-    # and no stage that does not import it.
-    upgraded = tmp_path / "upgraded" / "ImageHash-99.0.dist-info"
-    upgraded.mkdir(parents=True)
-    (upgraded / "METADATA").write_text("Metadata-Version: 2.1\nName: ImageHash\nVersion: 99.0\n")
+    # Library upgrades (a newer ImageHash and lxml installed ahead of these) rerun align, which decodes with
+    # both, and no stage that imports neither; scrape's source is not on this machine, so its record stands.
+    upgraded = tmp_path / "upgraded"
+    for name in ("ImageHash", "lxml"):
+        (upgraded / f"{name}-99.0.dist-info").mkdir(parents=True)
+        (upgraded / f"{name}-99.0.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 99.0+cu128\n")
     env = project_env(project)
-    env["PYTHONPATH"] += f"{os.pathsep}{upgraded.parent}"
+    env["PYTHONPATH"] += f"{os.pathsep}{upgraded}"
     dvc(project, "repro", "inputs", env=env)
     changed = dvc_status(project, env)
     assert set(changed) == {"inputs", "align", "register"}, changed

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from types import TracebackType
 from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..io import append_log_row, cut_partial_last_line, sweep_partial_writes
-from ..library_versions import DECODERS
+from ..library_versions import DECODERS, release
 from .. import rgb
 from ..pmc import jats
 from . import align, images, records, split
@@ -43,7 +42,7 @@ def settings_key(cfg: AlignConfig) -> str:
     every article.
     """
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "near_duplicate_max_distance"}
-    digest = hashlib.sha256(json.dumps([settings, [importlib.metadata.version(d) for d in DECODERS]],
+    digest = hashlib.sha256(json.dumps([settings, [release(d) for d in DECODERS]],
                                        sort_keys=True).encode())
     for source in (align.__file__, images.__file__, rgb.__file__, records.__file__, split.__file__, jats.__file__,
                    __file__):
