@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -130,11 +131,18 @@ def pipeline(project: str = str(ROOT), force: bool = False, scrape_retries: int 
         return run_all(Path(project), force, scrape_retries, force_scrape=force)
 
 
-def run_all(project: Path, force: bool, scrape_retries: int, force_scrape: bool) -> dict[str, bool]:
-    """Each stage in order, scrape with its network retries; which stages actually ran."""
-    return {stage: bool(run_scrape.with_options(retries=scrape_retries)(project, force_scrape) if stage == "scrape"
-                        else run_stage(stage, project, force))
-            for stage in STAGES}
+def run_all(project: Path, force: bool, scrape_retries: int, force_scrape: bool,
+            stopped: threading.Event | None = None) -> dict[str, bool]:
+    """Each stage in order, scrape with its network retries; which stages actually ran. Once ``stopped`` is set
+    (the run is past its deadline) no stage starts and no scrape retries."""
+    stopped = stopped or threading.Event()
+    scrape = run_scrape.with_options(retries=scrape_retries, retry_condition_fn=lambda *_: not stopped.is_set())
+    ran = {}
+    for stage in STAGES:
+        if stopped.is_set():
+            raise RuntimeError(f"{stage}: not started, the run was stopped")
+        ran[stage] = bool(scrape(project, force_scrape) if stage == "scrape" else run_stage(stage, project, force))
+    return ran
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import contextvars
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from prefect.context import FlowRunContext
 from prefect.deployments.runner import EntrypointType
 from prefect.logging import get_logger
 
-from biomedclip_factory.workspace import params_overridden, workspace_held
+from biomedclip_factory.workspace import params_overridden, stage_processes, workspace_held
 
 from .pipeline import ROOT, run_all, stop_stage_commands
 
@@ -70,35 +72,50 @@ def overridden_params(project: Path, profile: str | None, source: str | None) ->
 
 
 @contextlib.contextmanager
-def deadline(project: Path, hours: float | None, poll_s: float = 5.0) -> Iterator[None]:
+def deadline(project: Path, hours: float | None, on_stuck: Callable[[str], None], grace_s: float = 600.0,
+             poll_s: float = 5.0) -> Iterator[threading.Event]:
     """A run that hangs (a stalled NFS mount, an NCCL deadlock) holds the schedule with no alert, every later
     night waiting behind it. Past ``hours`` a watchdog stops the project's stage commands (and any that
     starts after) until the run ends: the stage fails as a failed stage does, its last good outputs put
-    back, and the run fails as timed out, which alerts; the next night runs as usual.
+    back, and the run fails as timed out, which alerts; the next night runs as usual. The event yielded is
+    set then, so that no stage starts and no retry begins. A run still going ``grace_s`` later (a command
+    in uninterruptible I/O, a hang inside DVC itself) cannot end by itself: ``on_stuck`` says so, once.
 
     Not a signal to the flow's thread (Prefect's ``timeout``): that needs the main thread and a free
     SIGALRM, else it is an exception raised at the next bytecode, after the blocked wait on the stage ends
     by itself, hours later; and it could land in the middle of the restore."""
-    if hours is None:
-        yield
-        return
-    if not hours > 0:
-        raise ValueError(f"retrain: timeout_hours must be > 0, got {hours}")
     expired, ended = threading.Event(), threading.Event()
+    if hours is None:
+        yield expired
+        return
+    if not 0 < hours * 3600 < threading.TIMEOUT_MAX:
+        raise ValueError(f"retrain: timeout_hours must be > 0 and finite, got {hours}")
 
     def watch() -> None:
         if ended.wait(hours * 3600):
             return
         expired.set()
         print(f"retrain: past timeout_hours ({hours:g} h): stopping its stage", flush=True)
+        stuck_at = time.monotonic() + grace_s
         while not ended.is_set():
             stop_stage_commands(project)
+            if stuck_at is not None and time.monotonic() >= stuck_at:
+                stuck_at = None
+                left = ", ".join(str(p.pid) for p in stage_processes(project)) or "none"
+                try:
+                    on_stuck(f"past timeout_hours ({hours:g} h) and still running {grace_s:g} s after its stage "
+                             f"commands were stopped (stage processes left: {left}); a command in uninterruptible "
+                             "I/O or a hang inside DVC: see to it by hand")
+                except Exception as exc:  # noqa: BLE001 - the user's notification block
+                    print(f"retrain: the stuck-run alert was not sent: {exc}", flush=True)
             ended.wait(poll_s)
 
-    watchdog = threading.Thread(target=watch, name="retrain-deadline", daemon=True)
+    # In the flow's context, so that its prints reach the run's log.
+    watchdog = threading.Thread(target=contextvars.copy_context().run, args=(watch,), name="retrain-deadline",
+                                daemon=True)
     watchdog.start()
     try:
-        yield
+        yield expired
     except Exception as exc:
         if expired.is_set():
             raise TimeoutError(f"retrain: stopped after {hours:g} h (timeout_hours); the stage it was in has its "
@@ -106,7 +123,7 @@ def deadline(project: Path, hours: float | None, poll_s: float = 5.0) -> Iterato
         raise
     finally:
         ended.set()
-        watchdog.join()
+        watchdog.join(timeout=60)  # a psutil read stuck on a process in the kernel must not hold the run
 
 
 def notify(block_name: str | None, subject: str, body: str) -> None:
@@ -149,9 +166,15 @@ def retrain(project: str = str(ROOT), profile: str | None = None, source: str | 
         get_run_logger().info("retrain: skipped, superseded by %s, due already with the same parameters", later)
         return {"ran": {}, "trained": False, "promoted": False, "reason": f"superseded by {later}"}
     path = Path(project)
-    with workspace_held(path), deadline(path, timeout_hours):
+    context = FlowRunContext.get()
+    name = context.flow_run.name if context and context.flow_run else "retrain"
+
+    def stuck(message: str) -> None:
+        notify(notify_block, f"biomedclip retrain stuck ({name})", f"{name}: {message}")
+
+    with workspace_held(path), deadline(path, timeout_hours, on_stuck=stuck) as stopped:
         with overridden_params(path, profile, source):
-            ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True)
+            ran = run_all(path, force=False, scrape_retries=scrape_retries, force_scrape=True, stopped=stopped)
         registered = json.loads((path / "metrics" / "register.json").read_text())  # register runs every time
         result: dict[str, Any] = {"ran": ran, "trained": ran["pretrain"], "promoted": bool(registered["promoted"]),
                                   "reason": registered["promotion_reason"]}

@@ -113,8 +113,10 @@ class _Silent(BaseHTTPRequestHandler):
     """A mirror that accepts and never answers (until released): the scrape stage waits on it."""
     asked = threading.Event()
     released = threading.Event()
+    requests = 0
 
     def do_GET(self) -> None:
+        _Silent.requests += 1
         _Silent.asked.set()
         _Silent.released.wait(3600)
 
@@ -127,6 +129,7 @@ def _silent_mirror() -> Iterator[str]:
     """The URL of a ``_Silent`` mirror, released and shut down on the way out."""
     _Silent.asked.clear()
     _Silent.released.clear()
+    _Silent.requests = 0
     mirror = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
     mirror.daemon_threads = True
     threading.Thread(target=mirror.serve_forever, daemon=True).start()
@@ -176,27 +179,43 @@ def _alarm_taken() -> Iterator[None]:
 
 
 def test_a_retrain_past_its_timeout_is_stopped_and_alerts(prefect_api, project_on_path: Path):
-    """A hung run (here a scrape that would wait an hour on a mirror that never answers) would hold the schedule
-    with no alert: past timeout_hours its stage's command is stopped and the run fails, which alerts. Here
-    SIGALRM is taken, where a signal-based timeout only raises once the stage ends by itself."""
+    """A hung run (here a scrape that would wait 10 minutes on a mirror that never answers) would hold the
+    schedule with no alert: past timeout_hours its stage's command is stopped, the scrape is not retried, and
+    the run fails, which alerts. Here SIGALRM is taken, where a signal-based timeout only raises once the
+    stage ends by itself."""
     from biomedclip_factory.workspace import stage_processes
     from flows.retrain import retrain
 
     params = yaml.safe_load((project_on_path / "params.yaml").read_text())
-    params["scrape"].update(timeout_s=3600, retries=0)
+    params["scrape"].update(timeout_s=600, retries=0)
     (project_on_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     timeout_s = 40
     started = time.monotonic()
     with _alarm_taken(), _silent_mirror() as url, alerts_inbox() as block:
-        state = retrain(project=str(project_on_path), source=url, notify_block=block, scrape_retries=0,
+        state = retrain(project=str(project_on_path), source=url, notify_block=block, scrape_retries=1,
                         timeout_hours=timeout_s / 3600, return_state=True)
     took = time.monotonic() - started
-    assert _Silent.asked.is_set(), "the run ended before the scrape stage asked the mirror"
+    assert _Silent.requests == 1, "the scrape was retried after the deadline"
     assert state.is_failed() and "stopped after 0.0111111 h (timeout_hours)" in state.message, state.message
     assert took < timeout_s + 120, f"the run went on {took:.0f} s, not stopped at its {timeout_s} s deadline"
     assert stage_processes(project_on_path, "scrape") == []  # not left waiting on the mirror
     message = texts()[-1]
     assert "biomedclip retrain timed out" in message and "timeout_hours" in message, message
+
+
+def test_a_run_its_deadline_cannot_end_is_reported_stuck_once(tmp_path: Path):
+    """A hang that stopping the stage commands does not end (inside DVC, a process in uninterruptible I/O)
+    would never reach the timed-out alert: the watchdog sends its own, once."""
+    from flows.retrain import deadline
+
+    said: list[str] = []
+    with deadline(tmp_path, 0.2 / 3600, on_stuck=said.append, grace_s=0.3, poll_s=0.05) as stopped:
+        waited = time.monotonic() + 30
+        while not said and time.monotonic() < waited:  # the hang
+            time.sleep(0.05)
+        time.sleep(0.5)  # more of the watchdog's rounds
+    assert stopped.is_set() and len(said) == 1, said
+    assert "past timeout_hours (5.55556e-05 h) and still running 0.3 s after" in said[0], said
 
 
 def test_a_second_run_in_the_workspace_fails_at_once_and_changes_nothing(prefect_api, project_on_path: Path):
