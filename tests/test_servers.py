@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from biomedclip_factory.net import free_port
+from biomedclip_factory.workspace import stage_processes
 
 from flows.pipeline import stop_stage_commands
 
@@ -235,16 +236,22 @@ def test_scheduled_retraining_runs_to_completion_on_a_prefect_server(built_proje
             assert not texts(), texts()  # nothing to alert about yet
 
             killed = due(0)
-            _flow_run_process(api, killed, worker, 120).kill()
+            flow_process = _flow_run_process(api, killed, worker, 120)
+            waited = time.monotonic() + 60
+            while not stage_processes(project) and time.monotonic() < waited:  # killed amid a stage's command
+                time.sleep(0.2)
+            flow_process.kill()
             crashed = _final_states(api, [killed], 120)[killed]
             deadline = time.monotonic() + 60
             while not texts() and time.monotonic() < deadline:
                 time.sleep(1)
             assert worker.poll() is None, _tail(worker)
     finally:
-        for proc in (worker, server):
-            _stop(proc)
-        stop_stage_commands(project)  # what the killed run left running
+        try:
+            for proc in (worker, server):
+                _stop(proc)
+        finally:
+            stop_stage_commands(project)  # what the killed run left running
     assert [r["state"]["type"] for r in runs.values()] == ["COMPLETED"] * 3, [r["state"] for r in runs.values()]
     last = runs[nights[-1]]["name"]
     assert all(any(f"superseded by {last}" in m for m in messages) for messages in skipped), skipped
