@@ -12,6 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+# DVC and Prefect bind their log handlers to sys.stdout/stderr when first imported: here, not inside a test
+# whose capsys swaps in streams it closes after (a later test running DVC or a flow in-process would fail to log).
+import dvc  # noqa: F401
+import prefect.main  # noqa: F401
 import pytest
 import yaml
 
