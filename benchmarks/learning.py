@@ -158,7 +158,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--towers", nargs="+", choices=list(TOWERS), default=list(TOWERS))
     ap.add_argument("--medpix", type=Path, default=MEDPIX)
-    ap.add_argument("--vision", default="test_vit", help="timm image tower (its default input size is used)")
+    ap.add_argument("--vision", default="test_resnet",
+                    help="timm image tower, its default input size used (test_resnet: a 0.37 M-parameter convnet "
+                         "that learns from 1,446 images what the ViT of its size, test_vit, barely does)")
     ap.add_argument("--vqa-rad", type=Path, default=VQA_RAD)
     ap.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0, help="pretrain.seed: rerun with others to see the spread")
