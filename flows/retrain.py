@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import contextvars
+import json
 import tempfile
 import threading
 import time
