@@ -188,6 +188,38 @@ def test_normalised_real_figure_matches_pillows_bicubic_thumbnail(max_side, mean
     assert imagehash.hex_to_hash(img.phash) - imagehash.phash(reference) <= 4
 
 
+@pytest.mark.parametrize("size,expected", [
+    ((2000, 400), (1120, 224)),   # 5:1: the shorter side stops at the crop's 224, not at 512 / 5 = 102
+    ((400, 2000), (224, 1120)),
+    ((2000, 1800), (512, 461)),   # near square: the longer side's bound already keeps more than 224
+    ((300, 100), None),           # never enlarged
+])
+def test_an_elongated_figure_keeps_the_short_side_its_training_crop_reads(size, expected):
+    from biomedclip_factory.corpus.images import target_size
+
+    assert target_size(*size, max_side=512, crop_side=224) == expected
+    assert target_size(2000, 400, max_side=512, crop_side=None) == (512, 102)  # the longer side alone
+
+
+def test_a_wide_real_figure_is_stored_with_the_crop_side_and_its_crop_needs_no_upscaling():
+    """A 4.4:1 strip of a real figure, as a JPEG: stored at a 160-px short side (the default model's input),
+    its training crop (RandomResizedCrop's fallback: the full height, aspect 4/3) is downscaled, not enlarged."""
+    from torchvision import transforms
+
+    figure = Image.open(SAMPLE_MIRROR / "PMC2924383.1" / "pone.0012255.g002.jpg").convert("RGB")  # 465 x 783
+    strip = figure.rotate(90, expand=True).crop((0, 100, 783, 280))  # 783 x 180
+    data = io.BytesIO()
+    strip.save(data, format="JPEG", quality=95)
+    img = normalise_image(data.getvalue(), 256, 95, "strip.jpg", crop_side=160)
+    assert (img.width, img.height) == (696, 160)
+    stored = Image.open(io.BytesIO(img.jpeg))
+    reference = strip.resize((696, 160), Image.Resampling.BICUBIC)
+    assert np.abs(np.asarray(stored, dtype=np.int16) - np.asarray(reference, dtype=np.int16)).mean() < 4.0
+    _, _, crop_h, _ = transforms.RandomResizedCrop.get_params(stored, [0.9, 1.0], [3 / 4, 4 / 3])
+    assert crop_h >= 160
+    assert normalise_image(data.getvalue(), 256, 95, "strip.jpg").height == 59  # by the longer side: 2.7x upscaled
+
+
 def test_the_split_does_not_depend_on_the_order_ratios_are_written_in():
     """DVC and the align journal compare params as mappings: a reordered ``ratios`` must split alike."""
     from itertools import permutations

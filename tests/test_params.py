@@ -55,6 +55,18 @@ def test_every_key_of_every_profile_is_known():
         assert set(params[stage]) == set(known), stage  # and params.yaml spells every key out
 
 
+def test_every_profile_aligns_figures_with_the_short_side_its_model_crops():
+    """align.crop_side below the model's input side would store wide figures too low for the crop, which then
+    trains on upscaled pixels where the paper cropped the original figures."""
+    from biomedclip_factory.model.build import ModelSpec, timm_image_size
+
+    from .conftest import REPO
+
+    for profile in (REPO / "params.yaml", *sorted((REPO / "params").glob("*.yaml"))):
+        image_size = timm_image_size(ModelSpec.from_params(load_section("model", profile)).timm_model_name)
+        assert load_section("align", profile).get("crop_side", int) >= image_size, profile.name
+
+
 @pytest.mark.parametrize("section,typo,hint", [
     ("scrape", {"max_article": 2}, "unknown key 'scrape.max_article'; did you mean 'max_articles'?"),
     ("scrape", {"layuot": "pairs"}, "unknown key 'scrape.layuot'; did you mean 'layout'?"),

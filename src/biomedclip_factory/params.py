@@ -19,7 +19,7 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
     "scrape": dict.fromkeys(("source", "layout", "inventory", "file_list", "pairs_licence", "pairs_group_by",
                              "licences", "max_articles", "since", "until", "workers", "runner", "timeout_s",
                              "retries", "rate_limit")),
-    "align": {**dict.fromkeys(("max_side", "jpeg_quality", "min_caption_chars", "min_side", "max_aspect_ratio",
+    "align": {**dict.fromkeys(("max_side", "crop_side", "jpeg_quality", "min_caption_chars", "min_side", "max_aspect_ratio",
                                "near_duplicate_distance", "mentions", "workers", "runner")),
               "split": {"salt": None, "ratios": None}},
     "shard": dict.fromkeys(("shard_size", "seed")),

@@ -85,7 +85,8 @@ def _align_figure(article_dir: Path, images_out: Path, prefix: str, fig: Figure,
         result.rejects.append(Reject(prefix, fig.fig_id, "image_missing", fig.href))
         return None
     try:
-        img = normalise_image(path.read_bytes(), cfg.max_side, cfg.jpeg_quality, f"{prefix}/{path.name}")
+        img = normalise_image(path.read_bytes(), cfg.max_side, cfg.jpeg_quality, f"{prefix}/{path.name}",
+                              cfg.crop_side)
     except ArticleError as exc:
         result.rejects.append(Reject(prefix, fig.fig_id, "image_undecodable", str(exc)))
         return None

@@ -15,7 +15,7 @@ from .dedup import MAX_DISTANCE
 
 @dataclass(frozen=True)
 class AlignConfig:
-    max_side: int
+    max_side: int  # the longer side's bound ...
     jpeg_quality: int
     min_caption_chars: int
     min_side: int
@@ -24,6 +24,7 @@ class AlignConfig:
     max_aspect_ratio: float | None = None  # longer side / shorter side; None = any
     near_duplicate_max_distance: int | None = None  # pHash Hamming distance; None = exact duplicates only
     mentions: bool = True  # keep the body sentences citing each figure
+    crop_side: int | None = None  # ... that stops where the shorter side would fall below this; None = it alone
 
     @classmethod
     def from_params(cls, p: Section) -> AlignConfig:
@@ -40,7 +41,10 @@ class AlignConfig:
         aspect = p.get("max_aspect_ratio", float, None)
         if aspect is not None and aspect < 1:
             raise ParamsError(f"params: '{p.path}.max_aspect_ratio' must be >= 1 or null, got {aspect}")
-        return cls(max_side=p.positive("max_side"), jpeg_quality=p.positive("jpeg_quality"),
+        crop_side = p.get("crop_side", int, None)
+        if crop_side is not None and crop_side <= 0:
+            raise ParamsError(f"params: '{p.path}.crop_side' must be > 0 or null, got {crop_side}")
+        return cls(max_side=p.positive("max_side"), crop_side=crop_side, jpeg_quality=p.positive("jpeg_quality"),
                    min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
                    split_ratios={str(k): float(v) for k, v in raw_ratios.items()}, split_salt=split.get("salt", str, ""),
                    max_aspect_ratio=aspect, near_duplicate_max_distance=near, mentions=p.get("mentions", bool, True))

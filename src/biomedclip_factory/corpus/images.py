@@ -34,49 +34,64 @@ class NormalisedImage:
     phash: str
 
 
-def _shrink(img: Image.Image, max_side: int) -> Image.Image:
-    """``img`` (RGB) resized so its longer side is ``max_side``, aspect ratio kept.
+def target_size(width: int, height: int, max_side: int, crop_side: int | None) -> tuple[int, int] | None:
+    """The size an image is shrunk to (None: it stays): the longer side down to ``max_side``, but the
+    shorter side never below ``crop_side``.
+
+    The training crop (``RandomResizedCrop``, aspect 3/4..4/3) of an elongated figure spans its
+    shorter side; bounded by the longer side alone, a 5:1 figure at 512 px would be 102 px high and its
+    crop upscaled 2.2x to 224, where the paper cropped the original.
+    """
+    scale = max_side / max(width, height)
+    if crop_side:
+        scale = max(scale, crop_side / min(width, height))
+    if scale >= 1:
+        return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``img`` (RGB) resized to ``size`` (its aspect ratio).
 
     Like ``Image.thumbnail``'s ``reducing_gap=2``: a cheap integer box reduction first while the
     image is over twice the target, so the bicubic pass never starts from a huge TIFF.
     """
-    factor = int(max(img.size) / max_side / 2)
+    factor = int(min(img.width / size[0], img.height / size[1]) / 2)
     if factor > 1:
         img = img.reduce(factor)
-    scale = max_side / max(img.size)
-    size = (max(1, round(img.height * scale)), max(1, round(img.width * scale)))
     pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)
     with torch.no_grad():
-        small = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", antialias=True)
+        small = torch.nn.functional.interpolate(pixels, size=(size[1], size[0]), mode="bicubic", antialias=True)
     return Image.fromarray(small[0].permute(1, 2, 0).contiguous().numpy())
 
 
-def decode(data: bytes, max_side: int) -> Image.Image:
-    """The image in ``data``, JPEGs decoded at the smallest libjpeg scale that still covers ``max_side``."""
+def decode(data: bytes, max_side: int, crop_side: int | None = None) -> Image.Image:
+    """The image in ``data``, JPEGs decoded at the smallest libjpeg scale that still covers its target size."""
     img = Image.open(io.BytesIO(data))
-    if img.format == "JPEG" and max(img.size) > max_side:
-        # Ask libjpeg for the target size itself (longer side = max_side), so it can decode at
-        # 1/2..1/8 scale whenever that still covers it; (max_side, max_side) would block any
-        # reduction for wide or tall figures.
-        scale = max_side / max(img.size)
-        img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+    size = target_size(img.width, img.height, max_side, crop_side) if img.format == "JPEG" else None
+    if size:
+        # Ask libjpeg for the target size itself, so it can decode at 1/2..1/8 scale whenever that
+        # still covers it; (max_side, max_side) would block any reduction for wide or tall figures.
+        img.draft("RGB", size)
     img.load()
     return img
 
 
-def normalise_image(data: bytes, max_side: int, quality: int, where: str) -> NormalisedImage:
-    """Decode ``data``, convert to RGB, shrink so the longer side is ≤ ``max_side``, re-encode."""
+def normalise_image(data: bytes, max_side: int, quality: int, where: str, crop_side: int | None = None
+                    ) -> NormalisedImage:
+    """Decode ``data``, convert to RGB, shrink to ``target_size``, re-encode."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = decode(data, max_side)
+            img = decode(data, max_side, crop_side)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ArticleError(f"{where}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ArticleError(f"{where}: undecodable image: {unreadable_because(exc)}") from exc
     img = to_rgb(img)
-    if max(img.size) > max_side:
-        img = _shrink(img, max_side)
+    size = target_size(img.width, img.height, max_side, crop_side)
+    if size:
+        img = _shrink(img, size)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=quality)
     jpeg = out.getvalue()
