@@ -91,6 +91,9 @@ def test_classification_metrics_balanced_and_chance():
     assert m["chance"] == {"accuracy": 0.75, "balanced_accuracy": 0.5, "auroc": 0.5}
     m = classification_metrics(torch.tensor([[2.0, 0]] * 4), labels, 2)
     assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == 0.5
+    # a set holding 2 of 3 classes: always answering one of them scores 0.5, and that is its chance
+    m = classification_metrics(torch.tensor([[2.0, 0, 0]] * 4), labels, 3)
+    assert m["balanced_accuracy"] == m["chance"]["balanced_accuracy"] == 0.5
 
 
 def test_chance_counts_every_right_answer_a_query_has():

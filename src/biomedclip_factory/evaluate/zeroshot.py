@@ -77,9 +77,11 @@ def class_embeddings(encoder: Encoder, classnames: list[str], templates: tuple[s
 
 
 def chance_levels(labels: np.ndarray, n_classes: int) -> dict[str, float]:
-    """What each metric gives without looking: the majority class, uniform guessing, a random ranking."""
+    """What each metric gives without looking: always the majority class; always one class (balanced accuracy
+    averages recall over the classes the set holds, as scikit-learn's does, so a set lacking some of the
+    ``n_classes`` is easier to guess); a random ranking."""
     return {"accuracy": float(np.bincount(labels, minlength=n_classes).max() / len(labels)),
-            "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
+            "balanced_accuracy": 1.0 / len(np.unique(labels)), "auroc": 0.5}
 
 
 def one_vs_rest_scores(logits: torch.Tensor) -> np.ndarray:
