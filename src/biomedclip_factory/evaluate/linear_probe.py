@@ -21,7 +21,9 @@ from .embed import Encoder
 from .tasks import ProbeTask
 from .zeroshot import chance_levels, classification_metrics, embed_labelled
 
-C_GRID = np.logspace(-4, 4, 9)
+# CLIP's sweep range (10^-6..10^6; its 96 steps made 13): unit-norm embeddings of a large set can want
+# C far above 10^4, where a narrower grid would pick its edge.
+C_GRID = np.logspace(-6, 6, 13)
 PROBE_TOL, PROBE_MAX_ITER = 1e-8, 100  # Newton steps: a few reach the tolerance
 
 
