@@ -5,11 +5,13 @@ params → ``Suite`` (retrieval on the shard splits, zero-shot, linear probe, VQ
 """
 from __future__ import annotations
 
+import json
 import time
 from argparse import Namespace
 
 import mlflow
 
+from biomedclip_factory.evaluate.conditions import stamp
 from biomedclip_factory.evaluate.report import flat_metrics, markdown_report, write_plots
 from biomedclip_factory.evaluate.suite import evaluate_models, failures, items_scored
 from biomedclip_factory.evaluate.tasks import OURS, Suite, models_from_params
@@ -27,6 +29,7 @@ def main(a: Namespace) -> None:
         t0 = time.perf_counter()
         kept: dict = {}
         report = evaluate_models(models, suite, ROOT, a.shards, kept)
+        stamp(report, suite, json.loads(a.inputs.read_text()) if a.inputs.is_file() else {})
         seconds = time.perf_counter() - t0
         write_json_atomic(a.metrics, {"models": report})
         write_bytes_atomic(a.report, markdown_report(report).encode())
@@ -39,4 +42,4 @@ def main(a: Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, ("model", "shards", "pairs", "metrics", "report", "confusion", "examples"))
+    run_stage("evaluate", main, ("model", "shards", "pairs", "inputs", "metrics", "report", "confusion", "examples"))

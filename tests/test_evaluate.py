@@ -399,6 +399,29 @@ def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
         PAPER_ZEROSHOT
 
 
+def test_how_a_set_was_scored_changes_with_its_data_prompts_precision_and_rule_not_its_path(tmp_path):
+    """The digest the gate compares a champion's set score by (evaluate/conditions.py)."""
+    from biomedclip_factory.evaluate import conditions
+    from biomedclip_factory.evaluate.tasks import Suite, VqaTask, ZeroShotTask
+
+    task = ZeroShotTask("chest", tmp_path / "a", {"n": "normal", "p": "pneumonia"}, ("a photo of {}",), "auroc")
+    inputs = {"evaluate.zeroshot.chest.path": {"sha256": "1" * 64, "ref": "a"}}
+    digest = conditions.measured_as("zeroshot", task, inputs, "fp32")
+    moved = replace(task, path=tmp_path / "b")  # the same files elsewhere
+    assert conditions.measured_as("zeroshot", moved, inputs, "fp32") == digest
+    others = [conditions.measured_as("zeroshot", replace(task, templates=("{}",)), inputs, "fp32"),
+              conditions.measured_as("zeroshot", task, {"evaluate.zeroshot.chest.path": {"sha256": "2" * 64}}, "fp32"),
+              conditions.measured_as("zeroshot", task, {}, "fp32"),
+              conditions.measured_as("zeroshot", task, inputs, "amp_bf16")]
+    assert len({digest, *others}) == 5
+    vqa = VqaTask("rad", tmp_path, tmp_path / "t.json", tmp_path / "s.json", tmp_path / "a.json")
+    assert conditions.measured_as("vqa", vqa, {}, "fp32") != conditions.measured_as("vqa", replace(vqa, epochs=5), {}, "fp32")
+    report = {"ours": {"zeroshot": {"chest": {"score": 0.7}}}, "other": {"zeroshot": {"chest": {"error": "gone"}}}}
+    conditions.stamp(report, Suite(batch_size=1, splits=[], zeroshot=[task]), inputs)
+    assert conditions.measured_tag(report["ours"]) == {"zeroshot.chest": digest}
+    assert "measured_as" not in report["other"]["zeroshot"]["chest"]  # an error was not scored
+
+
 def test_a_probe_class_missing_from_training_is_never_predicted_and_bad_params_are_named(tmp_path):
     from biomedclip_factory.errors import ParamsError
     from biomedclip_factory.evaluate.linear_probe import probe_scores

@@ -69,6 +69,27 @@ def test_dvc_repro_registers_in_a_registry_that_lacks_the_model(built_project: P
     assert json.loads((project / "metrics/register.json").read_text())["version"] == 1
 
 
+def test_a_gate_on_a_zero_shot_set_scores_the_champion_again_under_new_prompts(built_project: Path, tmp_path: Path):
+    """The gate on a zero-shot score: after the set's prompts change, the champion's recorded score (from the
+    old prompts) is not compared; register scores the champion under the new ones, as evaluate scored the
+    candidate. The same weights then score the same, a tie that keeps the champion."""
+    project = copy_built(built_project, tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    metric = "zeroshot.chest_xray_pneumonia.score"
+    params["register"]["gate_metric"] = metric
+    params["evaluate"]["zeroshot"]["chest_xray_pneumonia"]["templates"] = ["a chest x-ray showing {}"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("evaluate", "register"):
+        run_stage(project, stage)
+    score = json.loads((project / "metrics/eval.json").read_text())["models"]["ours"]["zeroshot"][
+        "chest_xray_pneumonia"]["score"]
+    registered = json.loads((project / "metrics/register.json").read_text())
+    assert registered["version"] == 2 and not registered["promoted"], registered
+    reason = registered["promotion_reason"]
+    assert f"{metric} {score:.4f} ≤ champion v1 {score:.4f} (re-scored on this run's 'chest_xray_pneumonia' " \
+           "data and settings)" in reason, reason
+
+
 LOAD_MODEL_DIR = """
 import sys, open_clip, torch
 from PIL import Image

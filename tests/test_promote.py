@@ -110,7 +110,7 @@ def test_a_champion_scored_on_another_gallery_is_scored_again_on_this_one(client
     promote.apply(client, "m", v2, d)
     v3 = _version(client, tmp_path, {METRIC: 0.55, gallery: 1000})
     d = promote.decide(client, "m", v3, METRIC, margin=0.0)  # no rescorer: refused, not guessed
-    assert not d.promote and "another gallery (1,200 pairs), this version on 1,000 pairs: not comparable" in d.reason
+    assert not d.promote and "another gallery (1,200 pairs), this version on this gallery of 1,000 pairs: not comparable" in d.reason
     asked.clear()
     v4 = _version(client, tmp_path, {METRIC: 0.65, gallery: 1200})  # same gallery: the tag is the score
     assert promote.decide(client, "m", v4, METRIC, margin=0.0, rescore=rescore).promote and asked == []
@@ -182,7 +182,7 @@ def test_a_champion_that_cannot_be_scored_again_keeps_its_place_with_the_reason(
 
 def test_a_champion_without_the_gate_metric_is_scored_on_it_or_not_beaten_blindly(client, tmp_path):
     """``gate_metric`` changed in params, or a champion aliased by hand: the champion has no score to beat.
-    A retrieval metric is measured on it; another cannot be here, and no version is promoted past it unseen."""
+    A retrieval or set metric is measured on it; one of neither cannot be, and no version is promoted past it unseen."""
     gallery, other = "retrieval.test.gallery_size", "retrieval.test.text_to_image.R_at_1"
     v1 = _version(client, tmp_path, {METRIC: 0.60, gallery: 1000})
     promote.apply(client, "m", v1, promote.decide(client, "m", v1, METRIC, margin=0.0))
@@ -192,14 +192,44 @@ def test_a_champion_without_the_gate_metric_is_scored_on_it_or_not_beaten_blindl
         asked.append(version)
         return 0.70
 
-    v2 = _version(client, tmp_path, {METRIC: 0.50, other: 0.65, gallery: 1000, "zeroshot.chest.auroc": 0.9})
+    v2 = _version(client, tmp_path, {METRIC: 0.50, other: 0.65, gallery: 1000, "zeroshot.chest.auroc": 0.6,
+                                     "hand.made": 0.9})
     d = promote.decide(client, "m", v2, other, margin=0.0, rescore=rescore)
     assert asked == [v1] and not d.promote and d.champion_score == 0.70, d
     d = promote.decide(client, "m", v2, other, margin=0.0)
     assert not d.promote and f"champion v{v1} was scored without '{other}'" in d.reason
     d = promote.decide(client, "m", v2, "zeroshot.chest.auroc", margin=0.0, rescore=rescore)
-    assert not d.promote and d.blocked and "has no 'zeroshot.chest.auroc' to compare with" in d.reason, d
+    assert asked == [v1, v1] and not d.promote and d.champion_score == 0.70, d
+    assert "re-scored on this run's 'chest' data and settings" in d.reason
+    d = promote.decide(client, "m", v2, "hand.made", margin=0.0, rescore=rescore)
+    assert not d.promote and d.blocked and "has no 'hand.made' to compare with" in d.reason, d
     assert client.get_model_version_by_alias("m", "champion").version == v1
+
+
+def test_a_set_score_is_compared_only_when_measured_alike(client, tmp_path):
+    """A zero-shot (probe, VQA) score depends on the set's data, prompts, precision and scoring rule: a
+    champion scored otherwise (``eval_measured_as`` differs or is unrecorded) is scored again first."""
+    metric, asked = "zeroshot.pcam.score", []
+
+    def version(score: float, measured: str | None) -> str:
+        v = _version(client, tmp_path, {metric: score})
+        if measured:
+            client.set_model_version_tag("m", v, promote.MEASURED_AS, json.dumps({"zeroshot.pcam": measured}))
+        return v
+
+    def rescore(v):
+        asked.append(v)
+        return 0.90
+
+    v1 = version(0.80, "aaa")
+    promote.apply(client, "m", v1, promote.decide(client, "m", v1, metric, margin=0.0))
+    d = promote.decide(client, "m", version(0.85, "aaa"), metric, margin=0.0, rescore=rescore)
+    assert d.promote and asked == [] and d.champion_score == 0.80  # alike: the recorded score stands
+    for measured in ("bbb", None):  # new prompts, or a version that recorded nothing
+        d = promote.decide(client, "m", version(0.85, measured), metric, margin=0.0, rescore=rescore)
+        assert not d.promote and asked[-1] == v1 and d.champion_score == 0.90, d
+        assert "re-scored on this run's 'pcam' data and settings" in d.reason
+    assert len(asked) == 2
 
 
 def test_the_champion_gated_again_stays_champion(client, tmp_path):

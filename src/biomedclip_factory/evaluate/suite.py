@@ -23,6 +23,7 @@ from .zeroshot import evaluate_zeroshot
 
 
 EXAMPLES = 8  # images in the retrieval plot, each with its top text
+SCORERS = {"zeroshot": evaluate_zeroshot, "linear_probe": evaluate_linear_probe, "vqa": evaluate_vqa}  # by kind
 
 
 def split_retrieval(encoder: Encoder, shards: Path, split: str, batch_size: int) -> tuple[dict, list[dict], torch.Tensor]:
@@ -63,14 +64,11 @@ def evaluate_model(encoder: Encoder, suite: Suite, shards: Path, keep: dict | No
         result["retrieval"][split], meta, sim = split_retrieval(encoder, shards, split, suite.batch_size)
         if keep is not None:
             keep[split] = (meta, sim)
-    runs = [("zeroshot", t.name, evaluate_zeroshot, t) for t in suite.zeroshot]
-    runs += [("linear_probe", t.name, evaluate_linear_probe, t) for t in suite.probes]
-    runs += [("vqa", t.name, evaluate_vqa, t) for t in suite.vqa]
-    for kind, name, run, task in runs:
+    for kind, task in suite.tasks():
         try:
-            result[kind][name] = run(encoder, task, suite.batch_size)
+            result[kind][task.name] = SCORERS[kind](encoder, task, suite.batch_size)
         except DataError as exc:  # one bad dataset is reported; the others still run
-            result[kind][name] = {"error": str(exc)}
+            result[kind][task.name] = {"error": str(exc)}
             print(f"evaluate: {exc}", flush=True)
     return result
 

@@ -68,14 +68,23 @@ class Suite:
                    splits=[str(s) for s in p.get("retrieval_splits", list)],
                    zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
 
+    def tasks(self) -> list[tuple[str, ZeroShotTask | ProbeTask | VqaTask]]:
+        """Every set to score, with its kind (its section of the report)."""
+        return ([("zeroshot", t) for t in self.zeroshot] + [("linear_probe", t) for t in self.probes]
+                + [("vqa", t) for t in self.vqa])
+
     def named_paths(self) -> dict[str, Path]:
         """Every dataset file or folder params name, by its key under ``evaluate``."""
-        paths = {f"zeroshot.{t.name}.path": t.path for t in self.zeroshot}
-        for probe in self.probes:
-            paths |= {f"linear_probe.sets.{probe.name}.{role}": getattr(probe, role).path for role in ("train", "test")}
-        for task in self.vqa:
-            paths |= {f"vqa.{task.name}.{part}": getattr(task, part) for part in ("images", "train", "test", "answers")}
-        return paths
+        return {key: path for kind, task in self.tasks() for key, path in task_paths(kind, task).items()}
+
+
+def task_paths(kind: str, task: ZeroShotTask | ProbeTask | VqaTask) -> dict[str, Path]:
+    """The files or folders a set's params entry names, by their key under ``evaluate``."""
+    if isinstance(task, ProbeTask):
+        return {f"{kind}.sets.{task.name}.{role}": getattr(task, role).path for role in ("train", "test")}
+    if isinstance(task, VqaTask):
+        return {f"{kind}.{task.name}.{part}": getattr(task, part) for part in ("images", "train", "test", "answers")}
+    return {f"{kind}.{task.name}.path": task.path}
 
 
 def models_from_params(p: Section, ours: str) -> dict[str, tuple[str, str | None]]:

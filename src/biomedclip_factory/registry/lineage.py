@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 
-from .promote import SHARD_DIGESTS
+from .promote import MEASURED_AS, SHARD_DIGESTS
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -76,7 +76,8 @@ def train_licence_mix(pairs_table: Path) -> dict[str, int]:
 
 
 def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str, int],
-                 eval_metrics: dict[str, Any], splits: dict[str, str] | None = None) -> dict[str, str]:
+                 eval_metrics: dict[str, Any], splits: dict[str, str] | None = None,
+                 measured_as: dict[str, str] | None = None) -> dict[str, str]:
     """The version tags of a model built in the project at ``root``: flat strings, whole or not at all.
 
     A cut JSON value would not parse: the promotion gate reads ``eval_metrics`` (~5 kB at the paper's
@@ -88,7 +89,8 @@ def lineage_tags(root: Path, training_run_id: str | None, licence_mix: dict[str,
               "training_run_id": training_run_id,
               "licence_mix": json.dumps(licence_mix, sort_keys=True),
               "eval_metrics": json.dumps(eval_metrics, sort_keys=True),
-              SHARD_DIGESTS: json.dumps(splits, sort_keys=True) if splits else None}
+              SHARD_DIGESTS: json.dumps(splits, sort_keys=True) if splits else None,
+              MEASURED_AS: json.dumps(measured_as, sort_keys=True) if measured_as else None}
     tags = {k: str(v) for k, v in values.items() if v is not None}
     for key, value in tags.items():
         if len(value) > MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH:

@@ -1,8 +1,9 @@
 """The promotion gate: a new version becomes ``champion`` only if it beats the current one by a margin.
 
 A version whose evaluation failed, or lacks the gate metric, is never promoted. Scores are compared
-only on the same data: a retrieval metric depends on its gallery, which grows with every scrape of
-PMC, so a champion scored on another gallery is scored again on the candidate's (``rescore``).
+only when measured alike: a retrieval metric depends on its gallery, which grows with every scrape of
+PMC, and a zero-shot, probe or VQA score on its set's data, settings and scoring rule, so a champion
+scored otherwise is scored again as the candidate was (``rescore``).
 The decision and its reason are returned so the caller can log them (MLflow tags, the stage's output).
 """
 from __future__ import annotations
@@ -56,31 +57,69 @@ def metric_of(metrics: dict, metric: str) -> float | None:
 
 
 SHARD_DIGESTS = "shard_splits_sha256"  # version tag: {split: sha256 of its shards}, the gallery's identity
+MEASURED_AS = "eval_measured_as"  # version tag: {"zeroshot.<set>": how it was scored}, see evaluate/conditions.py
+TASK_KINDS = ("zeroshot", "linear_probe", "vqa")
 
 
-def gallery(tags: dict[str, str], metric: str) -> tuple | None:
-    """What a retrieval metric was measured on, and how: its split's size and content digest, the
-    ranking rule (``retrieval.PROTOCOL``) and the towers' precision (None for other metrics, whose
-    datasets params fix). Scraping replaces article versions, so equal sizes alone do not make equal
-    galleries; a score ranked by an earlier rule, or in another precision, is not comparable either."""
+@dataclass(frozen=True)
+class Measured:
+    """How a version's score on the gate metric was measured; two scores are compared only when measured
+    alike. ``here`` and ``elsewhere`` say it in the decision's reason."""
+    identity: tuple
+    here: str  # "on this gallery of 1,000 pairs"
+    elsewhere: str  # "on another gallery (900 pairs)", said of the champion's
+    retrieval: bool
+
+    def same_as(self, other: Measured | None) -> bool:
+        if other is None:
+            return False
+        if not self.retrieval:  # a set's data digest, settings, precision and scoring rule: all recorded, all equal
+            return self.identity[0] is not None and self.identity == other.identity
+        # a retrieval gallery: same size, ranking rule and precision, and the same content where both recorded it
+        ours, theirs = self.identity, other.identity
+        return ours[0] == theirs[0] and ours[2:] == theirs[2:] and (ours[1] is None or theirs[1] is None
+                                                                     or ours[1] == theirs[1])
+
+
+def measured(tags: dict[str, str], metric: str) -> Measured | None:
+    """How ``metric`` was measured on a version (None for a metric that is not a score of a split or set).
+
+    A retrieval score: its split's size and content digest, the ranking rule (``retrieval.PROTOCOL``) and
+    the towers' precision. Scraping replaces article versions, so equal sizes alone do not make equal
+    galleries; a score ranked by an earlier rule, or in another precision, is not comparable either. A
+    zero-shot, probe or VQA score: its ``eval_measured_as`` entry, a digest of the set's data, its
+    settings, the precision and the scoring rule, as the evaluate stage recorded it."""
     parts = metric.split(".")
-    if parts[0] != "retrieval" or len(parts) < 3:
+    if len(parts) < 3:
         return None
-    try:
-        digests = json.loads(tags.get(SHARD_DIGESTS, "{}"))
-    except json.JSONDecodeError:
-        digests = {}
     metrics = eval_metrics(tags)
-    return (metrics.get(f"retrieval.{parts[1]}.gallery_size"), digests.get(parts[1]),
-            metrics.get(f"retrieval.{parts[1]}.protocol"), metrics.get(f"retrieval.{parts[1]}.precision_bits"))
+    if parts[0] == "retrieval":
+        try:
+            digests = json.loads(tags.get(SHARD_DIGESTS, "{}"))
+        except json.JSONDecodeError:
+            digests = {}
+        size = metrics.get(f"retrieval.{parts[1]}.gallery_size")
+        return Measured((size, digests.get(parts[1]), metrics.get(f"retrieval.{parts[1]}.protocol"),
+                         metrics.get(f"retrieval.{parts[1]}.precision_bits")),
+                        f"on this gallery of {_pairs(size)}", f"on another gallery ({_pairs(size)})", True)
+    if parts[0] in TASK_KINDS:
+        try:
+            recorded = json.loads(tags.get(MEASURED_AS, "{}"))
+        except json.JSONDecodeError:
+            recorded = {}
+        task = f"{parts[0]}.{parts[1]}"
+        return Measured((recorded.get(task) if isinstance(recorded, dict) else None,),
+                        f"on this run's '{parts[1]}' data and settings", "on other data or settings (or unrecorded)",
+                        False)
+    return None
 
 
 def decide(client: MlflowClient, name: str, version: str, metric: str, margin: float,
            rescore: Callable[[str], float | None] | None = None) -> Decision:
     """Compare ``version`` with the current champion of ``name`` on ``metric`` (higher is better).
 
-    ``rescore(champion_version)`` scores the champion on the candidate's data when its own score was
-    measured on another gallery; a DataError from it (a broken champion) refuses the candidate, with the
+    ``rescore(champion_version)`` scores the champion on the candidate's data and settings when its own
+    score was measured otherwise (``measured``); a DataError from it (a broken champion) refuses the candidate, with the
     reason. Errors reading the registry, or reaching the champion, propagate: an outage is not "no champion"
     nor a broken one.
     """
@@ -99,45 +138,39 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
     if champion_version is None:
         return Decision(True, f"no champion yet; {metric}={candidate:.4f}", candidate, None, None)
     champion_tags = client.get_model_version(name, champion_version).tags
-    best, measured = metric_of(eval_metrics(champion_tags), metric), ""
-    ours, theirs = gallery(tags, metric), gallery(champion_tags, metric)
-    if ours is not None and (best is None or not _same_gallery(ours, theirs)):
+    best, measured_here = metric_of(eval_metrics(champion_tags), metric), ""
+    ours, theirs = measured(tags, metric), measured(champion_tags, metric)
+    if ours is not None and (best is None or not ours.same_as(theirs)):
         if rescore is None:
-            scored = f"on another gallery ({_pairs(theirs[0])})" if best is not None else f"without '{metric}'"
-            return Decision(False, f"champion v{champion_version} was scored {scored}, this version on "
-                                   f"{_pairs(ours[0])}: not comparable", candidate, champion_version, None)
+            scored = theirs.elsewhere if best is not None and theirs else f"without '{metric}'"
+            return Decision(False, f"champion v{champion_version} was scored {scored}, this version "
+                                   f"{ours.here}: not comparable", candidate, champion_version, None)
         try:
             best = rescore(champion_version)
         except DataError as exc:  # the champion itself is broken (an unreachable one raises on: retried later)
-            return Decision(False, f"champion v{champion_version} could not be scored on this gallery: {exc}; "
+            return Decision(False, f"champion v{champion_version} could not be scored {ours.here}: {exc}; "
                                    f"until it is repaired, or the '{CHAMPION}' alias moved or deleted, no version "
-                                   "scored on a new gallery is promoted", candidate, champion_version, None,
+                                   "scored anew is promoted", candidate, champion_version, None,
                             blocked=True)
         if best is None:
-            return Decision(False, f"champion v{champion_version} got no '{metric}' on this gallery",
+            return Decision(False, f"champion v{champion_version} got no '{metric}' {ours.here}",
                             candidate, champion_version, None, blocked=True)
-        measured = f" (re-scored on this gallery of {_pairs(ours[0])})"
+        measured_here = f" (re-scored {ours.here})"
     if best is None:  # a gate metric changed in params, or a champion set by hand: "beats" cannot be decided
         return Decision(False, f"champion v{champion_version} has no '{metric}' to compare with (another gate metric "
                                f"when it was promoted, or an alias set by hand); until it is scored on '{metric}', "
                                f"or the '{CHAMPION}' alias moved or deleted, no version is promoted", candidate,
                         champion_version, None, blocked=True)
     if candidate > best + margin:
-        return Decision(True, f"{metric} {candidate:.4f} > champion v{champion_version} {best:.4f}{measured} "
+        return Decision(True, f"{metric} {candidate:.4f} > champion v{champion_version} {best:.4f}{measured_here} "
                               f"+ margin {margin}", candidate, champion_version, best)
-    return Decision(False, f"{metric} {candidate:.4f} ≤ champion v{champion_version} {best:.4f}{measured} "
+    return Decision(False, f"{metric} {candidate:.4f} ≤ champion v{champion_version} {best:.4f}{measured_here} "
                            f"+ margin {margin}", candidate, champion_version, best)
 
 
 def _pairs(size: float | None) -> str:
     """A gallery size as people write it (the tags hold floats: "1,000 pairs", not "1000.0")."""
     return f"{int(size):,} pairs" if isinstance(size, (int, float)) else "an unrecorded number of pairs"
-
-
-def _same_gallery(ours: tuple, theirs: tuple) -> bool:
-    """Same size, ranking rule and precision, and the same content where both versions recorded it."""
-    return ours[0] == theirs[0] and ours[2:] == theirs[2:] and (ours[1] is None or theirs[1] is None
-                                                                 or ours[1] == theirs[1])
 
 
 def gate(client: MlflowClient, name: str, version: str, metric: str, margin: float,
