@@ -41,6 +41,22 @@ def test_align_filters_are_checked_before_any_work(tmp_path):
     assert proc.returncode == 2 and "'align.near_duplicate_distance' must be 0..31 bits or null, got 40" in proc.stderr
 
 
+@pytest.mark.parametrize("align,said", [
+    ({"crop_side": 300}, "'align.crop_side' must be in 1..max_side (256) or null, got 300"),
+    ({"max_aspect_ratio": None}, "'align.crop_side' needs 'align.max_aspect_ratio'"),  # a banner would keep its length
+])
+def test_a_crop_side_that_would_leave_images_unbounded_is_refused(align, said):
+    from biomedclip_factory.corpus.align_config import AlignConfig
+    from biomedclip_factory.params import Section
+
+    from .conftest import REPO
+
+    section = {**yaml.safe_load((REPO / "params.yaml").read_text())["align"], **align}
+    with pytest.raises(ParamsError) as caught:
+        AlignConfig.from_params(Section(section, "align"))
+    assert said in str(caught.value)
+
+
 def test_every_key_of_every_profile_is_known():
     """The table of known keys and the shipped params cannot drift apart (a new key must be added to both)."""
     from biomedclip_factory.params import KNOWN_KEYS
@@ -58,13 +74,14 @@ def test_every_key_of_every_profile_is_known():
 def test_every_profile_aligns_figures_with_the_short_side_its_model_crops():
     """align.crop_side below the model's input side would store wide figures too low for the crop, which then
     trains on upscaled pixels where the paper cropped the original figures."""
+    from biomedclip_factory.corpus.align_config import AlignConfig
     from biomedclip_factory.model.build import ModelSpec, timm_image_size
 
     from .conftest import REPO
 
     for profile in (REPO / "params.yaml", *sorted((REPO / "params").glob("*.yaml"))):
         image_size = timm_image_size(ModelSpec.from_params(load_section("model", profile)).timm_model_name)
-        assert load_section("align", profile).get("crop_side", int) >= image_size, profile.name
+        assert AlignConfig.from_params(load_section("align", profile)).crop_side >= image_size, profile.name
 
 
 @pytest.mark.parametrize("section,typo,hint", [

@@ -41,10 +41,13 @@ class AlignConfig:
         aspect = p.get("max_aspect_ratio", float, None)
         if aspect is not None and aspect < 1:
             raise ParamsError(f"params: '{p.path}.max_aspect_ratio' must be >= 1 or null, got {aspect}")
-        crop_side = p.get("crop_side", int, None)
-        if crop_side is not None and crop_side <= 0:
-            raise ParamsError(f"params: '{p.path}.crop_side' must be > 0 or null, got {crop_side}")
-        return cls(max_side=p.positive("max_side"), crop_side=crop_side, jpeg_quality=p.positive("jpeg_quality"),
+        crop_side, max_side = p.get("crop_side", int, None), p.positive("max_side")
+        if crop_side is not None and not 0 < crop_side <= max_side:
+            raise ParamsError(f"params: '{p.path}.crop_side' must be in 1..max_side ({max_side}) or null, got {crop_side}")
+        if crop_side is not None and aspect is None:  # the aspect bound is what bounds the longer side then
+            raise ParamsError(f"params: '{p.path}.crop_side' needs '{p.path}.max_aspect_ratio': without it a banner "
+                              f"{crop_side} px high would keep its whole length (or set crop_side: null)")
+        return cls(max_side=max_side, crop_side=crop_side, jpeg_quality=p.positive("jpeg_quality"),
                    min_caption_chars=p.get("min_caption_chars", int), min_side=p.get("min_side", int),
                    split_ratios={str(k): float(v) for k, v in raw_ratios.items()}, split_salt=split.get("salt", str, ""),
                    max_aspect_ratio=aspect, near_duplicate_max_distance=near, mentions=p.get("mentions", bool, True))
