@@ -402,7 +402,9 @@ def test_the_paper_profiles_hold_the_papers_zero_shot_protocol(profile):
 def test_how_a_set_was_scored_changes_with_its_data_prompts_precision_and_rule_not_its_path(tmp_path):
     """The digest the gate compares a champion's set score by (evaluate/conditions.py)."""
     from biomedclip_factory.evaluate import conditions
+    from biomedclip_factory.errors import ParamsError
     from biomedclip_factory.evaluate.tasks import Suite, VqaTask, ZeroShotTask
+    from biomedclip_factory.params import Section
 
     task = ZeroShotTask("chest", tmp_path / "a", {"n": "normal", "p": "pneumonia"}, ("a photo of {}",), "auroc")
     inputs = {"evaluate.zeroshot.chest.path": {"sha256": "1" * 64, "ref": "a"}}
@@ -411,15 +413,20 @@ def test_how_a_set_was_scored_changes_with_its_data_prompts_precision_and_rule_n
     assert conditions.measured_as("zeroshot", moved, inputs, "fp32") == digest
     others = [conditions.measured_as("zeroshot", replace(task, templates=("{}",)), inputs, "fp32"),
               conditions.measured_as("zeroshot", task, {"evaluate.zeroshot.chest.path": {"sha256": "2" * 64}}, "fp32"),
-              conditions.measured_as("zeroshot", task, {}, "fp32"),
               conditions.measured_as("zeroshot", task, inputs, "amp_bf16")]
-    assert len({digest, *others}) == 5
+    assert len({digest, *others}) == 4
+    assert conditions.measured_as("zeroshot", task, {}, "fp32") is None  # data not recorded: never "alike"
     vqa = VqaTask("rad", tmp_path, tmp_path / "t.json", tmp_path / "s.json", tmp_path / "a.json")
-    assert conditions.measured_as("vqa", vqa, {}, "fp32") != conditions.measured_as("vqa", replace(vqa, epochs=5), {}, "fp32")
+    vqa_inputs = {f"evaluate.vqa.rad.{part}": {"sha256": part} for part in ("images", "train", "test", "answers")}
+    assert conditions.measured_as("vqa", vqa, vqa_inputs, "fp32") != \
+        conditions.measured_as("vqa", replace(vqa, epochs=5), vqa_inputs, "fp32")
     report = {"ours": {"zeroshot": {"chest": {"score": 0.7}}}, "other": {"zeroshot": {"chest": {"error": "gone"}}}}
     conditions.stamp(report, Suite(batch_size=1, splits=[], zeroshot=[task]), inputs)
     assert conditions.measured_tag(report["ours"]) == {"zeroshot.chest": digest}
     assert "measured_as" not in report["other"]["zeroshot"]["chest"]  # an error was not scored
+    with pytest.raises(ParamsError, match="may not hold a '.'"):
+        Suite.from_params(Section({"batch_size": 1, "retrieval_splits": [], "zeroshot": {"chest.xray": {
+            "path": "x", "classnames": {"a": "a"}, "templates": ["{}"]}}}, "evaluate"), tmp_path)
 
 
 def test_a_probe_class_missing_from_training_is_never_predicted_and_bad_params_are_named(tmp_path):

@@ -230,6 +230,10 @@ def test_a_set_score_is_compared_only_when_measured_alike(client, tmp_path):
         assert not d.promote and asked[-1] == v1 and d.champion_score == 0.90, d
         assert "re-scored on this run's 'pcam' data and settings" in d.reason
     assert len(asked) == 2
+    # register runs every night: a candidate measured as the last re-score was reuses it, kept on the champion
+    d = promote.decide(client, "m", version(0.95, "bbb"), metric, margin=0.0, rescore=rescore)
+    assert d.promote and len(asked) == 2 and d.champion_score == 0.90, d
+    assert json.loads(client.get_model_version("m", v1).tags[promote.RESCORED])[metric]["score"] == 0.90
 
 
 def test_the_champion_gated_again_stays_champion(client, tmp_path):

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from .tasks import ProbeTask, Suite, VqaTask, ZeroShotTask, task_paths
@@ -23,21 +24,30 @@ from .tasks import ProbeTask, Suite, VqaTask, ZeroShotTask, task_paths
 SCORING = {"zeroshot": 1, "linear_probe": 2, "vqa": 1}
 
 
-def measured_as(kind: str, task: ZeroShotTask | ProbeTask | VqaTask, inputs: Mapping[str, Any], precision: str) -> str:
-    """The digest of how ``task`` is scored; ``inputs`` is the ``inputs`` stage's record for evaluate."""
-    named = {f"evaluate.{key}" for key in task_paths(kind, task)}
-    data = {key: (inputs.get(key) or {}).get("sha256") for key in sorted(named)}
-    settings = dataclasses.asdict(task)
-    recipe = {"settings": settings, "data": data, "precision": precision, "scoring": SCORING[kind]}
-    text = json.dumps(recipe, sort_keys=True, default=lambda value: None)  # paths: by their content, in data
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def measured_as(kind: str, task: ZeroShotTask | ProbeTask | VqaTask, inputs: Mapping[str, Any],
+                precision: str) -> str | None:
+    """The digest of how ``task`` is scored; ``inputs`` is the ``inputs`` stage's record for evaluate. None
+    when that record lacks the set's data (evaluate run outside DVC, a set not there): a score of unknown
+    data is never taken as measured alike."""
+    data = {key: (inputs.get(f"evaluate.{key}") or {}).get("sha256") for key in sorted(task_paths(kind, task))}
+    if not all(data.values()):
+        return None
+    recipe = {"settings": dataclasses.asdict(task), "data": data, "precision": precision, "scoring": SCORING[kind]}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=_by_content).encode()).hexdigest()[:16]
+
+
+def _by_content(value: Any) -> None:
+    """A path stands for its data, which ``data`` holds by digest: where it lies is not how it was scored."""
+    if isinstance(value, PurePath):
+        return None
+    raise TypeError(f"{type(value).__name__} in a set's settings has no place in its digest")
 
 
 def stamp(report: dict, suite: Suite, inputs: Mapping[str, Any]) -> None:
     """Each scored set of each model in ``report`` gets its ``measured_as``."""
     for kind, task in suite.tasks():
         digest = measured_as(kind, task, inputs, suite.precision)
-        for result in report.values():
+        for result in report.values() if digest else ():
             scored = result.get(kind, {}).get(task.name)
             if isinstance(scored, dict) and "error" not in scored:
                 scored["measured_as"] = digest

@@ -63,10 +63,15 @@ class Suite:
     @classmethod
     def from_params(cls, p: Section, root: Path) -> "Suite":
         """``evaluate:``; dataset paths are relative to ``root`` (the project)."""
-        return cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0),
-                   precision=p.choice("precision", PRECISIONS, "fp32"),
-                   splits=[str(s) for s in p.get("retrieval_splits", list)],
-                   zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
+        suite = cls(batch_size=p.positive("batch_size"), workers=p.count("num_workers", 0),
+                    precision=p.choice("precision", PRECISIONS, "fp32"),
+                    splits=[str(s) for s in p.get("retrieval_splits", list)],
+                    zeroshot=zeroshot_tasks(p, root), probes=probe_tasks(p, root), vqa=vqa_tasks(p, root))
+        dotted = [f"{kind}.{task.name}" for kind, task in suite.tasks() if "." in task.name]
+        if dotted or any("." in split for split in suite.splits):
+            raise ParamsError(f"params: evaluate's set and split names may not hold a '.', which joins the parts of "
+                              f"a metric's name ('zeroshot.<set>.score'): {dotted or suite.splits}")
+        return suite
 
     def tasks(self) -> list[tuple[str, ZeroShotTask | ProbeTask | VqaTask]]:
         """Every set to score, with its kind (its section of the report)."""

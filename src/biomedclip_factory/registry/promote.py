@@ -58,6 +58,7 @@ def metric_of(metrics: dict, metric: str) -> float | None:
 
 SHARD_DIGESTS = "shard_splits_sha256"  # version tag: {split: sha256 of its shards}, the gallery's identity
 MEASURED_AS = "eval_measured_as"  # version tag: {"zeroshot.<set>": how it was scored}, see evaluate/conditions.py
+RESCORED = "gate_rescored"  # champion's tag: {metric: {"measured": ..., "score": ...}}, its last score measured anew
 TASK_KINDS = ("zeroshot", "linear_probe", "vqa")
 
 
@@ -146,7 +147,7 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
             return Decision(False, f"champion v{champion_version} was scored {scored}, this version "
                                    f"{ours.here}: not comparable", candidate, champion_version, None)
         try:
-            best = rescore(champion_version)
+            best = _rescored(client, name, champion_version, champion_tags, metric, ours, rescore)
         except DataError as exc:  # the champion itself is broken (an unreachable one raises on: retried later)
             return Decision(False, f"champion v{champion_version} could not be scored {ours.here}: {exc}; "
                                    f"until it is repaired, or the '{CHAMPION}' alias moved or deleted, no version "
@@ -166,6 +167,26 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, margin: f
                               f"+ margin {margin}", candidate, champion_version, best)
     return Decision(False, f"{metric} {candidate:.4f} ≤ champion v{champion_version} {best:.4f}{measured_here} "
                            f"+ margin {margin}", candidate, champion_version, best)
+
+
+def _rescored(client: MlflowClient, name: str, champion: str, champion_tags: dict[str, str], metric: str,
+              ours: Measured, rescore: Callable[[str], float | None]) -> float | None:
+    """The champion's score measured as ours was: its last such score, kept on it as a tag, or a new one.
+
+    register runs on every ``dvc repro``, and a refused candidate is gated again each time: without this a
+    night with nothing new would embed the whole gallery (or a probe set's 262k images) again for the same
+    number. Only a fully recorded measurement is kept: one with a part unrecorded may differ unseen."""
+    key = json.dumps(list(ours.identity))
+    try:
+        kept = json.loads(champion_tags.get(RESCORED, "{}")).get(metric)
+    except (json.JSONDecodeError, AttributeError):
+        kept = None
+    if isinstance(kept, dict) and kept.get("measured") == key and isinstance(kept.get("score"), (int, float)):
+        return float(kept["score"])
+    score = rescore(champion)
+    if score is not None and None not in ours.identity:
+        client.set_model_version_tag(name, champion, RESCORED, json.dumps({metric: {"measured": key, "score": score}}))
+    return score
 
 
 def _pairs(size: float | None) -> str:
