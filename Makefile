@@ -4,8 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
-# pytest workers: the cores this process may run on (a CPU quota is not seen: set TEST_WORKERS=n then);
-# --dist loadgroup keeps tests marked xdist_group (one module fixture's readers) on one worker.
+# pytest workers: the cores this process may run on (a CPU quota is not seen: set TEST_WORKERS=n then).
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)))')
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -33,11 +32,11 @@ flow: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/python -m flows.pipeline
 
 test: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The edit-test loop: everything but the tests that run whole DAGs, servers or several ranks (marked slow).
 test-fast: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # The wheels the GPU machine lacks, for Python 3.12 there (no package index there): see scripts/device_check.sh.
 WHEEL_TAGS := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \

@@ -473,11 +473,6 @@ def _jobs_in_one_launch(root: Path, ranks: int, jobs: dict[str, list[str]]) -> P
     return root
 
 
-# The launches below are module fixtures, which every pytest-xdist worker would run for itself: the tests
-# reading them go to one worker (`make test` runs --dist loadgroup), so each launch runs once.
-ON_ONE_WORKER = pytest.mark.xdist_group("rank_launches")
-
-
 @pytest.fixture(scope="module")
 def one_rank(model_dir: Path, tmp_path_factory) -> Path:
     m, out = str(model_dir), "{out}/out.json"
@@ -502,7 +497,6 @@ def _result(request: pytest.FixtureRequest, ranks: int, job: str) -> dict:
     return json.loads((root / job / "out.json").read_text())
 
 
-@ON_ONE_WORKER
 @pytest.mark.slow
 def test_zero_stages_on_two_ranks_match_one_process(one_rank: Path, two_ranks: Path):
     one = json.loads((one_rank / "zero/out.json").read_text())["results"]["0"]
@@ -521,7 +515,6 @@ def test_zero_stages_on_two_ranks_match_one_process(one_rank: Path, two_ranks: P
         torch.testing.assert_close(model.encode_text(texts), torch.tensor(zero3["text_emb"]), rtol=1e-4, atol=1e-5)
 
 
-@ON_ONE_WORKER
 @pytest.mark.slow
 def test_every_rank_starts_from_rank_0s_model(two_ranks: Path):
     """The pretrain stage builds the starting model on rank 0 only (in memory; its dir holds no weights yet) and
@@ -539,7 +532,6 @@ def _weights(model_dir: str) -> dict[str, torch.Tensor]:
                                          pytest.param(2, "2", marks=pytest.mark.slow),
                                          pytest.param(2, "3", marks=pytest.mark.slow),
                                          pytest.param(2, "2+offload", marks=pytest.mark.slow)])
-@ON_ONE_WORKER
 def test_accumulated_micro_batches_train_like_one_batch(request, ranks, stage):
     """4 micro-batches of 4 (or 2 per rank) take the same steps as one batch of 16: every pair is
     contrasted with the whole global batch, not with its micro-batch."""
@@ -557,7 +549,6 @@ def test_accumulated_micro_batches_train_like_one_batch(request, ranks, stage):
 @pytest.mark.parametrize("ranks,stage", [pytest.param(1, 0, marks=pytest.mark.slow),
                                          pytest.param(2, 2, marks=pytest.mark.slow),
                                          pytest.param(2, 3, marks=pytest.mark.slow)])
-@ON_ONE_WORKER
 def test_bf16_clamps_and_saves_the_fp32_masters(request, ranks, stage):
     """From a logit scale past log(100), bf16 steps leave the fp32 master clamped, and the saved model is
     the masters bit for bit, not a bf16 copy cast back."""
@@ -569,7 +560,6 @@ def test_bf16_clamps_and_saves_the_fp32_masters(request, ranks, stage):
         assert saved[name].reshape(-1).tolist() == values, name
 
 
-@ON_ONE_WORKER
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(two_ranks: Path):
     """open_clip's local × global logits (the paper's --local-loss) against the global × global matrix."""
@@ -581,7 +571,6 @@ def test_local_loss_gives_the_full_matrix_gradient_on_two_ranks(two_ranks: Path)
                                    rtol=1e-5, atol=1e-7, msg=key)
 
 
-@ON_ONE_WORKER
 @pytest.mark.slow  # runs stages or DeepSpeed in subprocesses: out of the edit-test loop
 @pytest.mark.parametrize("layer_norms", ["train", "frozen"])
 def test_locked_towers_keep_their_weights(one_rank: Path, layer_norms: str):
@@ -599,7 +588,6 @@ def test_locked_towers_keep_their_weights(one_rank: Path, layer_norms: str):
     assert not any(unchanged[n] for n in unchanged if n.startswith(("visual.head.", "text.proj.")))
 
 
-@ON_ONE_WORKER
 @pytest.mark.slow
 def test_the_loop_seeds_each_rank_as_open_clip_does(two_ranks: Path):
     """open_clip's random_seed(seed, rank): each rank its own dropout masks and crops, rank 0 the segment's seed."""
