@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # DVC and Prefect bind their log handlers to sys.stdout/stderr when first imported: here, not inside a test
@@ -160,27 +161,34 @@ def _environment_left_as_found():
     assert not changed, f"the test left the environment changed (name: (before, after)): {changed}"
 
 
-@pytest.fixture(scope="session")
-def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door); tests that
-    change anything in it (a dvc command included: DVC writes state in a repo it looks at) change a
-    ``copy_built`` copy. Built once per test run, by whichever worker needs it first."""
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """``name`` under the test run's directory, made by ``build`` once per run, by whichever pytest-xdist worker
+    needs it first: the others wait for it, then read it (a session or module fixture would run on every worker)."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the run's directory, shared by its workers
-    project, failed = root / "built" / "project", root / "built.failed"
-    with FileLock(str(root / "built.lock")):
+    made, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
         if failed.is_file():
             raise AssertionError(failed.read_text())
-        if not (project / "repro.log").is_file():
+        if not done.is_file():
             try:
-                _build(project)
-            except BaseException as exc:  # the other workers then fail at once with this, not on a half-built dir
-                failed.write_text(f"building the shared project failed: {type(exc).__name__}: {exc}")
+                build(made)
+            except BaseException as exc:  # the other workers then fail at once with this, not on a half-made dir
+                failed.write_text(f"building the shared {name} failed: {type(exc).__name__}: {exc}")
                 raise
-    return project
+            done.touch()
+    return made
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy taken through the whole DAG once with `dvc repro` (the users' first door); tests that
+    change anything in it (a dvc command included: DVC writes state in a repo it looks at) change a
+    ``copy_built`` copy. Built once per test run, by whichever worker needs it first."""
+    return built_once(tmp_path_factory, "built", lambda built: _build(built / "project")) / "project"
 
 
 def params_trace(built_project: Path) -> Path:

@@ -44,7 +44,7 @@ from biomedclip_factory.train.resume import RunState, run_fingerprint
 from biomedclip_factory.train.schedule import cosine_schedule
 
 from .pairs import make_pair
-from .conftest import CAPTIONS, tiny_model_dir
+from .conftest import CAPTIONS, built_once, tiny_model_dir
 from .train_child import assert_same_step, config, global_batches, launch, loss_and_grads
 
 SPEC = ModelSpec(embed_dim=32, timm_model_name="test_vit", context_length=32, text_layers=2, text_width=64,
@@ -467,28 +467,30 @@ def _jobs_in_one_launch(root: Path, ranks: int, jobs: dict[str, list[str]]) -> P
     2 cores, are paid once for every test below that compares runs."""
     lines = []
     for name, command in jobs.items():
-        (root / name).mkdir()
+        (root / name).mkdir(parents=True)
         lines.append(shlex.join(arg.format(out=root / name) for arg in command))
     launch(["jobs", *lines], ranks=ranks)
     return root
 
 
+# Each launch below runs once per test run, whichever pytest-xdist worker needs it first (``built_once``): the
+# seeded model_dir and shards it starts from are the same files on every worker.
 @pytest.fixture(scope="module")
 def one_rank(model_dir: Path, tmp_path_factory) -> Path:
     m, out = str(model_dir), "{out}/out.json"
-    return _jobs_in_one_launch(tmp_path_factory.mktemp("one_rank"), 1, {
+    return built_once(tmp_path_factory, "one_rank", lambda root: _jobs_in_one_launch(root, 1, {
         "zero": ["zero", m, out, "0"], "accum-0": ["accum", m, out, "0"], "clamp-0": ["clamp", m, out, "0"],
-        "lock": ["lock", m, out, "train"], "lock-frozen-ln": ["lock", m, out, "frozen"]})
+        "lock": ["lock", m, out, "train"], "lock-frozen-ln": ["lock", m, out, "frozen"]}))
 
 
 @pytest.fixture(scope="module")
 def two_ranks(model_dir: Path, shards: Path, tmp_path_factory) -> Path:
     m, out = str(model_dir), "{out}/out.json"
-    return _jobs_in_one_launch(tmp_path_factory.mktemp("two_ranks"), 2, {
+    return built_once(tmp_path_factory, "two_ranks", lambda root: _jobs_in_one_launch(root, 2, {
         "zero": ["zero", m, out, "1", "2", "3", "2+offload"], "start": ["start", m, "{out}"],
         "seeds": ["seeds", m, str(shards), out],
         **{f"accum-{stage}": ["accum", m, out, stage] for stage in ("2", "3", "2+offload")},
-        **{f"clamp-{stage}": ["clamp", m, out, stage] for stage in ("2", "3")}, "loss": ["loss", out]})
+        **{f"clamp-{stage}": ["clamp", m, out, stage] for stage in ("2", "3")}, "loss": ["loss", out]}))
 
 
 def _result(request: pytest.FixtureRequest, ranks: int, job: str) -> dict:
