@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 
 from ..errors import DataError, ParamsError
+from ..evaluate.conditions import SCORING
 from ..params import Section
 
 CHAMPION = "champion"
@@ -41,13 +42,18 @@ class Decision:
     deposed: bool = False  # it was champion once, and is no longer: not promoted again by the gate
 
 
-def eval_metrics(version_tags: dict[str, str]) -> dict:
-    """A version's ``eval_metrics`` tag ({} when absent or unreadable)."""
+def json_tag(version_tags: dict[str, str], key: str) -> dict:
+    """A version's JSON object tag ``key`` ({} when absent or unreadable)."""
     try:
-        metrics = json.loads(version_tags.get("eval_metrics", "{}"))
+        value = json.loads(version_tags.get(key, "{}"))
     except json.JSONDecodeError:
         return {}
-    return metrics if isinstance(metrics, dict) else {}
+    return value if isinstance(value, dict) else {}
+
+
+def eval_metrics(version_tags: dict[str, str]) -> dict:
+    """A version's ``eval_metrics`` tag ({} when absent or unreadable)."""
+    return json_tag(version_tags, "eval_metrics")
 
 
 def metric_of(metrics: dict, metric: str) -> float | None:
@@ -59,7 +65,6 @@ def metric_of(metrics: dict, metric: str) -> float | None:
 SHARD_DIGESTS = "shard_splits_sha256"  # version tag: {split: sha256 of its shards}, the gallery's identity
 MEASURED_AS = "eval_measured_as"  # version tag: {"zeroshot.<set>": how it was scored}, see evaluate/conditions.py
 RESCORED = "gate_rescored"  # champion's tag: {metric: {"measured": ..., "score": ...}}, its last score measured anew
-TASK_KINDS = ("zeroshot", "linear_probe", "vqa")
 
 
 @dataclass(frozen=True)
@@ -95,21 +100,13 @@ def measured(tags: dict[str, str], metric: str) -> Measured | None:
         return None
     metrics = eval_metrics(tags)
     if parts[0] == "retrieval":
-        try:
-            digests = json.loads(tags.get(SHARD_DIGESTS, "{}"))
-        except json.JSONDecodeError:
-            digests = {}
+        digests = json_tag(tags, SHARD_DIGESTS)
         size = metrics.get(f"retrieval.{parts[1]}.gallery_size")
         return Measured((size, digests.get(parts[1]), metrics.get(f"retrieval.{parts[1]}.protocol"),
                          metrics.get(f"retrieval.{parts[1]}.precision_bits")),
                         f"on this gallery of {_pairs(size)}", f"on another gallery ({_pairs(size)})", True)
-    if parts[0] in TASK_KINDS:
-        try:
-            recorded = json.loads(tags.get(MEASURED_AS, "{}"))
-        except json.JSONDecodeError:
-            recorded = {}
-        task = f"{parts[0]}.{parts[1]}"
-        return Measured((recorded.get(task) if isinstance(recorded, dict) else None,),
+    if parts[0] in SCORING:
+        return Measured((json_tag(tags, MEASURED_AS).get(f"{parts[0]}.{parts[1]}"),),
                         f"on this run's '{parts[1]}' data and settings", "on other data or settings (or unrecorded)",
                         False)
     return None
@@ -177,10 +174,7 @@ def _rescored(client: MlflowClient, name: str, champion: str, champion_tags: dic
     night with nothing new would embed the whole gallery (or a probe set's 262k images) again for the same
     number. Only a fully recorded measurement is kept: one with a part unrecorded may differ unseen."""
     key = json.dumps(list(ours.identity))
-    try:
-        kept = json.loads(champion_tags.get(RESCORED, "{}")).get(metric)
-    except (json.JSONDecodeError, AttributeError):
-        kept = None
+    kept = json_tag(champion_tags, RESCORED).get(metric)
     if isinstance(kept, dict) and kept.get("measured") == key and isinstance(kept.get("score"), (int, float)):
         return float(kept["score"])
     score = rescore(champion)
